@@ -1,0 +1,50 @@
+"""The interface every scoring runtime implements.
+
+Why: the batcher and the HTTP layer never know which runtime computes a score. A backend takes
+already-tokenized prompt groups (a shared prefix plus per-document tails) and returns the raw
+score ``logit_yes - logit_no`` of each tail, in order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+__all__ = ["BackendInfo", "ScoringBackend", "TokenGroup"]
+
+
+@dataclass(frozen=True)
+class TokenGroup:
+    """Prompts sharing ``shared``: prompt i is ``shared + tails[i]``."""
+
+    shared: list[int]
+    tails: list[list[int]]
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(self.shared) + len(t) for t in self.tails)
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """What a backend reports about itself for ``/info`` and logs."""
+
+    name: str
+    device: str
+    dtype: str
+    max_model_len: int
+
+
+@runtime_checkable
+class ScoringBackend(Protocol):
+    """A runtime that scores token groups. ``score`` is called from one worker thread at a time."""
+
+    info: BackendInfo
+
+    def score(self, groups: list[TokenGroup]) -> list[list[float]]:
+        """Return ``logit_yes - logit_no`` for every tail of every group."""
+        ...
+
+    def close(self) -> None:
+        """Release devices and memory."""
+        ...

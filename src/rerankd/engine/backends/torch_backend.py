@@ -1,0 +1,156 @@
+"""The transformers/PyTorch backend: CPU and CUDA, the embedded default.
+
+Three things make it faster than the model card's loop while giving the same numbers:
+
+* Only the ``w_yes - w_no`` row of the output layer is used: the final hidden state at the last real
+  token is dotted with it in float32. The card computes 151,669 logits for every position.
+* Shared-prefix reuse: the system prompt + instruction + query tokens are the same for every document
+  of a query. They run once per group; their KV cache is gathered to every row and only the document
+  tails run. Attention is causal, so this is exact, not an approximation.
+* Rows are right-padded and the last real token is gathered by length, so padding never moves the
+  token that is scored.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from rerankd.engine.backends.base import BackendInfo, TokenGroup
+
+__all__ = ["TorchBackend", "resolve_device", "resolve_dtype"]
+
+log = logging.getLogger(__name__)
+
+# Below this many shared tokens reused at least once, one plain forward is cheaper than two.
+_MIN_REUSED_PREFIX_TOKENS = 32
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` → ``cuda`` when a CUDA device is visible, else ``cpu``."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but torch sees no CUDA device; use --device cpu")
+    return device
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True on CPUs with AVX-512 BF16 or AMX, where oneDNN runs bf16 matmuls natively."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_dtype(dtype: str, device: str) -> Any:
+    """``auto`` → bf16 where the hardware runs it well (CUDA with bf16, AVX-512 BF16/AMX CPUs), else fp32."""
+    import torch
+
+    if dtype != "auto":
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+
+
+class TorchBackend:
+    """Scores token groups with a Qwen3 causal LM loaded by transformers."""
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        yes_token_id: int,
+        no_token_id: int,
+        max_model_len: int,
+        device: str = "auto",
+        dtype: str = "auto",
+        prefix_reuse: bool = True,
+    ) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        self._torch = torch
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.prefix_reuse = prefix_reuse
+        model = AutoModelForCausalLM.from_pretrained(
+            str(model_path), dtype=self.dtype, attn_implementation="sdpa", low_cpu_mem_usage=True
+        )
+        model.eval()
+        head = model.get_output_embeddings().weight
+        # The one row of the output layer that matters: score = h · (w_yes − w_no).
+        self.w_diff = (head[yes_token_id].float() - head[no_token_id].float()).to(self.device)
+        self.body = model.model.to(self.device)
+        self._model = model
+        self.info = BackendInfo(
+            name="torch", device=self.device, dtype=str(self.dtype).removeprefix("torch."),
+            max_model_len=max_model_len,
+        )
+
+    def score(self, groups: list[TokenGroup]) -> list[list[float]]:
+        """Raw scores (``logit_yes - logit_no``) for every tail, grouped as given."""
+        torch = self._torch
+        with torch.inference_mode():
+            reused = sum(len(g.shared) * (len(g.tails) - 1) for g in groups)
+            if self.prefix_reuse and reused >= _MIN_REUSED_PREFIX_TOKENS:
+                flat = self._score_with_shared_prefix(groups)
+            else:
+                flat = self._score_rows([g.shared + t for g in groups for t in g.tails])
+        out: list[list[float]] = []
+        i = 0
+        for g in groups:
+            out.append(flat[i : i + len(g.tails)])
+            i += len(g.tails)
+        return out
+
+    def _pad_right(self, rows: list[list[int]]) -> tuple[Any, Any, Any]:
+        torch = self._torch
+        lengths = torch.tensor([len(r) for r in rows], device=self.device)
+        width = int(lengths.max())
+        ids = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        ids = ids.to(self.device)
+        mask = (torch.arange(width, device=self.device)[None, :] < lengths[:, None]).long()
+        return ids, mask, lengths
+
+    def _last_token_scores(self, hidden: Any, lengths: Any) -> list[float]:
+        torch = self._torch
+        last = hidden[torch.arange(hidden.shape[0], device=self.device), lengths - 1]
+        return (last.float() @ self.w_diff).tolist()
+
+    def _score_rows(self, rows: list[list[int]]) -> list[float]:
+        ids, mask, lengths = self._pad_right(rows)
+        hidden = self.body(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        return self._last_token_scores(hidden, lengths)
+
+    def _score_with_shared_prefix(self, groups: list[TokenGroup]) -> list[float]:
+        """Run each group's shared prefix once, gather its KV cache per row, then run the tails."""
+        torch = self._torch
+        prefix_ids, prefix_mask, prefix_lengths = self._pad_right([g.shared for g in groups])
+        out = self.body(input_ids=prefix_ids, attention_mask=prefix_mask, use_cache=True)
+        cache = out.past_key_values
+        row_group = torch.tensor(
+            [gi for gi, g in enumerate(groups) for _ in g.tails], dtype=torch.long, device=self.device
+        )
+        cache.batch_select_indices(row_group)
+        tail_ids, tail_mask, tail_lengths = self._pad_right([t for g in groups for t in g.tails])
+        mask = torch.cat([prefix_mask[row_group], tail_mask], dim=1)
+        positions = prefix_lengths[row_group][:, None] + torch.arange(tail_ids.shape[1], device=self.device)
+        hidden = self.body(
+            input_ids=tail_ids, attention_mask=mask, position_ids=positions,
+            past_key_values=cache, use_cache=True,
+        ).last_hidden_state
+        return self._last_token_scores(hidden, tail_lengths)
+
+    def close(self) -> None:
+        self.body = None
+        self._model = None
+        if self.device.startswith("cuda"):
+            self._torch.cuda.empty_cache()

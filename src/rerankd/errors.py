@@ -1,0 +1,78 @@
+"""One error type per failure kind, each carrying its HTTP status.
+
+Why: the engine and the gateway raise what went wrong in their own words; the HTTP layers map these
+to responses in exactly one function (``rerankd.server.errors.install_error_handlers``), so a status
+code never depends on which handler happened to catch the exception.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BadRequestError",
+    "ModelNotFoundError",
+    "NotReadyError",
+    "OverloadedError",
+    "PayloadTooLargeError",
+    "QueryTooLongError",
+    "RerankdError",
+    "UnauthorizedError",
+    "UnprocessableError",
+]
+
+
+class RerankdError(Exception):
+    """Base of every error that becomes an HTTP answer. ``message`` says what the client should fix."""
+
+    status_code: int = 500
+    error_type: str = "internal_error"
+
+    def __init__(self, message: str, *, retry_after: float | None = None, field: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+        self.field = field
+
+
+class BadRequestError(RerankdError):
+    status_code = 400
+    error_type = "bad_request"
+
+
+class QueryTooLongError(BadRequestError):
+    """Instruction + query alone do not fit the model length, even with an empty document."""
+
+    error_type = "query_too_long"
+
+
+class UnauthorizedError(RerankdError):
+    status_code = 401
+    error_type = "unauthorized"
+
+
+class ModelNotFoundError(RerankdError):
+    status_code = 404
+    error_type = "model_not_found"
+
+
+class PayloadTooLargeError(RerankdError):
+    status_code = 413
+    error_type = "payload_too_large"
+
+
+class UnprocessableError(RerankdError):
+    status_code = 422
+    error_type = "invalid_request"
+
+
+class OverloadedError(RerankdError):
+    """The queue is full: come back later (503 with Retry-After)."""
+
+    status_code = 503
+    error_type = "overloaded"
+
+
+class NotReadyError(RerankdError):
+    """The model is not loaded yet, or the server is draining."""
+
+    status_code = 503
+    error_type = "not_ready"
