@@ -1,0 +1,90 @@
+"""The one entry point: ``rerankd <command>``.
+
+Every flag also reads ``RERANKD_<FLAG>`` from the environment (``--max-model-len`` ↔
+``RERANKD_MAX_MODEL_LEN``), as DESIGN.md promises; flags win over the environment.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from rerankd import __version__
+
+__all__ = ["main"]
+
+
+def env_option(*names: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A click option whose environment variable is ``RERANKD_`` + the long flag in upper snake case."""
+    long_name = next(n for n in names if n.startswith("--"))
+    kwargs.setdefault("envvar", "RERANKD_" + long_name[2:].replace("-", "_").upper())
+    kwargs.setdefault("show_envvar", True)
+    kwargs.setdefault("show_default", True)
+    return click.option(*names, **kwargs)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="rerankd")
+def cli() -> None:
+    """rerankd: a production reranking service for the Qwen3-Reranker models."""
+
+
+@cli.command()
+@env_option("--model", required=True, help="Hugging Face id (downloaded on first use) or a local directory.")
+@env_option("--served-model-name", default=None, help="Name clients use in `model` (default: last part of --model).")
+@env_option("--backend", type=click.Choice(["auto", "torch", "vllm"]), default="auto",
+            help="auto = vllm when CUDA and vLLM are present, else torch.")
+@env_option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@env_option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
+            help="auto = bf16 on CUDA and on CPUs with AVX-512 BF16/AMX, else float32.")
+@env_option("--max-model-len", type=click.IntRange(min=16), default=None,
+            help="Longest prompt in tokens (default: the model's own limit, capped at 32768).")
+@env_option("--max-batch-tokens", type=click.IntRange(min=64), default=16384,
+            help="Token budget of one forward pass (padded rows × width).")
+@env_option("--max-queue", type=click.IntRange(min=1), default=256,
+            help="Requests allowed to wait for the model; past it, 503 with Retry-After.")
+@env_option("--max-documents", type=click.IntRange(min=1), default=1000, help="Documents allowed per request.")
+@env_option("--max-body-bytes", type=click.IntRange(min=1024), default=32 * 1024 * 1024,
+            help="Largest request body accepted (413 past it).")
+@env_option("--host", default="127.0.0.1")
+@env_option("--port", type=click.IntRange(0, 65535), default=8000)
+@env_option("--api-key", default=None, show_default=False,
+            help="Require `Authorization: Bearer KEY` on every route but /health, /ready, /metrics.")
+@env_option("--prefix-reuse/--no-prefix-reuse", default=True,
+            help="Run the shared system+query prefix once per request (torch backend).")
+@env_option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
+@env_option("--log-format", type=click.Choice(["auto", "json", "text"]), default="auto")
+@env_option("--log-file", default=None, help="Also write logs to this file, rotated at 50 MB.")
+def serve(**flags: Any) -> None:
+    """Serve one Qwen3-Reranker model over the rerank APIs."""
+    import uvicorn
+
+    from rerankd.config import ServerSettings
+    from rerankd.engine.model_source import ModelSourceError, resolve_model
+    from rerankd.observability.logging import configure_logging
+    from rerankd.server.app import create_server_app
+
+    configure_logging(flags["log_level"], flags.pop("log_format"), flags.pop("log_file"))
+    settings = ServerSettings(**flags)
+    try:
+        path = resolve_model(settings.model)
+    except ModelSourceError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    settings = settings.model_copy(update={"served_model_name": settings.model_name, "model": str(path)})
+    app = create_server_app(settings)
+    click.echo(f"rerankd serve: model {settings.model_name} from {path}; listening on "
+               f"http://{settings.host}:{settings.port} (ready when /ready answers 200)", err=True)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None,
+                log_level=settings.log_level, timeout_graceful_shutdown=30)
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""Dynamic batching across concurrent requests, with a bounded queue.
+
+Why: a forward pass over 32 short pairs costs little more than one over 4, so pairs of concurrent
+requests are packed into the same micro-batch. Batches are cut by a token budget (padded rows ×
+width, plus each group's shared prefix once), and each request's documents are taken shortest first so
+rows of one batch have similar lengths and little padding.
+
+One worker task forms batches and hands them to a single-thread executor: the backend never runs two
+forwards at once and the event loop never blocks on the model. A request whose client went away is
+marked cancelled and its remaining pairs are never computed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from rerankd.engine.backends.base import ScoringBackend, TokenGroup
+from rerankd.errors import NotReadyError, OverloadedError
+from rerankd.observability.metrics import ServerMetrics
+
+__all__ = ["DynamicBatcher"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class _Pending:
+    """One request in the queue: which of its tails were dispatched, which results came back."""
+
+    shared: list[int]
+    tails: list[list[int]]
+    future: asyncio.Future[list[float]]
+    enqueued_at: float
+    order: list[int] = field(init=False)
+    next_tail: int = 0
+    remaining: int = field(init=False)
+    results: list[float] = field(init=False)
+    cancelled: bool = False
+
+    def __post_init__(self) -> None:
+        self.order = sorted(range(len(self.tails)), key=lambda i: len(self.tails[i]))
+        self.remaining = len(self.tails)
+        self.results = [0.0] * len(self.tails)
+
+    @property
+    def started(self) -> bool:
+        return self.next_tail > 0
+
+
+@dataclass
+class _Slice:
+    pending: _Pending
+    indices: list[int]
+
+
+class DynamicBatcher:
+    """Packs pairs of concurrent requests into token-budgeted micro-batches for one backend."""
+
+    def __init__(
+        self,
+        backend: ScoringBackend,
+        *,
+        max_batch_tokens: int = 16384,
+        max_queue: int = 256,
+        metrics: ServerMetrics | None = None,
+    ) -> None:
+        self.backend = backend
+        self.max_batch_tokens = max_batch_tokens
+        self.max_queue = max_queue
+        self.metrics = metrics
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rerankd-forward")
+        self._worker: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def waiting(self) -> int:
+        """Requests queued whose first pair has not reached the model yet."""
+        return sum(1 for p in self._queue if not p.started and not p.cancelled)
+
+    def start(self) -> None:
+        if self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(self._run(), name="rerankd-batcher")
+
+    async def close(self) -> None:
+        """Stop taking work; fail whatever still waits; release the executor."""
+        self._closed = True
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        while self._queue:
+            p = self._queue.popleft()
+            if not p.future.done():
+                p.future.set_exception(NotReadyError("server is shutting down", retry_after=1))
+        self._executor.shutdown(wait=True)
+
+    async def submit(self, shared: list[int], tails: list[list[int]]) -> list[float]:
+        """Queue one request's prompts; return their raw scores in order.
+
+        Raises :class:`OverloadedError` at once when ``max_queue`` requests already wait.
+        """
+        if self._closed:
+            raise NotReadyError("server is shutting down", retry_after=1)
+        if self.waiting >= self.max_queue:
+            raise OverloadedError(
+                f"the queue is full ({self.max_queue} requests waiting); retry later", retry_after=1
+            )
+        loop = asyncio.get_running_loop()
+        pending = _Pending(shared, tails, loop.create_future(), time.perf_counter())
+        self._queue.append(pending)
+        self._set_queue_gauge()
+        self._wakeup.set()
+        try:
+            return await asyncio.shield(pending.future)
+        except asyncio.CancelledError:
+            pending.cancelled = True
+            if self.metrics:
+                self.metrics.cancelled_requests_total.inc()
+            raise
+
+    def _set_queue_gauge(self) -> None:
+        if self.metrics:
+            self.metrics.queue_depth.set(self.waiting)
+
+    def _next_batch(self) -> list[_Slice]:
+        """Take pairs FIFO across requests until the next row would break the token budget."""
+        slices: list[_Slice] = []
+        rows = 0
+        width = 0
+        prefix_tokens = 0
+        for pending in self._queue:
+            if pending.cancelled or pending.next_tail >= len(pending.tails):
+                continue
+            taken: list[int] = []
+            group_prefix = len(pending.shared)
+            while pending.next_tail < len(pending.tails):
+                idx = pending.order[pending.next_tail]
+                new_width = max(width, len(pending.tails[idx]) + group_prefix)
+                cost = (rows + 1) * new_width + prefix_tokens + (0 if taken else group_prefix)
+                if rows > 0 and cost > self.max_batch_tokens:
+                    break
+                if not pending.started and self.metrics:
+                    self.metrics.queue_time_seconds.observe(time.perf_counter() - pending.enqueued_at)
+                taken.append(idx)
+                pending.next_tail += 1
+                rows += 1
+                width = new_width
+            if taken:
+                prefix_tokens += group_prefix
+                slices.append(_Slice(pending, taken))
+            if pending.next_tail < len(pending.tails):
+                break  # budget reached inside this request
+        return slices
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self._drop_finished()
+            if not any(not p.cancelled and p.next_tail < len(p.tails) for p in self._queue):
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            slices = self._next_batch()
+            self._set_queue_gauge()
+            groups = [TokenGroup(s.pending.shared, [s.pending.tails[i] for i in s.indices]) for s in slices]
+            started = time.perf_counter()
+            try:
+                scores = await loop.run_in_executor(self._executor, self.backend.score, groups)
+            except Exception as exc:  # a backend failure fails its requests, never the worker
+                log.exception("forward pass failed")
+                if self.metrics:
+                    self.metrics.errors_total.labels(type="backend").inc()
+                for s in slices:
+                    if not s.pending.future.done():
+                        s.pending.future.set_exception(exc)
+                        s.pending.cancelled = True
+                continue
+            self._observe(groups, time.perf_counter() - started, len(slices))
+            for s, group_scores in zip(slices, scores, strict=True):
+                p = s.pending
+                for i, score in zip(s.indices, group_scores, strict=True):
+                    p.results[i] = score
+                p.remaining -= len(s.indices)
+                if p.remaining == 0 and not p.future.done():
+                    p.future.set_result(p.results)
+
+    def _drop_finished(self) -> None:
+        self._queue = collections.deque(
+            p for p in self._queue if not p.future.done() and not p.cancelled
+        )
+
+    def _observe(self, groups: list[TokenGroup], seconds: float, n_requests: int) -> None:
+        if not self.metrics:
+            return
+        m = self.metrics
+        pairs = sum(len(g.tails) for g in groups)
+        tokens = sum(g.tokens for g in groups)
+        m.inference_time_seconds.observe(seconds)
+        m.batch_size.observe(pairs)
+        m.batch_requests.observe(n_requests)
+        m.batch_tokens.observe(tokens)
+        m.pairs_total.inc(pairs)
+        m.tokens_total.inc(tokens)
+        log.debug("batch pairs=%d requests=%d tokens=%d seconds=%.4f", pairs, n_requests, tokens, seconds)

@@ -1,0 +1,127 @@
+"""The scoring engine: prompt building → dynamic batcher → backend, for one loaded model.
+
+Why one object: the HTTP layer needs a single awaitable — "score these documents for this query" —
+and must not know about tokenizers, token budgets or devices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rerankd.engine.backends.base import BackendInfo, ScoringBackend
+from rerankd.engine.batcher import DynamicBatcher
+from rerankd.engine.prompt import PromptBuilder
+from rerankd.observability.metrics import ServerMetrics
+from rerankd.protocol import RerankTask
+
+__all__ = ["EngineConfig", "RerankEngine", "ScoreOutcome", "load_engine"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """What the engine needs from the server settings."""
+
+    model: str
+    backend: str = "auto"
+    device: str = "auto"
+    dtype: str = "auto"
+    max_model_len: int | None = None
+    max_batch_tokens: int = 16384
+    max_queue: int = 256
+    prefix_reuse: bool = True
+
+
+@dataclass(frozen=True)
+class ScoreOutcome:
+    """Raw scores (``logit_yes - logit_no``) in document order, tokens billed, which docs were cut."""
+
+    raw_scores: list[float]
+    prompt_tokens: int
+    truncated: list[bool]
+
+
+class RerankEngine:
+    """Scores (query, documents) tasks; safe to call from many coroutines at once."""
+
+    def __init__(
+        self, builder: PromptBuilder, batcher: DynamicBatcher, info: BackendInfo,
+        metrics: ServerMetrics | None = None,
+    ) -> None:
+        self.builder = builder
+        self.batcher = batcher
+        self.info = info
+        self.metrics = metrics
+
+    @property
+    def max_model_len(self) -> int:
+        return self.builder.max_model_len
+
+    async def score(self, task: RerankTask) -> ScoreOutcome:
+        # Identical documents are scored once: cheaper, and equal documents get exactly equal scores
+        # (a row's position in a batch can move the last float bits), so ties break by index.
+        unique: dict[str, int] = {}
+        slot = [unique.setdefault(doc, len(unique)) for doc in task.documents]
+        # Tokenizing 1000 long documents takes tens of milliseconds: keep it off the event loop.
+        group = await asyncio.to_thread(
+            self.builder.build, task.query, list(unique), task.instruction, task.max_tokens_per_doc
+        )
+        raw = await self.batcher.submit(group.shared, group.tails)
+        prompt_tokens = sum(len(group.shared) + len(group.tails[i]) for i in slot)
+        truncated = [group.truncated[i] for i in slot]
+        if self.metrics:
+            self.metrics.request_documents.observe(len(task.documents))
+            self.metrics.request_tokens.observe(prompt_tokens)
+            self.metrics.truncated_documents_total.inc(sum(truncated))
+        return ScoreOutcome([raw[i] for i in slot], prompt_tokens, truncated)
+
+    async def close(self) -> None:
+        await self.batcher.close()
+        self.batcher.backend.close()
+
+
+def _make_backend(config: EngineConfig, path: Path, tokenizer: Any, max_len: int) -> ScoringBackend:
+    yes_id = tokenizer.convert_tokens_to_ids("yes")
+    no_id = tokenizer.convert_tokens_to_ids("no")
+    kwargs = dict(
+        yes_token_id=yes_id, no_token_id=no_id, max_model_len=max_len, device=config.device, dtype=config.dtype
+    )
+    name = config.backend
+    if name == "auto":
+        from rerankd.engine.backends.vllm_backend import vllm_available
+
+        name = "vllm" if vllm_available() and config.device in ("auto", "cuda") else "torch"
+    if name == "vllm":
+        from rerankd.engine.backends.vllm_backend import VllmBackend
+
+        return VllmBackend(path, **kwargs)
+    if name == "torch":
+        from rerankd.engine.backends.torch_backend import TorchBackend
+
+        return TorchBackend(path, prefix_reuse=config.prefix_reuse, **kwargs)
+    raise ValueError(f"unknown backend {config.backend!r}: use auto, torch or vllm")
+
+
+def load_engine(config: EngineConfig, metrics: ServerMetrics | None = None) -> RerankEngine:
+    """Resolve the model (local path or Hugging Face id), load tokenizer and backend. Blocking."""
+    from rerankd.engine.model_source import load_tokenizer, model_max_length, resolve_model
+
+    path = resolve_model(config.model)
+    tokenizer = load_tokenizer(path)
+    own_limit = model_max_length(path)
+    max_len = min(config.max_model_len, own_limit) if config.max_model_len else own_limit
+    if config.max_model_len and config.max_model_len > own_limit:
+        log.warning("--max-model-len %d exceeds the model's limit %d; using %d",
+                    config.max_model_len, own_limit, max_len)
+    backend = _make_backend(config, path, tokenizer, max_len)
+    builder = PromptBuilder(tokenizer, max_len)
+    batcher = DynamicBatcher(
+        backend, max_batch_tokens=max(config.max_batch_tokens, max_len), max_queue=config.max_queue,
+        metrics=metrics,
+    )
+    return RerankEngine(builder, batcher, backend.info, metrics)

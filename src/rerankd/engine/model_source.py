@@ -1,0 +1,124 @@
+"""Where the model comes from: a local directory or a Hugging Face Hub id.
+
+Why: a server must start offline from a directory and, with network, from a Hub id, and when it
+cannot, say in one sentence what to pass instead. Downloads go through ``huggingface_hub`` (with its
+progress bars) and reuse the local cache first, so a warm cache never touches the network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "DEFAULT_MAX_MODEL_LEN",
+    "ModelSourceError",
+    "load_tokenizer",
+    "model_max_length",
+    "resolve_model",
+]
+
+DEFAULT_MAX_MODEL_LEN = 32768
+
+_ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "merges.txt", "vocab.json"]
+_HF_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+_LOCAL_HINT = "--model PATH (a directory with config.json, model weights and tokenizer files)"
+
+
+class ModelSourceError(RuntimeError):
+    """The model could be neither found locally nor downloaded."""
+
+
+def _looks_like_path(model: str) -> bool:
+    return (
+        model.startswith(("/", "./", "../", "~"))
+        or model in (".", "..")
+        or os.path.exists(os.path.expanduser(model))
+    )
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def _download(model: str, *, revision: str | None, cache_dir: str | None, local_only: bool) -> Path:
+    from huggingface_hub import snapshot_download
+
+    kwargs: dict[str, Any] = {
+        "repo_id": model,
+        "revision": revision,
+        "cache_dir": cache_dir,
+        "allow_patterns": _ALLOW_PATTERNS,
+    }
+    if local_only:
+        kwargs["local_files_only"] = True
+    return Path(snapshot_download(**kwargs))
+
+
+def resolve_model(model: str, *, revision: str | None = None, cache_dir: str | None = None) -> Path:
+    """Return a local directory holding the model's config, weights and tokenizer.
+
+    * an existing directory with ``config.json`` is returned as is;
+    * a path-like string without ``config.json`` raises ``ModelSourceError``;
+    * an ``org/name`` id is taken from the Hugging Face cache if there, else downloaded.
+    """
+    local = Path(model).expanduser()
+    if local.is_dir() and (local / "config.json").is_file():
+        return local
+    if _looks_like_path(model) or not _HF_ID.match(model):
+        if local.is_dir():
+            raise ModelSourceError(
+                f"model directory '{model}' has no config.json; pass {_LOCAL_HINT}"
+            )
+        raise ModelSourceError(
+            f"model path '{model}' does not exist (config.json not found) and is not a Hugging Face "
+            f"id like 'org/name'; pass {_LOCAL_HINT}"
+        )
+
+    try:
+        path = _download(model, revision=revision, cache_dir=cache_dir, local_only=True)
+        if (path / "config.json").is_file():
+            return path
+    except KeyboardInterrupt:
+        raise
+    except Exception:
+        pass  # not cached (or only partly): go online
+
+    try:
+        path = _download(model, revision=revision, cache_dir=cache_dir, local_only=False)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        raise ModelSourceError(
+            f"could not download model '{model}' from the Hugging Face Hub ({_reason(exc)}). "
+            f"Without network, pass a local directory: {_LOCAL_HINT}"
+        ) from exc
+    if not (path / "config.json").is_file():
+        raise ModelSourceError(
+            f"model '{model}' from the Hugging Face Hub has no config.json; pass {_LOCAL_HINT}"
+        )
+    return path
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    """The model's tokenizer, loaded from the local directory."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def model_max_length(path: str | Path, cap: int = DEFAULT_MAX_MODEL_LEN) -> int:
+    """``max_position_embeddings`` from config.json, at most ``cap``; ``cap`` when absent or unreadable."""
+    try:
+        config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return cap
+    value = config.get("max_position_embeddings") if isinstance(config, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        return cap
+    return min(value, cap)

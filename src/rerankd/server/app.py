@@ -1,0 +1,246 @@
+"""The inference HTTP app: thin handlers from wire shapes to the engine and back.
+
+The model loads in a background thread after the socket is open, so ``/health`` answers at once and
+``/ready`` turns 200 only when a request can really be served (what a Kubernetes startup/readiness
+probe needs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from rerankd import __version__
+from rerankd.config import ServerSettings
+from rerankd.engine.engine import EngineConfig, RerankEngine, ScoreOutcome, load_engine
+from rerankd.errors import ModelNotFoundError, NotReadyError, PayloadTooLargeError
+from rerankd.observability.metrics import ServerMetrics
+from rerankd.protocol import (
+    ModelCard,
+    ModelList,
+    RerankRequest,
+    RerankResponse,
+    RerankTask,
+    ScoreRequest,
+    ScoreResponse,
+    TEIRankItem,
+    TEIRerankRequest,
+    build_rerank_response,
+    build_score_response,
+    build_tei_response,
+)
+from rerankd.server.errors import install_error_handlers
+from rerankd.server.middleware import ServerMiddleware, request_id_of
+
+__all__ = ["create_server_app"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+EngineLoader = Callable[[EngineConfig, ServerMetrics], RerankEngine]
+
+
+class _State:
+    """What the handlers share: the engine once loaded, or why it is not."""
+
+    def __init__(self, settings: ServerSettings, metrics: ServerMetrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.engine: RerankEngine | None = None
+        self.load_error: str | None = None
+        self.started_at = time.time()
+
+    def ready_engine(self) -> RerankEngine:
+        if self.engine is None:
+            why = self.load_error or "the model is still loading"
+            raise NotReadyError(f"not ready: {why}", retry_after=5)
+        return self.engine
+
+
+def _engine_config(s: ServerSettings) -> EngineConfig:
+    return EngineConfig(
+        model=s.model, backend=s.backend, device=s.device, dtype=s.dtype, max_model_len=s.max_model_len,
+        max_batch_tokens=s.max_batch_tokens, max_queue=s.max_queue, prefix_reuse=s.prefix_reuse,
+    )
+
+
+async def _until_disconnected(request: Request) -> None:
+    """Return when the client closes the connection (the body has been read already)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Run ``work``; cancel it if the client goes away first, so its pairs are never computed."""
+    job = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(_until_disconnected(request))
+    try:
+        await asyncio.wait({job, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+    if not job.done():
+        job.cancel()
+        raise asyncio.CancelledError("client disconnected")
+    return job.result()
+
+
+def create_server_app(settings: ServerSettings, *, engine_loader: EngineLoader | None = None) -> FastAPI:
+    """Build the app for one model. ``engine_loader`` exists for tests that share one loaded engine."""
+    metrics = ServerMetrics()
+    state = _State(settings, metrics)
+    metrics.queue_capacity.set(settings.max_queue)
+    loader = engine_loader or load_engine
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        async def load() -> None:
+            log.info("loading model %s (backend=%s device=%s dtype=%s)",
+                     settings.model, settings.backend, settings.device, settings.dtype)
+            started = time.perf_counter()
+            try:
+                engine = await asyncio.to_thread(loader, _engine_config(settings), metrics)
+            except Exception as exc:
+                state.load_error = f"model failed to load: {exc}"
+                log.error("%s", state.load_error)
+                os.kill(os.getpid(), signal.SIGTERM)  # let the supervisor restart or report us
+                return
+            engine.batcher.start()
+            state.engine = engine
+            info = engine.info
+            metrics.build_info.info({"version": __version__, "model": settings.model_name,
+                                     "backend": info.name, "device": info.device, "dtype": info.dtype})
+            metrics.model_ready.set(1)
+            log.info("model loaded in %.1fs: backend=%s device=%s dtype=%s max_model_len=%d",
+                     time.perf_counter() - started, info.name, info.device, info.dtype, info.max_model_len)
+
+        loading = asyncio.create_task(load())
+        yield
+        metrics.model_ready.set(0)
+        loading.cancel()
+        if state.engine is not None:
+            await state.engine.close()
+
+    app = FastAPI(
+        title="rerankd", version=__version__, lifespan=lifespan,
+        description="Qwen3-Reranker scoring: Jina / Cohere / vLLM / TEI rerank APIs.",
+    )
+    install_error_handlers(app)
+    app.add_middleware(
+        ServerMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes, api_key=settings.api_key
+    )
+    app.state.rerankd = state
+
+    def check_model(name: str | None) -> None:
+        if name is None:
+            return
+        accepted = {settings.model_name, settings.model, settings.model.rstrip("/").split("/")[-1]}
+        if name not in accepted:
+            raise ModelNotFoundError(
+                f"model {name!r} is not served here; this server serves {settings.model_name!r}",
+                field="model",
+            )
+
+    def check_count(n: int, field: str) -> None:
+        if n > settings.max_documents:
+            raise PayloadTooLargeError(
+                f"`{field}` has {n} items, more than the limit of {settings.max_documents} "
+                "(--max-documents); split the request",
+                field=field,
+            )
+
+    async def score_tasks(request: Request, tasks: list[RerankTask]) -> list[ScoreOutcome]:
+        engine = state.ready_engine()
+        work = asyncio.gather(*(engine.score(t) for t in tasks))
+        return await _unless_disconnected(request, work)
+
+    async def rerank(request: Request, body: RerankRequest) -> RerankResponse:
+        check_model(body.model)
+        check_count(len(body.documents), "documents")
+        (outcome,) = await score_tasks(request, [body.to_task()])
+        return build_rerank_response(
+            body, outcome.raw_scores, outcome.prompt_tokens, settings.model_name, request_id_of(request.scope)
+        )
+
+    app.post("/v1/rerank", response_model=RerankResponse, response_model_exclude_none=True,
+             summary="Rerank documents (Jina / Cohere / vLLM shape)")(rerank)
+    app.post("/v2/rerank", response_model=RerankResponse, response_model_exclude_none=True,
+             summary="Rerank documents (Cohere v2 shape)")(rerank)
+
+    @app.post("/rerank", response_model=RerankResponse | list[TEIRankItem], response_model_exclude_none=True,
+              summary="Rerank: Jina/Cohere shape with `documents`, or TEI shape with `texts`")
+    async def rerank_any(request: Request, body: RerankRequest | TEIRerankRequest) -> Any:
+        if isinstance(body, RerankRequest):
+            return await rerank(request, body)
+        check_count(len(body.texts), "texts")
+        (outcome,) = await score_tasks(request, [body.to_task()])
+        if body.truncate is False and any(outcome.truncated):
+            first = outcome.truncated.index(True)
+            raise PayloadTooLargeError(
+                f"`texts[{first}]` is longer than the model length {state.ready_engine().max_model_len} "
+                "tokens allows; shorten it or send `truncate: true`",
+                field=f"texts[{first}]",
+            )
+        return build_tei_response(body, outcome.raw_scores)
+
+    async def score(request: Request, body: ScoreRequest) -> ScoreResponse:
+        check_model(body.model)
+        tasks, where = body.to_tasks()
+        check_count(len(where), "text_2")
+        outcomes = await score_tasks(request, tasks)
+        raw = [outcomes[t].raw_scores[d] for t, d in where]
+        tokens = sum(o.prompt_tokens for o in outcomes)
+        return build_score_response(raw, tokens, settings.model_name, request_id_of(request.scope))
+
+    app.post("/v1/score", response_model=ScoreResponse, summary="Score pairs (vLLM score shape)")(score)
+    app.post("/score", response_model=ScoreResponse, include_in_schema=False)(score)
+
+    @app.get("/v1/models", response_model=ModelList, summary="Served models (OpenAI list)")
+    async def models() -> ModelList:
+        max_len = state.engine.max_model_len if state.engine else settings.max_model_len
+        card = ModelCard(id=settings.model_name, created=int(state.started_at), max_model_len=max_len)
+        return ModelList(data=[card])
+
+    @app.get("/health", summary="200 while the process lives")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready", summary="200 when the model is loaded and a request can be served, else 503")
+    async def ready() -> JSONResponse:
+        engine = state.ready_engine()
+        return JSONResponse({"status": "ready", "model": settings.model_name,
+                             "queue_depth": engine.batcher.waiting})
+
+    @app.get("/info", summary="Model, limits, version")
+    async def info() -> dict[str, Any]:
+        engine = state.engine
+        return {
+            "version": __version__,
+            "model": settings.model_name,
+            "model_source": settings.model,
+            "ready": engine is not None,
+            "backend": engine.info.name if engine else settings.backend,
+            "device": engine.info.device if engine else settings.device,
+            "dtype": engine.info.dtype if engine else settings.dtype,
+            "max_model_len": engine.max_model_len if engine else settings.max_model_len,
+            "max_batch_tokens": settings.max_batch_tokens,
+            "max_queue": settings.max_queue,
+            "max_documents": settings.max_documents,
+            "max_body_bytes": settings.max_body_bytes,
+        }
+
+    @app.get("/metrics", summary="Prometheus metrics", include_in_schema=True)
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,83 @@
+"""Mapping every failure to an HTTP answer, in one place.
+
+Why: a client must always get a JSON body that names what to fix, and bad input must never become a
+500. Typed :class:`~rerankd.errors.RerankdError` subclasses carry their status; FastAPI's validation
+errors become 422 (400 for a body that is not JSON at all); anything unexpected becomes a 500 without a
+stack trace in the body.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from rerankd.errors import RerankdError
+
+__all__ = ["error_response", "install_error_handlers"]
+
+log = logging.getLogger(__name__)
+
+_TYPES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+          405: "method_not_allowed", 413: "payload_too_large", 422: "invalid_request",
+          429: "rate_limited", 503: "unavailable"}
+
+
+def error_response(
+    status: int, message: str, *, error_type: str | None = None, field: str | None = None,
+    retry_after: float | None = None, headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body: dict[str, Any] = {"message": message, "type": error_type or _TYPES.get(status, "error"), "code": status}
+    if field:
+        body["field"] = field
+    all_headers = dict(headers or {})
+    if retry_after is not None:
+        all_headers["Retry-After"] = str(max(1, round(retry_after)))
+    return JSONResponse({"error": body}, status_code=status, headers=all_headers)
+
+
+def _describe(errors: list[dict[str, Any]]) -> tuple[str, str | None, bool]:
+    """A one-line message naming the fields to fix; whether the body was not JSON."""
+    parts: list[str] = []
+    first_field: str | None = None
+    not_json = False
+    for err in errors[:5]:
+        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+        if err.get("type") == "json_invalid":
+            not_json = True
+            parts.append(f"body is not valid JSON ({err.get('ctx', {}).get('error', 'parse error')})")
+            continue
+        # Union branches prefix the location with the model name; drop it for readability.
+        loc = [p for p in loc if not p[:1].isupper()] or loc
+        name = ".".join(loc) or "body"
+        first_field = first_field or name
+        parts.append(f"`{name}`: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request", first_field, not_json
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RerankdError)
+    async def _rerankd_error(_: Request, exc: RerankdError) -> JSONResponse:
+        return error_response(exc.status_code, exc.message, error_type=exc.error_type,
+                              field=exc.field, retry_after=exc.retry_after)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        message, field, not_json = _describe(list(exc.errors()))
+        if not_json:
+            return error_response(400, message + "; send a JSON object with Content-Type: application/json")
+        return error_response(422, message, field=field)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return error_response(500, "internal error; the request id identifies it in the server log",
+                              error_type="internal_error")

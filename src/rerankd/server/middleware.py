@@ -1,0 +1,149 @@
+"""ASGI middleware of the inference server: request ids, body size cap, API key, access metrics.
+
+Pure ASGI (not ``BaseHTTPMiddleware``) so bodies stream through untouched and a disconnect reaches
+the handler.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from starlette.exceptions import HTTPException
+
+from rerankd.observability.metrics import ServerMetrics
+
+__all__ = ["ServerMiddleware", "request_id_of"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+log = logging.getLogger("rerankd.access")
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
+PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics"})
+_KNOWN_ROUTES = frozenset({
+    "/v1/rerank", "/v2/rerank", "/rerank", "/v1/score", "/score", "/v1/models", "/health", "/ready",
+    "/metrics", "/info", "/docs", "/openapi.json", "/redoc",
+})
+
+
+def request_id_of(scope: Scope) -> str:
+    return scope.get("state", {}).get("request_id", "")
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _treat_body_as_json(scope: Scope) -> None:
+    """Every POST body here is JSON: parse it as such even when the client (say ``curl -d``) labels it
+    form data, so a mislabelled body gets a JSON parse result, not a confusing type error."""
+    headers = [(k, v) for k, v in scope.get("headers", ()) if k != b"content-type"]
+    headers.append((b"content-type", b"application/json"))
+    scope["headers"] = headers
+
+
+class _BodyTooLarge(HTTPException):
+    """An HTTPException so FastAPI's body parser re-raises it (it turns other errors into 400)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body exceeds the limit of {limit} bytes")
+
+
+class ServerMiddleware:
+    """Gives every response an ``X-Request-ID``, caps body size, checks the API key, counts requests."""
+
+    def __init__(
+        self, app: ASGIApp, *, metrics: ServerMetrics, max_body_bytes: int, api_key: str | None
+    ) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+        self.api_key = api_key
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = _header(scope, b"x-request-id")
+        request_id = given if given and _SAFE_ID.match(given) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        if scope.get("method") == "POST":
+            _treat_body_as_json(scope)
+        path = scope.get("path", "")
+        route = path if path in _KNOWN_ROUTES else "other"
+        started = time.perf_counter()
+        status_holder = {"status": 500}
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_holder["status"] = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id.encode()))
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            rejection = self._reject(scope)
+            if rejection is not None:
+                await self._send_error(send_with_id, *rejection)
+                return
+            await self.app(scope, self._capped(receive), send_with_id)
+        except _BodyTooLarge:
+            await self._send_error(send_with_id, 413, f"request body exceeds {self.max_body_bytes} bytes")
+        finally:
+            status = status_holder["status"]
+            elapsed = time.perf_counter() - started
+            self.metrics.requests_total.labels(route=route, status=str(status)).inc()
+            self.metrics.request_duration_seconds.labels(route=route).observe(elapsed)
+            log.info("request", extra={"request_id": request_id, "route": route, "method": scope.get("method"),
+                                        "status": status, "latency_ms": round(elapsed * 1000, 2)})
+
+    def _reject(self, scope: Scope) -> tuple[int, str] | None:
+        length = _header(scope, b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
+            return 413, f"request body of {length} bytes exceeds the limit of {self.max_body_bytes} bytes"
+        if self.api_key and scope.get("path") not in PUBLIC_PATHS:
+            auth = _header(scope, b"authorization") or ""
+            scheme, _, token = auth.partition(" ")
+            if scheme.lower() != "bearer" or not token:
+                return 401, "missing API key: send `Authorization: Bearer <key>`"
+            if not hmac.compare_digest(token.strip().encode(), self.api_key.encode()):
+                return 401, "invalid API key"
+        return None
+
+    def _capped(self, receive: Receive) -> Receive:
+        seen = 0
+
+        async def capped_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body_bytes:
+                    raise _BodyTooLarge(self.max_body_bytes)
+            return message
+
+        return capped_receive
+
+    @staticmethod
+    async def _send_error(send: Send, status: int, message: str) -> None:
+        kind = {401: "unauthorized", 413: "payload_too_large"}.get(status, "error")
+        body = json.dumps({"error": {"message": message, "type": kind, "code": status}}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        if status == 401:
+            headers.append((b"www-authenticate", b"Bearer"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,59 @@
+"""`rerankd serve` as users run it: a real process, flags from RERANKD_* env vars, clear startup logs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from conftest import free_port
+
+
+def test_serve_reads_env_vars_logs_startup_and_serves(tiny_model_dir: Path, tmp_path: Path) -> None:
+    port = free_port()
+    env = dict(os.environ, RERANKD_MODEL=str(tiny_model_dir), RERANKD_PORT=str(port), RERANKD_DEVICE="cpu",
+               RERANKD_SERVED_MODEL_NAME="env-named", RERANKD_LOG_FORMAT="json")
+    log_path = tmp_path / "serve.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "rerankd.cli", "serve"], env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, log_path.read_text()
+            time.sleep(0.2)
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/rerank", json={"query": "q", "documents": ["a", "b"]})
+        assert r.status_code == 200 and r.json()["model"] == "env-named"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    text = log_path.read_text()
+    assert f"http://127.0.0.1:{port}" in text
+    assert "model loaded" in text
+
+
+def test_serve_without_model_names_model_path(tmp_path: Path) -> None:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    missing = subprocess.run([sys.executable, "-m", "rerankd.cli", "serve", "--model", "Qwen/Qwen3-Reranker-0.6B"],
+                             env=env, capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2
+    assert "--model PATH" in missing.stderr
+    no_config = subprocess.run([sys.executable, "-m", "rerankd.cli", "serve", "--model", str(tmp_path)],
+                               env=env, capture_output=True, text=True, timeout=120)
+    assert no_config.returncode == 2 and "--model PATH" in no_config.stderr
+
+
+def test_help_lists_every_contract_flag() -> None:
+    out = subprocess.run([sys.executable, "-m", "rerankd.cli", "serve", "--help"], capture_output=True, text=True)
+    for flag in ("--model", "--served-model-name", "--backend", "--device", "--dtype", "--max-model-len",
+                 "--max-batch-tokens", "--max-queue", "--host", "--port", "--api-key", "RERANKD_MODEL"):
+        assert flag in out.stdout, flag
