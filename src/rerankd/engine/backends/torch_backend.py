@@ -71,6 +71,7 @@ class TorchBackend:
         device: str = "auto",
         dtype: str = "auto",
         prefix_reuse: bool = True,
+        chunk_tokens: int = 2048,
     ) -> None:
         import torch
         from transformers import AutoModelForCausalLM
@@ -79,6 +80,7 @@ class TorchBackend:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.prefix_reuse = prefix_reuse
+        self.chunk_tokens = chunk_tokens
         model = AutoModelForCausalLM.from_pretrained(
             str(model_path), dtype=self.dtype, attn_implementation="sdpa", low_cpu_mem_usage=True
         )
@@ -120,34 +122,63 @@ class TorchBackend:
         mask = (torch.arange(width, device=self.device)[None, :] < lengths[:, None]).long()
         return ids, mask, lengths
 
-    def _last_token_scores(self, hidden: Any, lengths: Any) -> list[float]:
+    def _forward(
+        self, ids: Any, lengths: Any, *, past: Any = None, past_mask: Any = None, past_lengths: Any = None,
+        keep_cache: bool = False,
+    ) -> tuple[Any, Any]:
+        """Run right-padded rows, in chunks of ``chunk_tokens`` columns, after an optional KV cache.
+
+        Returns each row's hidden state at its last real token, and the cache when ``keep_cache``.
+        Chunking bounds activation and attention memory, so one 32k-token document does not need a
+        32k × 32k attention matrix at once; causal attention over the cache makes it exact.
+        """
         torch = self._torch
-        last = hidden[torch.arange(hidden.shape[0], device=self.device), lengths - 1]
+        rows, width = ids.shape
+        own_mask = (torch.arange(width, device=self.device)[None, :] < lengths[:, None]).long()
+        base = past_lengths if past_lengths is not None else torch.zeros(rows, dtype=torch.long, device=self.device)
+        last_index = lengths - 1
+        last = None
+        cache = past
+        for start in range(0, width, self.chunk_tokens):
+            end = min(width, start + self.chunk_tokens)
+            mask = own_mask[:, :end] if past_mask is None else torch.cat([past_mask, own_mask[:, :end]], dim=1)
+            positions = base[:, None] + torch.arange(start, end, device=self.device)[None, :]
+            use_cache = keep_cache or end < width or cache is not None
+            out = self.body(input_ids=ids[:, start:end], attention_mask=mask, position_ids=positions,
+                            past_key_values=cache, use_cache=use_cache)
+            cache = out.past_key_values if use_cache else None
+            hidden = out.last_hidden_state
+            if last is None:
+                last = hidden.new_zeros((rows, hidden.shape[-1]))
+            here = (last_index >= start) & (last_index < end)
+            if bool(here.any()):
+                idx = here.nonzero(as_tuple=True)[0]
+                last[idx] = hidden[idx, last_index[idx] - start]
+        return last, cache
+
+    def _scores(self, last: Any) -> list[float]:
         return (last.float() @ self.w_diff).tolist()
 
     def _score_rows(self, rows: list[list[int]]) -> list[float]:
-        ids, mask, lengths = self._pad_right(rows)
-        hidden = self.body(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-        return self._last_token_scores(hidden, lengths)
+        ids, _, lengths = self._pad_right(rows)
+        last, _ = self._forward(ids, lengths)
+        return self._scores(last)
 
     def _score_with_shared_prefix(self, groups: list[TokenGroup]) -> list[float]:
         """Run each group's shared prefix once, gather its KV cache per row, then run the tails."""
         torch = self._torch
         prefix_ids, prefix_mask, prefix_lengths = self._pad_right([g.shared for g in groups])
-        out = self.body(input_ids=prefix_ids, attention_mask=prefix_mask, use_cache=True)
-        cache = out.past_key_values
+        _, cache = self._forward(prefix_ids, prefix_lengths, keep_cache=True)
         row_group = torch.tensor(
             [gi for gi, g in enumerate(groups) for _ in g.tails], dtype=torch.long, device=self.device
         )
         cache.batch_select_indices(row_group)
-        tail_ids, tail_mask, tail_lengths = self._pad_right([t for g in groups for t in g.tails])
-        mask = torch.cat([prefix_mask[row_group], tail_mask], dim=1)
-        positions = prefix_lengths[row_group][:, None] + torch.arange(tail_ids.shape[1], device=self.device)
-        hidden = self.body(
-            input_ids=tail_ids, attention_mask=mask, position_ids=positions,
-            past_key_values=cache, use_cache=True,
-        ).last_hidden_state
-        return self._last_token_scores(hidden, tail_lengths)
+        tail_ids, _, tail_lengths = self._pad_right([t for g in groups for t in g.tails])
+        last, _ = self._forward(
+            tail_ids, tail_lengths, past=cache, past_mask=prefix_mask[row_group],
+            past_lengths=prefix_lengths[row_group],
+        )
+        return self._scores(last)
 
     def close(self) -> None:
         self.body = None
