@@ -1,0 +1,145 @@
+"""Database access for the gateway: one async engine factory and the ORM tables.
+
+Why one module: the key store and the usage ledger share a database (SQLite embedded by default,
+PostgreSQL in production), so the URL handling, the column types and the schema live in one place.
+
+The schema is created with ``metadata.create_all`` (:func:`init_schema`). That is deliberate for now:
+it is idempotent and needs no migration files. Alembic migrations replace it in a later step, once the
+schema must evolve under existing deployments.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import BigInteger, Boolean, DateTime, Float, Integer, String, event
+from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+__all__ = ["ApiKey", "Base", "UsageRecord", "create_engine_for", "init_schema", "utcnow"]
+
+# Plain driver names mapped to the asyncio driver we ship (the `gateway` extra installs both).
+_ASYNC_DRIVERS = {
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+    "postgres": "postgresql+asyncpg",
+    "postgresql": "postgresql+asyncpg",
+    "postgresql+asyncpg": "postgresql+asyncpg",
+}
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware in UTC (every timestamp the gateway stores is UTC)."""
+    return datetime.now(timezone.utc)
+
+
+def create_engine_for(url: str) -> AsyncEngine:
+    """Build an async engine from a user-facing database URL.
+
+    Operators write ``sqlite:///ledger.db`` or ``postgresql://user@host/db``, the forms every other tool
+    uses; the gateway needs the asyncio drivers, so plain URLs are rewritten to ``sqlite+aiosqlite`` and
+    ``postgresql+asyncpg``. A URL naming another (sync) driver is refused rather than silently swapped.
+    """
+    parsed = make_url(url)
+    driver = _ASYNC_DRIVERS.get(parsed.drivername)
+    if driver is None:
+        raise ValueError(
+            f"unsupported database URL scheme {parsed.drivername!r}: use sqlite:///PATH or postgresql://USER@HOST/DB"
+        )
+    parsed = parsed.set(drivername=driver)
+    if driver.startswith("sqlite"):
+        engine = create_async_engine(parsed)
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        return engine
+    # pre_ping: after a PostgreSQL restart the pool would otherwise hand out dead connections once each.
+    return create_async_engine(parsed, pool_pre_ping=True)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    """WAL lets readers (usage queries) run beside the ledger's writer; busy_timeout waits out short locks."""
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=5000")
+    finally:
+        cursor.close()
+
+
+async def init_schema(engine: AsyncEngine) -> None:
+    """Create the gateway tables that do not exist yet (idempotent; Alembic takes over later)."""
+    async with engine.begin() as conn:
+        await conn.run_sync(Base.metadata.create_all)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp that is always aware UTC in Python, whatever the backend stores.
+
+    Why: SQLite keeps no zone and hands back naive values while PostgreSQL returns aware ones; callers
+    should not have to know which database they talk to when comparing times.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    """Declarative base holding the gateway's metadata (one schema for keys and usage)."""
+
+
+class ApiKey(Base):
+    """A gateway API key. Only the SHA-256 of the key is stored; the plaintext is shown once at creation."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=lambda: str(uuid.uuid4()))
+    name: Mapped[str] = mapped_column(String(128), unique=True, nullable=False)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    key_prefix: Mapped[str] = mapped_column(String(16), nullable=False)
+    rpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    tpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    is_admin: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class UsageRecord(Base):
+    """One served request. ``request_id`` is unique so a retried ledger flush can never count it twice.
+
+    ``key_id`` is nullable and not a foreign key: JWT callers and unauthenticated deployments are billed
+    by subject or not at all, and usage rows must outlive a deleted key.
+    """
+
+    __tablename__ = "usage_records"
+
+    # BIGINT on PostgreSQL (many rows over years); SQLite only auto-increments a plain INTEGER key.
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    request_id: Mapped[str] = mapped_column(String(128), unique=True, nullable=False)
+    key_id: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
+    model: Mapped[str] = mapped_column(String(256), nullable=False)
+    documents: Mapped[int] = mapped_column(Integer, nullable=False)
+    tokens: Mapped[int] = mapped_column(Integer, nullable=False)
+    latency_ms: Mapped[float] = mapped_column(Float, nullable=False)
+    status: Mapped[int] = mapped_column(Integer, nullable=False)
+    upstream: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    route: Mapped[str] = mapped_column(String(128), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow, index=True)

@@ -1,0 +1,231 @@
+"""The usage ledger: one row per served request, written in the background in batches.
+
+Why a buffer and a writer task: the response path must never wait for, or fail because of, the
+database. ``record`` only appends to an in-memory buffer; a background task inserts batches (one
+``INSERT`` per batch). A failed flush keeps its rows and is retried with backoff, so a database outage
+costs memory, not rows, up to ``max_pending`` rows; past that new rows are dropped and counted.
+Inserts skip rows whose ``request_id`` already exists, so re-sending a batch whose commit outcome
+was unknown is harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Date, cast, func, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from rerankd.gateway.db import UsageRecord, utcnow
+
+__all__ = ["UsageEntry", "UsageLedger"]
+
+logger = logging.getLogger(__name__)
+
+_COLUMNS = 10  # bound parameters per row in the batch INSERT
+_MAX_BIND_PARAMS = 30_000  # under PostgreSQL's 32767 and SQLite's 32766 limits per statement
+_DROP_LOG_EVERY_S = 10.0
+
+
+@dataclass(frozen=True)
+class UsageEntry:
+    """One served request as the gateway saw it (the row shape of ``usage_records``)."""
+
+    request_id: str
+    key_id: str | None
+    model: str
+    documents: int
+    tokens: int
+    latency_ms: float
+    status: int
+    route: str
+    upstream: str | None = None
+    created_at: datetime = field(default_factory=utcnow)
+
+    def _row(self) -> dict[str, Any]:
+        return {"request_id": self.request_id, "key_id": self.key_id, "model": self.model,
+                "documents": self.documents, "tokens": self.tokens, "latency_ms": self.latency_ms,
+                "status": self.status, "upstream": self.upstream, "route": self.route,
+                "created_at": self.created_at}
+
+
+class UsageLedger:
+    """Buffers :class:`UsageEntry` rows and writes them to ``usage_records`` from a background task.
+
+    Lifecycle: ``start()`` once the event loop runs, ``record()`` per request (from the loop's thread),
+    ``await close()`` at shutdown after the HTTP server stopped taking requests. ``engine`` may be
+    replaced at any time (e.g. after a failover); the next flush attempt uses the new one.
+    """
+
+    def __init__(self, engine: AsyncEngine, *, batch_size: int = 200, flush_interval: float = 0.5,
+                 max_pending: int = 100_000, max_backoff: float = 30.0) -> None:
+        if batch_size < 1 or flush_interval <= 0 or max_pending < 1 or max_backoff <= 0:
+            raise ValueError("batch_size and max_pending must be >= 1; flush_interval and max_backoff > 0")
+        self.engine = engine
+        self._batch_size = min(batch_size, _MAX_BIND_PARAMS // _COLUMNS)
+        self._flush_interval = flush_interval
+        self._max_pending = max_pending
+        self._max_backoff = max_backoff
+        # (monotonic time recorded, entry); only the writer removes from the left, and only after a commit.
+        self._buffer: deque[tuple[float, UsageEntry]] = deque()
+        self._wakeup = asyncio.Event()  # a full batch is waiting, or we are stopping
+        self._stopping = asyncio.Event()  # cuts backoff sleeps short at shutdown
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._last_drop_log = float("-inf")
+        self.dropped = 0
+        """Rows refused because the buffer was full or the ledger closed."""
+        self.flush_failures = 0
+        """Flush attempts that failed (each is retried; the rows stay buffered)."""
+        self.written = 0
+        """Rows sent in committed batches (duplicates skipped by the database included)."""
+
+    def record(self, entry: UsageEntry) -> None:
+        """Queue one row for writing. Never blocks and never raises: usage must not break a response."""
+        try:
+            if self._closed or len(self._buffer) >= self._max_pending:
+                self._drop()
+                return
+            self._buffer.append((time.monotonic(), entry))
+            if len(self._buffer) >= self._batch_size:
+                self._wakeup.set()
+        except Exception:  # pragma: no cover - defensive: nothing above should raise
+            logger.exception("usage ledger: could not queue a row")
+
+    def pending(self) -> int:
+        """Rows recorded but not yet committed to the database."""
+        return len(self._buffer)
+
+    def lag_seconds(self) -> float:
+        """Age of the oldest uncommitted row in seconds (0.0 when nothing is pending); alert when it grows."""
+        if not self._buffer:
+            return 0.0
+        return max(0.0, time.monotonic() - self._buffer[0][0])
+
+    def start(self) -> None:
+        """Start the background writer on the running event loop (idempotent)."""
+        if self._closed:
+            raise RuntimeError("usage ledger is closed")
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="usage-ledger-writer")
+
+    async def close(self, timeout: float = 10.0) -> int:
+        """Stop the writer and flush what is left, retrying for up to ``timeout`` seconds.
+
+        Returns the number of rows that could not be written (0 after a clean shutdown); those are logged,
+        since shutdown cannot wait forever for a database that is down.
+        """
+        self._closed = True
+        self._stopping.set()
+        self._wakeup.set()
+        deadline = time.monotonic() + timeout
+        if self._task is not None:
+            # A flush in flight normally ends quickly; against a hung database, wait_for cancels it.
+            # Its rows are still buffered (they leave the buffer only after a commit).
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._task, timeout)
+            self._task = None
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._drain(deadline), max(0.0, deadline - time.monotonic()))
+        if self._buffer:
+            logger.error("usage ledger: %d rows could not be written before shutdown", len(self._buffer))
+        return len(self._buffer)
+
+    async def usage_by_day(self, key_id: str | None) -> list[dict[str, Any]]:
+        """Committed usage per UTC day, oldest first: ``day`` (YYYY-MM-DD), requests, documents, tokens.
+
+        ``key_id=None`` sums over all keys (admin view). Rows still buffered are not included.
+        """
+        day = self._day_expression()
+        statement = (
+            select(day.label("day"), func.count().label("requests"),
+                   func.coalesce(func.sum(UsageRecord.documents), 0).label("documents"),
+                   func.coalesce(func.sum(UsageRecord.tokens), 0).label("tokens"))
+            .group_by(day)
+            .order_by(day)
+        )
+        if key_id is not None:
+            statement = statement.where(UsageRecord.key_id == key_id)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(statement)).all()
+        return [{"day": str(row.day), "requests": int(row.requests), "documents": int(row.documents),
+                 "tokens": int(row.tokens)} for row in rows]
+
+    async def _drain(self, deadline: float) -> None:
+        failures = 0
+        while self._buffer and not await self._flush_all():
+            failures += 1
+            delay = self._backoff(failures)
+            if time.monotonic() + delay > deadline:
+                return
+            await asyncio.sleep(delay)
+
+    def _day_expression(self) -> Any:
+        if self.engine.dialect.name == "postgresql":
+            # Day boundaries in UTC whatever the session's TimeZone setting is.
+            return cast(func.timezone("UTC", UsageRecord.created_at), Date)
+        return func.date(UsageRecord.created_at)  # SQLite stores UTC text; date() yields 'YYYY-MM-DD'
+
+    def _drop(self) -> None:
+        self.dropped += 1
+        now = time.monotonic()
+        if now - self._last_drop_log >= _DROP_LOG_EVERY_S:
+            self._last_drop_log = now
+            reason = "closed" if self._closed else f"over {self._max_pending} rows pending"
+            logger.warning("usage ledger: dropping rows (%s); %d dropped so far", reason, self.dropped)
+
+    def _backoff(self, failures: int) -> float:
+        return min(self._max_backoff, 0.1 * 2 ** min(failures - 1, 20))
+
+    async def _run(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            if failures:
+                # Back off without reacting to new rows: hammering a database that is down helps no one.
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), self._backoff(failures))
+            elif len(self._buffer) < self._batch_size:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), self._flush_interval)
+                self._wakeup.clear()
+            if self._stopping.is_set():
+                return  # close() does the final flush with its own deadline
+            failures = 0 if await self._flush_all() else failures + 1
+
+    async def _flush_all(self) -> bool:
+        """Write buffered rows batch by batch; False at the first failed batch (its rows stay buffered)."""
+        while self._buffer:
+            batch = [entry for _, entry in itertools.islice(self._buffer, self._batch_size)]
+            try:
+                await self._insert(batch)
+            except Exception as exc:
+                self.flush_failures += 1
+                logger.warning("usage ledger: flush of %d rows failed (%d pending, will retry): %s",
+                               len(batch), len(self._buffer), exc)
+                return False
+            for _ in batch:
+                self._buffer.popleft()
+            self.written += len(batch)
+        return True
+
+    async def _insert(self, batch: list[UsageEntry]) -> None:
+        rows = [entry._row() for entry in batch]
+        engine = self.engine
+        dialect = engine.dialect.name
+        if dialect == "postgresql":
+            statement: Any = postgresql.insert(UsageRecord).values(rows).on_conflict_do_nothing(
+                index_elements=["request_id"])
+        elif dialect == "sqlite":
+            statement = sqlite.insert(UsageRecord).values(rows).on_conflict_do_nothing(index_elements=["request_id"])
+        else:  # other databases: a duplicate request_id fails the batch instead of being skipped
+            statement = insert(UsageRecord).values(rows)
+        async with engine.begin() as conn:
+            await conn.execute(statement)

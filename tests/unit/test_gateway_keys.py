@@ -1,0 +1,123 @@
+"""KeyStore against real databases: SQLite in a temp file and the PostgreSQL test server."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from rerankd.gateway.db import ApiKey, create_engine_for, init_schema
+from rerankd.gateway.keys import ApiKeyRecord, KeyStore
+
+PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def engine(request: pytest.FixtureRequest, tmp_path) -> AsyncIterator[AsyncEngine]:
+    """A fresh gateway schema: a new SQLite file, or a PostgreSQL schema unique to this test."""
+    if request.param == "sqlite":
+        base = create_engine_for(f"sqlite:///{tmp_path / 'gateway.db'}")
+        await init_schema(base)
+        yield base
+        await base.dispose()
+        return
+    base = create_engine_for(PG_URL)
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    try:
+        async with base.begin() as conn:
+            await conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    except OSError as exc:
+        await base.dispose()
+        pytest.skip(f"PostgreSQL at {PG_URL} unreachable: {exc}")
+    scoped = base.execution_options(schema_translate_map={None: schema})
+    try:
+        await init_schema(scoped)
+        yield scoped
+    finally:
+        async with base.begin() as conn:
+            await conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        await base.dispose()
+
+
+async def test_key_is_shown_once_and_only_its_hash_is_stored(engine: AsyncEngine) -> None:
+    store = KeyStore(engine)
+    record, plaintext = await store.create("alice", rpm=60, tpm=10_000)
+    assert plaintext.startswith("rk-") and len(plaintext) > 40
+    assert isinstance(record, ApiKeyRecord)
+    assert record.name == "alice" and record.rpm == 60 and record.tpm == 10_000 and not record.is_admin
+    assert record.key_prefix == plaintext[:8] and not record.revoked
+    assert not hasattr(record, "key_hash")
+
+    async with engine.connect() as conn:
+        rows = (await conn.execute(select(ApiKey.__table__))).mappings().all()
+    assert len(rows) == 1
+    stored = " ".join(str(value) for value in rows[0].values())
+    assert plaintext not in stored
+    assert rows[0]["key_hash"] == hashlib.sha256(plaintext.encode()).hexdigest()
+
+    listed = await store.list()
+    assert [key.name for key in listed] == ["alice"]
+    assert listed[0].created_at.tzinfo is not None
+
+
+async def test_verify_accepts_the_key_and_rejects_wrong_ones(engine: AsyncEngine) -> None:
+    store = KeyStore(engine)
+    record, plaintext = await store.create("svc", is_admin=True)
+    verified = await store.verify(plaintext)
+    assert verified is not None and verified.id == record.id and verified.is_admin
+    assert await store.verify(plaintext[:-1] + ("A" if plaintext[-1] != "A" else "B")) is None
+    assert await store.verify("rk-" + "x" * 43) is None
+    assert await store.verify("") is None
+    assert await store.verify("not-a-key") is None
+
+
+async def test_revoked_key_no_longer_verifies(engine: AsyncEngine) -> None:
+    store = KeyStore(engine)
+    first, first_key = await store.create("one")
+    _, second_key = await store.create("two")
+    assert await store.revoke("one") is True
+    assert await store.revoke("one") is False  # already revoked
+    assert await store.revoke("no-such-key") is False
+    assert await store.verify(first_key) is None
+    assert await store.verify(second_key) is not None
+    second = await store.verify(second_key)
+    assert second is not None and await store.revoke(second.id) is True  # by id works too
+    assert await store.verify(second_key) is None
+    by_name = {key.name: key for key in await store.list()}
+    assert by_name["one"].revoked and by_name["one"].id == first.id and by_name["two"].revoked
+
+
+async def test_duplicate_name_is_a_clear_error(engine: AsyncEngine) -> None:
+    store = KeyStore(engine)
+    await store.create("team-a")
+    with pytest.raises(ValueError, match=r"team-a.*already exists"):
+        await store.create("team-a")
+    assert [key.name for key in await store.list()] == ["team-a"]
+    with pytest.raises(ValueError, match="non-empty"):
+        await store.create("  ")
+    with pytest.raises(ValueError, match="rpm"):
+        await store.create("team-b", rpm=0)
+
+
+@pytest.mark.parametrize(("url", "driver"), [
+    ("sqlite:///tmp/x.db", "sqlite+aiosqlite"),
+    ("sqlite+aiosqlite:///tmp/x.db", "sqlite+aiosqlite"),
+    ("postgresql://u@h/db", "postgresql+asyncpg"),
+    ("postgres://u@h/db", "postgresql+asyncpg"),
+    ("postgresql+asyncpg://u@h/db", "postgresql+asyncpg"),
+])
+async def test_create_engine_for_uses_async_drivers(url: str, driver: str) -> None:
+    engine = create_engine_for(url)
+    try:
+        assert engine.url.drivername == driver
+    finally:
+        await engine.dispose()
+
+
+def test_create_engine_for_refuses_sync_drivers() -> None:
+    with pytest.raises(ValueError, match="unsupported database URL"):
+        create_engine_for("mysql://u@h/db")
