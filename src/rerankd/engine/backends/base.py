@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-__all__ = ["BackendInfo", "ScoringBackend", "TokenGroup"]
+__all__ = ["BackendInfo", "ScoringBackend", "TokenGroup", "split_by_group"]
 
 
 @dataclass(frozen=True)
@@ -48,3 +48,13 @@ class ScoringBackend(Protocol):
     def close(self) -> None:
         """Release devices and memory."""
         ...
+
+
+def split_by_group(flat: list[float], groups: list[TokenGroup]) -> list[list[float]]:
+    """Cut scores computed row by row over all groups back into one list per group."""
+    out: list[list[float]] = []
+    i = 0
+    for g in groups:
+        out.append(flat[i : i + len(g.tails)])
+        i += len(g.tails)
+    return out

@@ -17,7 +17,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from rerankd.engine.backends.base import BackendInfo, TokenGroup
+from rerankd.engine.backends.base import BackendInfo, TokenGroup, split_by_group
 
 __all__ = ["TorchBackend", "resolve_device", "resolve_dtype"]
 
@@ -104,12 +104,7 @@ class TorchBackend:
                 flat = self._score_with_shared_prefix(groups)
             else:
                 flat = self._score_rows([g.shared + t for g in groups for t in g.tails])
-        out: list[list[float]] = []
-        i = 0
-        for g in groups:
-            out.append(flat[i : i + len(g.tails)])
-            i += len(g.tails)
-        return out
+        return split_by_group(flat, groups)
 
     def _pad_right(self, rows: list[list[int]]) -> tuple[Any, Any, Any]:
         torch = self._torch

@@ -19,7 +19,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from rerankd.engine.backends.base import BackendInfo, TokenGroup
+from rerankd.engine.backends.base import BackendInfo, TokenGroup, split_by_group
 
 __all__ = ["VllmBackend", "prob_to_logit", "vllm_available"]
 
@@ -151,12 +151,7 @@ class VllmBackend:
         if len(outputs) != len(prompts):
             raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(prompts)} prompts")
         flat = [prob_to_logit(_probability(o)) for o in outputs]
-        out: list[list[float]] = []
-        i = 0
-        for g in groups:
-            out.append(flat[i : i + len(g.tails)])
-            i += len(g.tails)
-        return out
+        return split_by_group(flat, groups)
 
     def close(self) -> None:
         llm = getattr(self, "_llm", None)
