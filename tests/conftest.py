@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -15,6 +19,7 @@ import pytest
 
 from rerankd.config import ServerSettings
 from rerankd.devtools.random_model import build_random_model
+from rerankd.gateway.settings import GatewaySettings
 
 
 def free_port() -> int:
@@ -74,3 +79,143 @@ def server_url(tiny_model_dir: Path) -> Iterator[str]:
                               max_body_bytes=256 * 1024)
     with running_server(settings) as url:
         yield url
+
+
+# ---------------------------------------------------------------- processes: replicas and gateways
+
+
+@dataclass
+class Proc:
+    """A rerankd process started by a test (``rerankd serve`` or ``rerankd gateway``) on 127.0.0.1."""
+
+    args: list[str]
+    port: int
+    log_path: Path
+    env: dict[str, str]
+    popen: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Proc:
+        log = self.log_path.open("ab")
+        self.popen = subprocess.Popen([sys.executable, "-m", "rerankd.cli", *self.args, "--port", str(self.port),
+                                       "--host", "127.0.0.1"], stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        return self
+
+    def wait_ready(self, timeout: float = 120.0, path: str = "/ready") -> Proc:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.popen is not None and self.popen.poll() is not None:
+                raise RuntimeError(f"process exited with {self.popen.returncode}: {self.log_tail()}")
+            try:
+                if httpx.get(self.url + path, timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.url}{path} not ready after {timeout}s: {self.log_tail()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
+        if self.popen is None or self.popen.poll() is not None:
+            return None if self.popen is None else self.popen.returncode
+        self.popen.send_signal(sig)
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            return self.popen.wait(10)
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+
+def _process_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("CI", None)  # nothing in a child process depends on it; keeps their logs plain
+    env["RERANKD_LOG_FORMAT"] = "json"
+    env.setdefault("OMP_NUM_THREADS", "1")  # several replicas share two cores
+    return env
+
+
+def spawn_replica(model_dir: Path, log_dir: Path, *extra: str, port: int | None = None) -> Proc:
+    """Start ``rerankd serve`` with the tiny model in float32 on the CPU (not waiting for /ready)."""
+    port = port or free_port()
+    args = ["serve", "--model", str(model_dir), "--served-model-name", "tiny-reranker", "--device", "cpu",
+            "--dtype", "float32", "--max-model-len", "256", *extra]
+    return Proc(args, port, log_dir / f"replica-{port}.log", _process_env()).start()
+
+
+def spawn_gateway(log_dir: Path, upstreams: list[str], *extra: str, port: int | None = None) -> Proc:
+    """Start ``rerankd gateway`` in front of ``upstreams`` (not waiting for /ready)."""
+    port = port or free_port()
+    args = ["gateway", *[a for u in upstreams for a in ("--upstream", u)], *extra]
+    return Proc(args, port, log_dir / f"gateway-{port}.log", _process_env()).start()
+
+
+@dataclass
+class Fleet:
+    """Three replicas of the tiny model; a test that kills one restarts it with :meth:`restart`."""
+
+    model_dir: Path
+    log_dir: Path
+    replicas: list[Proc]
+
+    @property
+    def urls(self) -> list[str]:
+        return [r.url for r in self.replicas]
+
+    def restart(self, index: int) -> None:
+        old = self.replicas[index]
+        old.stop(signal.SIGKILL)
+        self.replicas[index] = spawn_replica(self.model_dir, self.log_dir, port=old.port).wait_ready()
+
+    def ensure_all_up(self) -> None:
+        for i, replica in enumerate(self.replicas):
+            if replica.popen is None or replica.popen.poll() is not None:
+                self.restart(i)
+
+
+@pytest.fixture(scope="session")
+def fleet(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    """Three real ``rerankd serve`` processes (started together; they load in parallel)."""
+    log_dir = tmp_path_factory.mktemp("fleet-logs")
+    replicas = [spawn_replica(tiny_model_dir, log_dir) for _ in range(3)]
+    try:
+        for replica in replicas:
+            replica.wait_ready()
+        yield Fleet(tiny_model_dir, log_dir, replicas)
+    finally:
+        for replica in replicas:
+            replica.stop(signal.SIGKILL)
+
+
+@contextmanager
+def running_gateway(settings: GatewaySettings, timeout: float = 30.0) -> Iterator[str]:
+    """Run ``create_gateway_app(settings)`` under uvicorn in a thread; yield its base URL once it serves."""
+    import uvicorn
+
+    from rerankd.gateway.app import create_gateway_app
+
+    port = free_port()
+    settings = settings.model_copy(update={"port": port, "host": "127.0.0.1"})
+    server = uvicorn.Server(uvicorn.Config(create_gateway_app(settings), host="127.0.0.1", port=port,
+                                           log_level="warning", lifespan="on", timeout_graceful_shutdown=5))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            server.should_exit = True
+            raise RuntimeError("gateway did not start")
+        time.sleep(0.05)
+    try:
+        yield base
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

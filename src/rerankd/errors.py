@@ -9,14 +9,18 @@ from __future__ import annotations
 
 __all__ = [
     "BadRequestError",
+    "ConflictError",
+    "ForbiddenError",
     "ModelNotFoundError",
     "NotReadyError",
     "OverloadedError",
     "PayloadTooLargeError",
     "QueryTooLongError",
+    "RateLimitedError",
     "RerankdError",
     "UnauthorizedError",
     "UnprocessableError",
+    "UpstreamUnavailableError",
 ]
 
 
@@ -47,6 +51,38 @@ class QueryTooLongError(BadRequestError):
 class UnauthorizedError(RerankdError):
     status_code = 401
     error_type = "unauthorized"
+
+
+class ForbiddenError(RerankdError):
+    """Authenticated, but this credential may not do that (a user key on an admin route)."""
+
+    status_code = 403
+    error_type = "forbidden"
+
+
+class RateLimitedError(RerankdError):
+    """A per-key budget is spent; ``headers`` carry ``X-RateLimit-*`` and ``Retry-After``."""
+
+    status_code = 429
+    error_type = "rate_limited"
+
+    def __init__(self, message: str, *, headers: dict[str, str], retry_after: float | None = None) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.headers = headers
+
+
+class UpstreamUnavailableError(RerankdError):
+    """The gateway found no replica that could answer (all down, ejected or failing)."""
+
+    status_code = 503
+    error_type = "upstream_unavailable"
+
+
+class ConflictError(RerankdError):
+    """The request clashes with existing state (a key name already taken)."""
+
+    status_code = 409
+    error_type = "conflict"
 
 
 class ModelNotFoundError(RerankdError):

@@ -71,10 +71,10 @@ async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Da
 
 
 def entry(request_id: str, *, key_id: str | None = "key-a", documents: int = 3, tokens: int = 100,
-          created_at: datetime | None = None) -> UsageEntry:
+          created_at: datetime | None = None, status: int = 200) -> UsageEntry:
     extra = {} if created_at is None else {"created_at": created_at}
     return UsageEntry(request_id=request_id, key_id=key_id, model="qwen3-reranker-0.6b", documents=documents,
-                      tokens=tokens, latency_ms=12.5, status=200, route="/v1/rerank",
+                      tokens=tokens, latency_ms=12.5, status=status, route="/v1/rerank",
                       upstream="http://10.0.0.1:8000", **extra)
 
 
@@ -124,7 +124,7 @@ async def test_duplicate_request_id_is_counted_once(db: Database) -> None:
     assert await ledger.close() == 0
     assert await count_rows(engine) == 2
     assert await ledger.usage_by_day("key-a") == [
-        {"day": datetime.now(timezone.utc).date().isoformat(), "requests": 2, "documents": 6, "tokens": 200}]
+        {"day": datetime.now(timezone.utc).date().isoformat(), "requests": 2, "failed": 0, "documents": 6, "tokens": 200}]
 
 
 async def test_rows_survive_a_restart(db: Database) -> None:
@@ -180,15 +180,16 @@ async def test_usage_by_day_sums_per_day_and_key(db: Database) -> None:
     ledger.record(entry("a3", key_id="a", documents=4, tokens=40, created_at=day2))
     ledger.record(entry("b1", key_id="b", documents=10, tokens=1000, created_at=day2))
     ledger.record(entry("anon", key_id=None, documents=1, tokens=1, created_at=day2))
+    ledger.record(entry("a-429", key_id="a", documents=7, tokens=0, status=429, created_at=day2))
     assert await ledger.close() == 0  # close() alone flushes, even if start() was never called
 
     assert await ledger.usage_by_day("a") == [
-        {"day": "2026-03-01", "requests": 2, "documents": 5, "tokens": 50},
-        {"day": "2026-03-02", "requests": 1, "documents": 4, "tokens": 40},
+        {"day": "2026-03-01", "requests": 2, "failed": 0, "documents": 5, "tokens": 50},
+        {"day": "2026-03-02", "requests": 2, "failed": 1, "documents": 4, "tokens": 40},
     ]
     assert await ledger.usage_by_day(None) == [
-        {"day": "2026-03-01", "requests": 2, "documents": 5, "tokens": 50},
-        {"day": "2026-03-02", "requests": 3, "documents": 15, "tokens": 1041},
+        {"day": "2026-03-01", "requests": 2, "failed": 0, "documents": 5, "tokens": 50},
+        {"day": "2026-03-02", "requests": 4, "failed": 1, "documents": 15, "tokens": 1041},
     ]
     assert await ledger.usage_by_day("nobody") == []
 

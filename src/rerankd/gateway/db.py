@@ -3,9 +3,9 @@
 Why one module: the key store and the usage ledger share a database (SQLite embedded by default,
 PostgreSQL in production), so the URL handling, the column types and the schema live in one place.
 
-The schema is created with ``metadata.create_all`` (:func:`init_schema`). That is deliberate for now:
-it is idempotent and needs no migration files. Alembic migrations replace it in a later step, once the
-schema must evolve under existing deployments.
+The schema is owned by Alembic migrations (``rerankd/gateway/migrations``); :func:`init_schema` runs
+them to the newest revision at every gateway start, under a PostgreSQL advisory lock so several gateways
+starting together do not race.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["ApiKey", "Base", "UsageRecord", "create_engine_for", "init_schema", "utcnow"]
+__all__ = ["ApiKey", "AuditEvent", "Base", "UsageRecord", "create_engine_for", "init_schema", "utcnow"]
 
 # Plain driver names mapped to the asyncio driver we ship (the `gateway` extra installs both).
 _ASYNC_DRIVERS = {
@@ -70,9 +70,10 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 async def init_schema(engine: AsyncEngine) -> None:
-    """Create the gateway tables that do not exist yet (idempotent; Alembic takes over later)."""
-    async with engine.begin() as conn:
-        await conn.run_sync(Base.metadata.create_all)
+    """Bring the gateway tables to the newest migration (idempotent; safe to call at every start)."""
+    from rerankd.gateway.migrate import upgrade_to_head
+
+    await upgrade_to_head(engine)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -143,3 +144,22 @@ class UsageRecord(Base):
     upstream: Mapped[str | None] = mapped_column(String(512), nullable=True)
     route: Mapped[str] = mapped_column(String(128), nullable=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow, index=True)
+
+
+class AuditEvent(Base):
+    """One administrative action (key created or revoked) or security event, kept for audit.
+
+    ``actor`` is the name of the credential that acted (never the credential); ``target`` what it acted on.
+    """
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(128), nullable=False)
+    action: Mapped[str] = mapped_column(String(64), nullable=False)
+    target: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    client: Mapped[str | None] = mapped_column(String(128), nullable=True)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Date, cast, func, insert, select
+from sqlalchemy import Date, case, cast, func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -140,15 +140,17 @@ class UsageLedger:
         return len(self._buffer)
 
     async def usage_by_day(self, key_id: str | None) -> list[dict[str, Any]]:
-        """Committed usage per UTC day, oldest first: ``day`` (YYYY-MM-DD), requests, documents, tokens.
+        """Committed usage per UTC day, oldest first: ``day`` (YYYY-MM-DD), requests, failed, documents, tokens.
 
         ``key_id=None`` sums over all keys (admin view). Rows still buffered are not included.
         """
         day = self._day_expression()
+        ok = UsageRecord.status == 200  # failed requests count as requests, never as billed documents/tokens
         statement = (
             select(day.label("day"), func.count().label("requests"),
-                   func.coalesce(func.sum(UsageRecord.documents), 0).label("documents"),
-                   func.coalesce(func.sum(UsageRecord.tokens), 0).label("tokens"))
+                   func.coalesce(func.sum(case((ok, 0), else_=1)), 0).label("failed"),
+                   func.coalesce(func.sum(case((ok, UsageRecord.documents), else_=0)), 0).label("documents"),
+                   func.coalesce(func.sum(case((ok, UsageRecord.tokens), else_=0)), 0).label("tokens"))
             .group_by(day)
             .order_by(day)
         )
@@ -156,7 +158,8 @@ class UsageLedger:
             statement = statement.where(UsageRecord.key_id == key_id)
         async with self.engine.connect() as conn:
             rows = (await conn.execute(statement)).all()
-        return [{"day": str(row.day), "requests": int(row.requests), "documents": int(row.documents),
+        return [{"day": str(row.day), "requests": int(row.requests), "failed": int(row.failed),
+                 "documents": int(row.documents),
                  "tokens": int(row.tokens)} for row in rows]
 
     async def _drain(self, deadline: float) -> None:

@@ -82,7 +82,11 @@ class UpstreamPool:
         breaker_factory: Callable[[], CircuitBreaker] = CircuitBreaker,
         rng: random.Random | None = None,
         ready_path: str = "/ready",
+        on_new_upstream: Callable[[Upstream], None] | None = None,
     ) -> None:
+        """``on_new_upstream`` sees every upstream as it joins (configured or discovered): the gateway
+        hooks its breaker transitions to metrics there."""
+        self._on_new_upstream = on_new_upstream
         self.health_interval = health_interval
         self.health_timeout = health_timeout
         self.ready_path = ready_path
@@ -113,7 +117,10 @@ class UpstreamPool:
         return [u for s in self._sources for u in s.upstreams]
 
     def _new_upstream(self, url: str, source: str) -> Upstream:
-        return Upstream(url=url, breaker=self._breaker_factory(), source=source)
+        upstream = Upstream(url=url, breaker=self._breaker_factory(), source=source)
+        if self._on_new_upstream is not None:
+            self._on_new_upstream(upstream)
+        return upstream
 
     async def refresh_dns(self) -> None:
         """Re-resolve every ``dns+`` URL to all its addresses (A and AAAA), one upstream per address.

@@ -54,3 +54,6 @@ def configure_logging(level: str = "info", fmt: str = "auto", log_file: str | No
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").disabled = True  # our access line carries the request id
+    # Per-request client lines (health checks every few seconds) and migration chatter drown real events.
+    for chatty in ("httpx", "httpcore", "alembic"):
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))

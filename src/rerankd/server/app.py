@@ -12,7 +12,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -39,6 +39,7 @@ from rerankd.protocol import (
     build_score_response,
     build_tei_response,
 )
+from rerankd.server.disconnect import unless_disconnected
 from rerankd.server.errors import install_error_handlers
 from rerankd.server.middleware import ServerMiddleware, request_id_of
 
@@ -71,28 +72,6 @@ def _engine_config(s: ServerSettings) -> EngineConfig:
         model=s.model, backend=s.backend, device=s.device, dtype=s.dtype, max_model_len=s.max_model_len,
         max_batch_tokens=s.max_batch_tokens, max_queue=s.max_queue, prefix_reuse=s.prefix_reuse,
     )
-
-
-async def _until_disconnected(request: Request) -> None:
-    """Return when the client closes the connection (the body has been read already)."""
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
-async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """Run ``work``; cancel it if the client goes away first, so its pairs are never computed."""
-    job = asyncio.ensure_future(work)
-    watch = asyncio.ensure_future(_until_disconnected(request))
-    try:
-        await asyncio.wait({job, watch}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watch.cancel()
-    if not job.done():
-        job.cancel()
-        raise asyncio.CancelledError("client disconnected")
-    return job.result()
 
 
 def create_server_app(settings: ServerSettings, *, engine_loader: EngineLoader | None = None) -> FastAPI:
@@ -162,7 +141,7 @@ def create_server_app(settings: ServerSettings, *, engine_loader: EngineLoader |
     async def score_tasks(request: Request, tasks: list[RerankTask]) -> list[ScoreOutcome]:
         engine = state.ready_engine()
         work = asyncio.gather(*(engine.score(t) for t in tasks))
-        return await _unless_disconnected(request, work)
+        return await unless_disconnected(request, work)
 
     async def rerank(request: Request, body: RerankRequest) -> RerankResponse:
         check_model(body.model)
@@ -179,11 +158,13 @@ def create_server_app(settings: ServerSettings, *, engine_loader: EngineLoader |
 
     @app.post("/rerank", response_model=RerankResponse | list[TEIRankItem], response_model_exclude_none=True,
               summary="Rerank: Jina/Cohere shape with `documents`, or TEI shape with `texts`")
-    async def rerank_any(request: Request, body: RerankRequest | TEIRerankRequest) -> Any:
+    async def rerank_any(request: Request, response: Response, body: RerankRequest | TEIRerankRequest) -> Any:
         if isinstance(body, RerankRequest):
             return await rerank(request, body)
         check_count(len(body.texts), "texts")
         (outcome,) = await score_tasks(request, [body.to_task()])
+        # TEI's bare array has no usage field; the gateway's token accounting reads this header instead.
+        response.headers["X-Prompt-Tokens"] = str(outcome.prompt_tokens)
         if body.truncate is False and any(outcome.truncated):
             first = outcome.truncated.index(True)
             raise PayloadTooLargeError(

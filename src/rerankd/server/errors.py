@@ -23,7 +23,7 @@ __all__ = ["error_response", "install_error_handlers"]
 log = logging.getLogger(__name__)
 
 _TYPES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-          405: "method_not_allowed", 413: "payload_too_large", 422: "invalid_request",
+          405: "method_not_allowed", 409: "conflict", 413: "payload_too_large", 422: "invalid_request",
           429: "rate_limited", 503: "unavailable"}
 
 
@@ -35,7 +35,9 @@ def error_response(
     if field:
         body["field"] = field
     all_headers = dict(headers or {})
-    if retry_after is not None:
+    if status == 401:
+        all_headers.setdefault("WWW-Authenticate", "Bearer")
+    if retry_after is not None and "Retry-After" not in all_headers:
         all_headers["Retry-After"] = str(max(1, round(retry_after)))
     return JSONResponse({"error": body}, status_code=status, headers=all_headers)
 
@@ -63,7 +65,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RerankdError)
     async def _rerankd_error(_: Request, exc: RerankdError) -> JSONResponse:
         return error_response(exc.status_code, exc.message, error_type=exc.error_type,
-                              field=exc.field, retry_after=exc.retry_after)
+                              field=exc.field, retry_after=exc.retry_after, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -13,13 +13,12 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, Protocol
 
+from prometheus_client import Counter, Histogram
 from starlette.exceptions import HTTPException
 
-from rerankd.observability.metrics import ServerMetrics
-
-__all__ = ["ServerMiddleware", "request_id_of"]
+__all__ = ["HttpMetrics", "ServerMiddleware", "request_id_of"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -34,6 +33,13 @@ _KNOWN_ROUTES = frozenset({
     "/v1/rerank", "/v2/rerank", "/rerank", "/v1/score", "/score", "/v1/models", "/health", "/ready",
     "/metrics", "/info", "/docs", "/openapi.json", "/redoc",
 })
+
+
+class HttpMetrics(Protocol):
+    """What the middleware counts into: both ``ServerMetrics`` and ``GatewayMetrics`` have these."""
+
+    requests_total: Counter
+    request_duration_seconds: Histogram
 
 
 def request_id_of(scope: Scope) -> str:
@@ -66,12 +72,16 @@ class ServerMiddleware:
     """Gives every response an ``X-Request-ID``, caps body size, checks the API key, counts requests."""
 
     def __init__(
-        self, app: ASGIApp, *, metrics: ServerMetrics, max_body_bytes: int, api_key: str | None
+        self, app: ASGIApp, *, metrics: HttpMetrics, max_body_bytes: int, api_key: str | None,
+        known_routes: frozenset[str] = _KNOWN_ROUTES,
     ) -> None:
+        """``known_routes`` become the ``route`` label as they are; other paths are counted as ``other``
+        (``/admin/...`` as ``/admin``), so a scan of random URLs cannot blow up the label set."""
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.api_key = api_key
+        self.known_routes = known_routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -79,11 +89,13 @@ class ServerMiddleware:
             return
         given = _header(scope, b"x-request-id")
         request_id = given if given and _SAFE_ID.match(given) else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        state["request_id_given"] = request_id == given
         if scope.get("method") == "POST":
             _treat_body_as_json(scope)
         path = scope.get("path", "")
-        route = path if path in _KNOWN_ROUTES else "other"
+        route = path if path in self.known_routes else "/admin" if path.startswith("/admin/") else "other"
         started = time.perf_counter()
         status_holder = {"status": 500}
 
@@ -108,8 +120,12 @@ class ServerMiddleware:
             elapsed = time.perf_counter() - started
             self.metrics.requests_total.labels(route=route, status=str(status)).inc()
             self.metrics.request_duration_seconds.labels(route=route).observe(elapsed)
-            log.info("request", extra={"request_id": request_id, "route": route, "method": scope.get("method"),
-                                        "status": status, "latency_ms": round(elapsed * 1000, 2)})
+            fields = {"request_id": request_id, "route": route, "method": scope.get("method"),
+                      "status": status, "latency_ms": round(elapsed * 1000, 2)}
+            key_name = scope["state"].get("key_name")  # set by the gateway's auth: the key's name, never the key
+            if key_name:
+                fields["key"] = key_name
+            log.info("request", extra=fields)
 
     def _reject(self, scope: Scope) -> tuple[int, str] | None:
         length = _header(scope, b"content-length")

@@ -1,0 +1,104 @@
+"""The gateway HTTP app: the server's rerank API in front of a fleet of replicas.
+
+A client cannot tell the gateway from a server except that it needs a key and does not go down: the
+scoring routes take the same bodies (validated with the same models) and return the replicas' answers.
+Lifecycle: the database is migrated and health checks start before the socket accepts traffic; on
+SIGTERM uvicorn stops accepting, lets in-flight requests finish (``--drain-seconds``), then the ledger is
+flushed and connections closed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from rerankd import __version__
+from rerankd.gateway.admin import admin_router
+from rerankd.gateway.proxy import ScoringProxy, scoring_router
+from rerankd.gateway.settings import GatewaySettings
+from rerankd.gateway.state import GatewayState, open_gateway_state
+from rerankd.observability.gateway_metrics import GatewayMetrics
+from rerankd.server.errors import install_error_handlers
+from rerankd.server.middleware import ServerMiddleware, request_id_of
+
+__all__ = ["create_gateway_app"]
+
+log = logging.getLogger(__name__)
+
+GATEWAY_ROUTES = frozenset({
+    "/v1/rerank", "/v2/rerank", "/rerank", "/v1/score", "/score", "/v1/models", "/v1/usage", "/health",
+    "/ready", "/metrics", "/info", "/docs", "/openapi.json", "/redoc",
+})
+
+
+def create_gateway_app(settings: GatewaySettings) -> FastAPI:
+    """Build the gateway for ``settings`` (its parts connect in the app's lifespan)."""
+    settings.check_runnable()
+    metrics = GatewayMetrics()
+    metrics.build_info.info({"version": __version__})
+    holder: dict[str, GatewayState] = {}
+
+    def state_of() -> GatewayState:
+        return holder["state"]
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        state = await open_gateway_state(settings, metrics)
+        holder["state"] = state
+        healthy = sum(1 for u in state.pool.upstreams if u.available)
+        log.info("gateway ready: %d/%d replicas healthy", healthy, len(state.pool.upstreams))
+        try:
+            yield
+        finally:
+            await state.close()
+            log.info("gateway stopped; usage ledger flushed")
+
+    app = FastAPI(title="rerankd gateway", version=__version__, lifespan=lifespan,
+                  description="One entry point in front of rerankd replicas: the same rerank API, with keys, "
+                              "limits, failover and a usage ledger.")
+    install_error_handlers(app)
+    app.add_middleware(ServerMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes, api_key=None,
+                       known_routes=GATEWAY_ROUTES)
+    proxy = ScoringProxy(state_of)
+    app.include_router(scoring_router(proxy, state_of))
+    app.include_router(admin_router(proxy, state_of))
+
+    @app.get("/v1/models", summary="Models the replicas serve (OpenAI list)")
+    async def models(request: Request) -> Response:
+        await proxy.identify(request)
+        reply = await state_of().forwarder.send("/v1/models", b"", request_id_of(request.scope), method="GET")
+        return Response(reply.body, status_code=reply.status, media_type="application/json")
+
+    @app.get("/health", summary="200 while the process lives")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready", summary="200 when at least one replica can take a request, else 503")
+    async def ready() -> JSONResponse:
+        upstreams = state_of().pool.upstreams
+        healthy = sum(1 for u in upstreams if u.available)
+        body = {"ready": healthy > 0, "healthy_replicas": healthy, "replicas": len(upstreams)}
+        return JSONResponse(body, status_code=200 if healthy else 503,
+                            headers={} if healthy else {"Retry-After": "2"})
+
+    @app.get("/info", summary="Version, replicas, limits")
+    async def info() -> dict[str, Any]:
+        state = state_of()
+        return {"version": __version__, "role": "gateway", "replicas": len(state.pool.upstreams),
+                "healthy_replicas": sum(1 for u in state.pool.upstreams if u.available),
+                "max_documents": settings.max_documents, "max_body_bytes": settings.max_body_bytes,
+                "split_threshold": settings.split_threshold, "shared_limits": settings.redis_url is not None,
+                "jwt": settings.jwt_enabled}
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    async def prometheus_metrics() -> Response:
+        state_of().refresh_metrics()
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,113 @@
+"""Who is calling: API keys, JWT bearer tokens and the bootstrap admin key, behind one function.
+
+Why one place: every route asks the same question ("which identity, with which limits, admin or
+not?"), and every refusal must be counted and logged the same way without ever printing the credential.
+Verified API keys are cached for ``key_cache_seconds`` so a request does not pay a database round trip;
+revoking through ``/admin/keys`` clears the cache at once, revoking from another process takes effect
+within that time.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from dataclasses import dataclass
+
+from rerankd.errors import ForbiddenError, UnauthorizedError
+from rerankd.gateway.jwt_auth import JwtError, JwtVerifier, is_probably_jwt
+from rerankd.gateway.keys import KEY_PREFIX, KeyStore, hash_key
+from rerankd.observability.gateway_metrics import GatewayMetrics
+
+__all__ = ["Authenticator", "Identity"]
+
+log = logging.getLogger("rerankd.audit")
+
+_ADMIN_IDENTITY_ID = "admin"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A verified caller. ``key_id`` keys limits and usage; ``name`` is safe to log and label metrics with."""
+
+    key_id: str
+    name: str
+    kind: str  # "key", "jwt" or "admin"
+    is_admin: bool
+    rpm: int | None = None
+    tpm: int | None = None
+
+
+class Authenticator:
+    """Turns an ``Authorization`` header into an :class:`Identity`, or raises 401/403."""
+
+    def __init__(self, keys: KeyStore, metrics: GatewayMetrics, *, admin_key: str | None = None,
+                 jwt: JwtVerifier | None = None, jwt_rpm: int | None = None, jwt_tpm: int | None = None,
+                 key_cache_seconds: float = 5.0) -> None:
+        self._keys = keys
+        self._metrics = metrics
+        self._admin_key = admin_key.encode() if admin_key else None
+        self._jwt = jwt
+        self._jwt_rpm = jwt_rpm
+        self._jwt_tpm = jwt_tpm
+        self._cache_seconds = key_cache_seconds
+        self._cache: dict[str, tuple[float, Identity]] = {}  # key hash -> (expires, identity)
+
+    async def identify(self, authorization: str | None, *, request_id: str = "") -> Identity:
+        """The caller's identity; :class:`UnauthorizedError` naming what is wrong otherwise."""
+        scheme, _, token = (authorization or "").partition(" ")
+        token = token.strip()
+        if not authorization:
+            raise self._refuse("missing", "missing credentials: send `Authorization: Bearer <API key or JWT>`",
+                               request_id)
+        if scheme.lower() != "bearer" or not token:
+            raise self._refuse("malformed", "malformed Authorization header: expected `Bearer <API key or JWT>`",
+                               request_id)
+        if self._admin_key is not None and hmac.compare_digest(token.encode(), self._admin_key):
+            return Identity(key_id=_ADMIN_IDENTITY_ID, name="admin", kind="admin", is_admin=True)
+        if token.startswith(KEY_PREFIX):
+            return await self._identify_key(token, request_id)
+        if self._jwt is not None and is_probably_jwt(token):
+            try:
+                who = await self._jwt.verify(token)
+            except JwtError as exc:
+                raise self._refuse("jwt_invalid", f"invalid token: {exc}", request_id) from None
+            return Identity(key_id=who.key_id, name=who.key_id, kind="jwt", is_admin=who.is_admin,
+                            rpm=self._jwt_rpm, tpm=self._jwt_tpm)
+        if is_probably_jwt(token):
+            raise self._refuse("jwt_disabled", "JWT bearer tokens are not enabled on this gateway", request_id)
+        raise self._refuse("malformed", f"malformed API key: rerankd keys start with `{KEY_PREFIX}`", request_id)
+
+    def require_admin(self, identity: Identity, *, request_id: str = "") -> None:
+        """403 unless the identity carries admin rights."""
+        if not identity.is_admin:
+            self._metrics.auth_failures_total.labels(reason="not_admin").inc()
+            log.warning("admin route refused", extra={"request_id": request_id, "key": identity.name})
+            raise ForbiddenError("this credential has no admin rights; /admin/* needs an admin key or token")
+
+    def forget_keys(self) -> None:
+        """Drop cached key verifications (after a revocation) so the change applies to the next request."""
+        self._cache.clear()
+
+    async def _identify_key(self, token: str, request_id: str) -> Identity:
+        digest = hash_key(token)
+        now = time.monotonic()
+        cached = self._cache.get(digest)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        record = await self._keys.verify(token)
+        if record is None:
+            self._cache.pop(digest, None)
+            raise self._refuse("invalid_key", "invalid or revoked API key", request_id)
+        identity = Identity(key_id=record.id, name=record.name, kind="key", is_admin=record.is_admin,
+                            rpm=record.rpm, tpm=record.tpm)
+        if self._cache_seconds > 0:
+            if len(self._cache) > 10_000:  # bounded: a flood of distinct valid keys cannot grow it forever
+                self._cache.clear()
+            self._cache[digest] = (now + self._cache_seconds, identity)
+        return identity
+
+    def _refuse(self, reason: str, message: str, request_id: str) -> UnauthorizedError:
+        self._metrics.auth_failures_total.labels(reason=reason).inc()
+        log.warning("authentication failed", extra={"request_id": request_id, "reason": reason})
+        return UnauthorizedError(message)

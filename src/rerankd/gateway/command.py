@@ -1,0 +1,217 @@
+"""``rerankd gateway`` and ``rerankd keys``: the gateway process and its key administration."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+import sys
+from typing import Any
+
+import click
+from click.core import ParameterSource
+
+from rerankd.cli import env_option
+from rerankd.gateway.settings import GatewayConfigError, GatewaySettings, load_yaml_config
+
+__all__ = ["gateway", "keys"]
+
+_D = GatewaySettings.model_fields
+
+
+def _default(name: str) -> Any:
+    field = _D[name]
+    return field.default_factory() if field.default_factory else field.default  # type: ignore[call-arg]
+
+
+@click.command()
+@env_option("--config", "config_file", envvar="RERANKD_CONFIG", type=click.Path(dir_okay=False), default=None,
+            help="YAML file with any of these settings (flags and RERANKD_* variables win over it).")
+@env_option("--upstream", "upstreams", multiple=True, envvar="RERANKD_UPSTREAM",
+            help="Replica URL, repeatable; dns+http://NAME:PORT means every address NAME resolves to.")
+@env_option("--host", default=_default("host"))
+@env_option("--port", type=click.IntRange(0, 65535), default=_default("port"))
+@env_option("--database-url", default=_default("database_url"),
+            help="Keys and usage ledger: sqlite:///PATH or postgresql://USER@HOST/DB.")
+@env_option("--redis-url", default=None, help="redis://HOST:PORT/DB to share rate limits across gateways.")
+@env_option("--admin-key", default=None, show_default=False, help="Bootstrap admin credential for /admin/*.")
+@env_option("--upstream-api-key", default=None, show_default=False, help="Bearer key the replicas require.")
+@env_option("--jwt-jwks-url", default=None, help="Accept JWTs signed by keys from this JWKS URL.")
+@env_option("--jwt-secret", default=None, show_default=False, help="Accept HS256 JWTs signed with this secret.")
+@env_option("--jwt-issuer", default=None, help="Required `iss` of JWTs.")
+@env_option("--jwt-audience", default=None, help="Required `aud` of JWTs.")
+@env_option("--jwt-algorithm", "jwt_algorithms", multiple=True, envvar="RERANKD_JWT_ALGORITHM",
+            help="Allowed JWT algorithm, repeatable (default RS256+ES256 for JWKS, HS256 for a secret).")
+@env_option("--jwt-rpm", type=click.IntRange(min=1), default=None, help="Requests/min per JWT subject.")
+@env_option("--jwt-tpm", type=click.IntRange(min=1), default=None, help="Tokens/min per JWT subject.")
+@env_option("--ratelimit-fail-open/--ratelimit-fail-closed", default=True,
+            help="When Redis is unreachable: serve without limits (open) or answer 429 (closed).")
+@env_option("--split-threshold", type=click.IntRange(min=1), default=_default("split_threshold"),
+            help="Requests with more documents are split across replicas.")
+@env_option("--max-documents", type=click.IntRange(min=1), default=_default("max_documents"))
+@env_option("--max-body-bytes", type=click.IntRange(min=1024), default=_default("max_body_bytes"))
+@env_option("--attempt-timeout", type=click.FloatRange(min=0.001), default=_default("attempt_timeout"),
+            help="Seconds one attempt at one replica may take.")
+@env_option("--total-timeout", type=click.FloatRange(min=0.001), default=_default("total_timeout"),
+            help="Seconds a request may take over all its attempts.")
+@env_option("--max-attempts", type=click.IntRange(min=1), default=_default("max_attempts"))
+@env_option("--health-interval", type=click.FloatRange(min=0.05), default=_default("health_interval"))
+@env_option("--drain-seconds", type=click.FloatRange(min=0), default=_default("drain_seconds"),
+            help="On SIGTERM, how long in-flight requests may finish.")
+@env_option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
+@env_option("--log-format", type=click.Choice(["auto", "json", "text"]), default="auto")
+@env_option("--log-file", default=None, help="Also write logs to this file, rotated at 50 MB.")
+@click.pass_context
+def gateway(ctx: click.Context, config_file: str | None, log_format: str, log_file: str | None,
+            **flags: Any) -> None:
+    """Serve the rerank API in front of many replicas: keys, limits, failover, usage ledger."""
+    import uvicorn
+
+    from rerankd.gateway.app import create_gateway_app
+    from rerankd.observability.logging import configure_logging
+
+    configure_logging(flags["log_level"], log_format, log_file)
+    try:
+        settings = _settings(ctx, config_file, flags)
+        app = create_gateway_app(settings)
+    except (GatewayConfigError, ValueError) as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(f"rerankd gateway: {len(settings.upstreams)} upstream(s); listening on "
+               f"http://{settings.host}:{settings.port}", err=True)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, log_level=settings.log_level,
+                timeout_graceful_shutdown=int(settings.drain_seconds), access_log=False)
+
+
+def _settings(ctx: click.Context, config_file: str | None, flags: dict[str, Any]) -> GatewaySettings:
+    """Merge defaults < YAML < environment < flags (click reports where each value came from)."""
+    merged: dict[str, Any] = load_yaml_config(config_file) if config_file else {}
+    for name, value in flags.items():
+        source = ctx.get_parameter_source(name)
+        if source in (ParameterSource.DEFAULT, None) and name in merged:
+            continue
+        if isinstance(value, tuple):
+            if not value and name in merged:
+                continue
+            value = list(value)
+        if value is None and name in merged:
+            continue
+        merged[name] = value
+    merged = {k: v for k, v in merged.items() if v is not None or _default(k) is None}
+    return GatewaySettings(**merged)
+
+
+@click.group()
+def keys() -> None:
+    """Create, list and revoke gateway API keys (in the gateway's database)."""
+
+
+_database_option = env_option("--database-url", default=_default("database_url"),
+                              help="The gateway's database: sqlite:///PATH or postgresql://USER@HOST/DB.")
+
+
+def _run(coro: Any) -> Any:
+    try:
+        return asyncio.run(coro)
+    except OSError as exc:
+        raise click.ClickException(f"cannot reach the database: {exc}") from None
+
+
+async def _store(database_url: str) -> Any:
+    from rerankd.gateway.db import create_engine_for, init_schema
+    from rerankd.gateway.keys import KeyStore
+
+    try:
+        engine = create_engine_for(database_url)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--database-url") from None
+    await init_schema(engine)
+    return engine, KeyStore(engine)
+
+
+async def _audit(engine: Any, action: str, target: str) -> None:
+    from rerankd.gateway.db import AuditEvent
+
+    async with engine.begin() as conn:
+        await conn.execute(AuditEvent.__table__.insert().values(
+            actor=f"cli:{getpass.getuser()}", action=action, target=target))
+
+
+@keys.command("create")
+@click.option("--name", required=True, help="Unique name; appears in logs, metrics and usage.")
+@click.option("--rpm", type=click.IntRange(min=1), default=None, help="Requests per minute (default unlimited).")
+@click.option("--tpm", type=click.IntRange(min=1), default=None, help="Tokens per minute (default unlimited).")
+@click.option("--admin", is_flag=True, help="The key may call /admin/*.")
+@click.option("--json", "as_json", is_flag=True, help="Print the key and its record as JSON.")
+@_database_option
+def create_key(name: str, rpm: int | None, tpm: int | None, admin: bool, as_json: bool, database_url: str) -> None:
+    """Create a key and print it once: it is stored hashed and cannot be shown again."""
+
+    async def run() -> tuple[Any, str]:
+        engine, store = await _store(database_url)
+        try:
+            record, plaintext = await store.create(name, rpm, tpm, is_admin=admin)
+            await _audit(engine, "key.create", record.name)
+            return record, plaintext
+        finally:
+            await engine.dispose()
+
+    try:
+        record, plaintext = _run(run())
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps({"id": record.id, "name": record.name, "key": plaintext, "rpm": record.rpm,
+                               "tpm": record.tpm, "admin": record.is_admin}))
+        return
+    click.echo(plaintext)
+    click.echo(f"created key {record.name!r} (id {record.id}, rpm {record.rpm or 'unlimited'}, "
+               f"tpm {record.tpm or 'unlimited'}{', admin' if admin else ''}); store it now, it is not shown again",
+               err=True)
+
+
+@keys.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+@_database_option
+def list_keys(as_json: bool, database_url: str) -> None:
+    """List keys (name, prefix, limits, state); never the keys themselves."""
+
+    async def run() -> list[Any]:
+        engine, store = await _store(database_url)
+        try:
+            return await store.list()
+        finally:
+            await engine.dispose()
+
+    records = _run(run())
+    if as_json:
+        for r in records:
+            click.echo(json.dumps({"id": r.id, "name": r.name, "key_prefix": r.key_prefix, "rpm": r.rpm,
+                                   "tpm": r.tpm, "admin": r.is_admin, "created_at": r.created_at.isoformat(),
+                                   "revoked_at": r.revoked_at.isoformat() if r.revoked_at else None}))
+        return
+    click.echo(f"{'NAME':24} {'PREFIX':10} {'RPM':>8} {'TPM':>10} {'ADMIN':5} {'STATE':8} ID")
+    for r in records:
+        click.echo(f"{r.name:24} {r.key_prefix:10} {r.rpm or '-':>8} {r.tpm or '-':>10} "
+                   f"{'yes' if r.is_admin else 'no':5} {'revoked' if r.revoked else 'active':8} {r.id}")
+
+
+@keys.command("revoke")
+@click.argument("name_or_id")
+@_database_option
+def revoke_key(name_or_id: str, database_url: str) -> None:
+    """Revoke a key by name or id (running gateways refuse it within --key-cache-seconds)."""
+
+    async def run() -> bool:
+        engine, store = await _store(database_url)
+        try:
+            done = await store.revoke(name_or_id)
+            if done:
+                await _audit(engine, "key.revoke", name_or_id)
+            return done
+        finally:
+            await engine.dispose()
+
+    if not _run(run()):
+        click.echo(f"error: no active key named or with id {name_or_id!r}", err=True)
+        sys.exit(1)
+    click.echo(f"revoked {name_or_id}", err=True)

@@ -1,0 +1,1 @@
+"""Alembic migrations of the gateway database (keys, usage ledger, audit events)."""

@@ -1,0 +1,220 @@
+"""The gateway's scoring routes: authenticate, limit, forward or split, account.
+
+Each scoring request follows the same path (:meth:`ScoringProxy.handle`): the caller is identified,
+its request budget checked, the body (already validated with the server's own models, so bad input
+gets the same 4xx here as from a replica) is forwarded with failover, or split across replicas when
+it is large; then tokens are charged and exactly one usage row is recorded, whatever happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+
+from rerankd.errors import PayloadTooLargeError, RateLimitedError, RerankdError
+from rerankd.gateway.auth import Identity
+from rerankd.gateway.forward import UpstreamReply
+from rerankd.gateway.ledger import UsageEntry
+from rerankd.gateway.ratelimit import Decision
+from rerankd.gateway.split import merge_rerank_parts, plan_split
+from rerankd.gateway.state import GatewayState
+from rerankd.protocol import RerankRequest, RerankResponse, ScoreRequest, ScoreResponse, TEIRankItem, TEIRerankRequest
+from rerankd.server.disconnect import unless_disconnected
+from rerankd.server.middleware import request_id_of
+
+__all__ = ["ScoringProxy", "scoring_router"]
+
+_JSON = "application/json"
+_CLIENT_CLOSED = 499  # nginx's code for "client went away": recorded, never sent
+
+
+class ScoringProxy:
+    """Everything a scoring route does around the upstream call."""
+
+    def __init__(self, state_of: Callable[[], GatewayState]) -> None:
+        self._state_of = state_of
+
+    async def identify(self, request: Request) -> Identity:
+        """Authenticate (401/403 raise) and remember the key's name for the access log."""
+        state = self._state_of()
+        identity = await state.auth.identify(request.headers.get("authorization"),
+                                             request_id=request_id_of(request.scope))
+        request.scope["state"]["key_name"] = identity.name
+        return identity
+
+    async def handle(self, request: Request, identity: Identity, path: str, body: Any, documents: int,
+                     send: Callable[[GatewayState, str], Awaitable[UpstreamReply]]) -> Response:
+        """Run one scoring request end to end; ``send`` does the upstream part (plain or split)."""
+        state = self._state_of()
+        started = time.perf_counter()
+        request_id = request_id_of(request.scope)
+        status, tokens, upstream = 500, 0, None
+        try:
+            limit_headers = await self._admit(state, identity)
+            if documents > state.settings.max_documents:
+                raise PayloadTooLargeError(
+                    f"{documents} documents is more than the gateway's limit of {state.settings.max_documents} "
+                    "(--max-documents); split the request", field="documents")
+            reply = await unless_disconnected(request, send(state, request_id))
+            status, upstream = reply.status, reply.upstream
+            if status == 200:
+                tokens = _prompt_tokens(reply)
+                await self._charge_tokens(state, identity, tokens)
+            return Response(content=reply.body, status_code=status, media_type=_JSON,
+                            headers={**reply.headers, **limit_headers})
+        except RerankdError as exc:
+            status = exc.status_code
+            raise
+        except asyncio.CancelledError:
+            status = _CLIENT_CLOSED
+            raise
+        finally:
+            latency_ms = (time.perf_counter() - started) * 1000
+            given = request.scope["state"].get("request_id_given", False)
+            # A client may reuse its own request id; the ledger's row id must still be unique.
+            row_id = f"{request_id}~{uuid.uuid4().hex[:8]}" if given else request_id
+            state.ledger.record(UsageEntry(
+                request_id=row_id, key_id=identity.key_id, model=getattr(body, "model", None) or "",
+                documents=documents, tokens=tokens, latency_ms=latency_ms, status=status, route=path,
+                upstream=upstream[:512] if upstream else None))
+            state.metrics.key_requests_total.labels(key=identity.name, status=str(status)).inc()
+            if status == 200:
+                state.metrics.key_tokens_total.labels(key=identity.name).inc(tokens)
+                state.metrics.key_documents_total.labels(key=identity.name).inc(documents)
+
+    async def _admit(self, state: GatewayState, identity: Identity) -> dict[str, str]:
+        """Spend one request of the key's requests/min; refuse when its tokens/min are spent."""
+        decision = await state.limiter.check_request(identity.key_id, identity.rpm)
+        if not decision.allowed:
+            state.metrics.rate_limited_total.labels(limit="requests").inc()
+            raise RateLimitedError(
+                f"rate limit of {identity.rpm} requests per minute reached for this key; retry after "
+                f"{decision.retry_after} s", headers=decision.headers())
+        headers = decision.headers()
+        if identity.tpm is not None:
+            tokens = await state.limiter.check_tokens(identity.key_id, identity.tpm, 0)
+            headers.update(_token_headers(tokens))
+            if tokens.remaining == 0:
+                state.metrics.rate_limited_total.labels(limit="tokens").inc()
+                retry = max(1, math.ceil(tokens.reset_after))
+                raise RateLimitedError(
+                    f"token limit of {identity.tpm} tokens per minute reached for this key; retry after {retry} s",
+                    headers={**headers, "Retry-After": str(retry)})
+        return headers
+
+    async def _charge_tokens(self, state: GatewayState, identity: Identity, tokens: int) -> None:
+        """Charge the request's real token count after the fact; an overshoot just empties the budget."""
+        if identity.tpm is None or tokens <= 0:
+            return
+        decision = await state.limiter.check_tokens(identity.key_id, identity.tpm, tokens)
+        if not decision.allowed and decision.remaining:
+            await state.limiter.check_tokens(identity.key_id, identity.tpm, decision.remaining)
+
+
+def _token_headers(decision: Decision) -> dict[str, str]:
+    """OpenAI-style token budget headers beside the request ones."""
+    out = {"X-RateLimit-Limit-Tokens": str(decision.limit)}
+    if decision.remaining is not None:
+        out["X-RateLimit-Remaining-Tokens"] = str(decision.remaining)
+    return out
+
+
+def _prompt_tokens(reply: UpstreamReply) -> int:
+    """Tokens the replica reports: ``usage.prompt_tokens``, or the header TEI-shaped answers carry."""
+    header = reply.headers.get("x-prompt-tokens")
+    if header and header.isdigit():
+        return int(header)
+    try:
+        usage = json.loads(reply.body).get("usage") or {}
+        return int(usage.get("prompt_tokens", 0))
+    except (ValueError, AttributeError, TypeError):
+        return 0
+
+
+async def _gather_or_cancel(jobs: list[Awaitable[UpstreamReply]]) -> list[UpstreamReply]:
+    """Await all parts; if one raises, cancel the rest instead of letting them run unobserved."""
+    tasks = [asyncio.ensure_future(job) for job in jobs]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+def _dump(body: Any) -> bytes:
+    return body.model_dump_json(exclude_unset=True).encode()
+
+
+def scoring_router(proxy: ScoringProxy, state_of: Callable[[], GatewayState]) -> APIRouter:
+    """The rerank and score routes, with the server's request and response models (one OpenAPI)."""
+    router = APIRouter()
+
+    # Authentication is a dependency so it runs before body validation: strangers learn nothing.
+    Caller = Depends(proxy.identify)
+
+    async def rerank(request: Request, body: RerankRequest, identity: Identity = Caller) -> Response:
+        async def send(state: GatewayState, request_id: str) -> UpstreamReply:
+            available = sum(1 for u in state.pool.upstreams if u.available)
+            plan = plan_split(body, state.settings.split_threshold, available)
+            if plan is None:
+                return await state.forwarder.send(request.url.path, _dump(body), request_id)
+            state.metrics.split_requests_total.inc()
+            state.metrics.split_parts.observe(len(plan.slices))
+            replies = await _gather_or_cancel([
+                state.forwarder.send(request.url.path, part, f"{request_id}.p{i}")
+                for i, part in enumerate(plan.bodies())])
+            failed = next((r for r in replies if r.status != 200), None)
+            if failed is not None:
+                return failed
+            merged = merge_rerank_parts(plan, [json.loads(r.body) for r in replies], request_id)
+            return UpstreamReply(status=200, body=json.dumps(merged, ensure_ascii=False).encode(), headers={},
+                                 upstream=",".join(r.upstream for r in replies),
+                                 attempts=max(r.attempts for r in replies))
+
+        return await proxy.handle(request, identity, request.url.path, body, len(body.documents), send)
+
+    def passthrough(path: str, body: Any) -> Callable[[GatewayState, str], Awaitable[UpstreamReply]]:
+        async def send(state: GatewayState, request_id: str) -> UpstreamReply:
+            return await state.forwarder.send(path, _dump(body), request_id)
+        return send
+
+    router.post("/v1/rerank", response_model=RerankResponse, summary="Rerank documents (Jina / Cohere / vLLM shape)",
+                responses=_ERRORS)(rerank)
+    router.post("/v2/rerank", response_model=RerankResponse, summary="Rerank documents (Cohere v2 shape)",
+                responses=_ERRORS)(rerank)
+
+    @router.post("/rerank", response_model=RerankResponse | list[TEIRankItem], responses=_ERRORS,
+                 summary="Rerank: Jina/Cohere shape with `documents`, or TEI shape with `texts`")
+    async def rerank_any(request: Request, body: RerankRequest | TEIRerankRequest,
+                         identity: Identity = Caller) -> Response:
+        if isinstance(body, RerankRequest):
+            return await rerank(request, body, identity)
+        return await proxy.handle(request, identity, "/rerank", body, len(body.texts), passthrough("/rerank", body))
+
+    async def score(request: Request, body: ScoreRequest, identity: Identity = Caller) -> Response:
+        documents = len(body.pairs())
+        return await proxy.handle(request, identity, "/v1/score", body, documents, passthrough("/v1/score", body))
+
+    router.post("/v1/score", response_model=ScoreResponse, summary="Score pairs (vLLM score shape)",
+                responses=_ERRORS)(score)
+    router.post("/score", response_model=ScoreResponse, include_in_schema=False)(score)
+    return router
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"description": text} for code, text in {
+        400: "Not JSON, or the query cannot fit the model length", 401: "Missing or bad credentials",
+        404: "Unknown model", 413: "Body or document list too large", 422: "Invalid fields",
+        429: "Rate limited (Retry-After, X-RateLimit-*)", 503: "No replica could answer (Retry-After)",
+    }.items()
+}

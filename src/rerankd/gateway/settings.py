@@ -1,0 +1,115 @@
+"""Everything ``rerankd gateway`` can be told, from flags, ``RERANKD_*`` variables and a YAML file.
+
+Why one object: the CLI, the YAML loader, ``rerankd up`` and the tests all build the same
+:class:`GatewaySettings`, and the app reads nothing else. Precedence is flag > environment > YAML >
+default, the order operators expect from every other tool.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+__all__ = ["GatewayConfigError", "GatewaySettings", "load_yaml_config"]
+
+
+class GatewayConfigError(ValueError):
+    """The configuration cannot run; the message names the setting to fix."""
+
+
+class GatewaySettings(BaseModel):
+    """The gateway's configuration. Field names are the long flags in snake case."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    upstreams: list[str] = Field(
+        default_factory=list,
+        description="Replica base URLs (http://host:port) or dns+http://name:port for every address of a name.",
+    )
+    host: str = "127.0.0.1"
+    port: int = 8080
+    database_url: str = Field("sqlite:///rerankd-gateway.db", repr=False,
+                              description="Usage ledger and keys: sqlite:///PATH or postgresql://USER@HOST/DB.")
+    redis_url: str | None = Field(None, repr=False, description="Share rate-limit counters across gateways.")
+    admin_key: str | None = Field(None, repr=False, description="Bootstrap admin credential for /admin/*.")
+    upstream_api_key: str | None = Field(None, repr=False, description="Bearer key the replicas require.")
+    # JWT bearer tokens
+    jwt_jwks_url: str | None = None
+    jwt_secret: str | None = Field(None, repr=False)
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_algorithms: list[str] = Field(default_factory=list)
+    jwt_rpm: int | None = Field(None, ge=1, description="Requests/min for each JWT subject (default unlimited).")
+    jwt_tpm: int | None = Field(None, ge=1, description="Tokens/min for each JWT subject (default unlimited).")
+    # Limits
+    ratelimit_fail_open: bool = True
+    key_cache_seconds: float = Field(5.0, ge=0, description="How long a verified key is trusted without the DB.")
+    max_documents: int = Field(1000, ge=1)
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    # Upstream behaviour
+    split_threshold: int = Field(64, ge=1, description="Split requests with more documents across replicas.")
+    attempt_timeout: float = Field(60.0, gt=0, description="Seconds one attempt at one replica may take.")
+    total_timeout: float = Field(120.0, gt=0, description="Seconds a request may take over all its attempts.")
+    max_attempts: int = Field(3, ge=1, description="Attempts per request (or per split part), first included.")
+    retry_budget_ratio: float = Field(0.2, ge=0, description="Retries allowed per request over the last 10 s.")
+    retry_budget_min_per_second: float = Field(10.0, ge=0)
+    health_interval: float = Field(2.0, gt=0)
+    health_timeout: float = Field(1.0, gt=0)
+    breaker_failures: int = Field(5, ge=1, description="Consecutive failures that eject a replica.")
+    breaker_error_ratio: float = Field(0.5, gt=0, le=1)
+    breaker_open_seconds: float = Field(5.0, gt=0)
+    drain_seconds: float = Field(30.0, ge=0, description="On SIGTERM, how long in-flight requests may finish.")
+    log_level: str = "info"
+
+    @field_validator("upstreams")
+    @classmethod
+    def _strip(cls, value: list[str]) -> list[str]:
+        return [u.strip().rstrip("/") for u in value if u.strip()]
+
+    def check_runnable(self) -> None:
+        """Refuse configurations that would start but could never serve."""
+        if not self.upstreams:
+            raise GatewayConfigError("no upstreams: give --upstream URL (repeatable) or `upstreams:` in --config")
+        if self.jwt_jwks_url and self.jwt_secret:
+            raise GatewayConfigError("give --jwt-jwks-url or --jwt-secret, not both")
+        if self.total_timeout < self.attempt_timeout:
+            raise GatewayConfigError("--total-timeout must be at least --attempt-timeout")
+
+    @property
+    def jwt_enabled(self) -> bool:
+        return bool(self.jwt_jwks_url or self.jwt_secret)
+
+
+def load_yaml_config(path: str | Path) -> dict[str, Any]:
+    """Read a gateway YAML file into setting names (dashes allowed: ``split-threshold`` = ``split_threshold``).
+
+    ``upstream`` is accepted for ``upstreams`` (the flag's name), as a string or a list.
+    """
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise GatewayConfigError(f"cannot read --config {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise GatewayConfigError(f"--config {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise GatewayConfigError(f"--config {path} must hold a mapping of settings, got {type(data).__name__}")
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name == "upstream":
+            name = "upstreams"
+        if name == "upstreams" and isinstance(value, str):
+            value = [value]
+        out[name] = value
+    unknown = sorted(set(out) - set(GatewaySettings.model_fields))
+    if unknown:
+        raise GatewayConfigError(f"--config {path}: unknown settings {unknown}")
+    try:
+        GatewaySettings(**out)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise GatewayConfigError(f"--config {path}: `{'.'.join(map(str, first['loc']))}`: {first['msg']}") from None
+    return out
