@@ -124,7 +124,8 @@ async def test_duplicate_request_id_is_counted_once(db: Database) -> None:
     assert await ledger.close() == 0
     assert await count_rows(engine) == 2
     assert await ledger.usage_by_day("key-a") == [
-        {"day": datetime.now(timezone.utc).date().isoformat(), "requests": 2, "failed": 0, "documents": 6, "tokens": 200}]
+        {"day": datetime.now(timezone.utc).date().isoformat(), "requests": 2, "failed": 0, "documents": 6,
+         "tokens": 200}]
 
 
 async def test_rows_survive_a_restart(db: Database) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -73,6 +74,10 @@ class GatewaySettings(BaseModel):
         """Refuse configurations that would start but could never serve."""
         if not self.upstreams:
             raise GatewayConfigError("no upstreams: give --upstream URL (repeatable) or `upstreams:` in --config")
+        for url in self.upstreams:
+            parts = urlsplit(url.removeprefix("dns+"))
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise GatewayConfigError(f"bad upstream URL {url!r}: use http://HOST:PORT or dns+http://NAME:PORT")
         if self.jwt_jwks_url and self.jwt_secret:
             raise GatewayConfigError("give --jwt-jwks-url or --jwt-secret, not both")
         if self.total_timeout < self.attempt_timeout:
