@@ -16,12 +16,13 @@ Outcomes of one attempt and what they mean for the replica's circuit breaker:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import deque
 from dataclasses import dataclass
 
-import httpx
+import aiohttp
 
 from rerankd.errors import UpstreamUnavailableError
 from rerankd.gateway.pool import Upstream, UpstreamPool
@@ -32,7 +33,7 @@ __all__ = ["Forwarder", "RetryBudget", "UpstreamReply"]
 log = logging.getLogger(__name__)
 
 _BUSY = frozenset({429, 503})
-_FORWARDED_HEADERS = ("content-type", "retry-after")
+_FORWARDED_HEADERS = ("retry-after", "x-prompt-tokens")
 
 
 @dataclass
@@ -85,7 +86,7 @@ class RetryBudget:
 class Forwarder:
     """Sends a body to ``path`` on some replica, with failover; returns the first final answer."""
 
-    def __init__(self, pool: UpstreamPool, client: httpx.AsyncClient, metrics: GatewayMetrics, *,
+    def __init__(self, pool: UpstreamPool, client: aiohttp.ClientSession, metrics: GatewayMetrics, *,
                  attempt_timeout: float, total_timeout: float, max_attempts: int, budget: RetryBudget,
                  upstream_api_key: str | None = None) -> None:
         self.pool = pool
@@ -144,32 +145,34 @@ class Forwarder:
         async with self.pool.lease(upstream):
             self.metrics.upstream_inflight.labels(upstream=upstream.url).set(upstream.outstanding)
             try:
-                response = await self.client.request(method, upstream.url + path, content=body or None,
-                                                     headers=headers, timeout=timeout)
-            except httpx.TimeoutException as exc:
+                async with self.client.request(method, upstream.url + path, data=body or None, headers=headers,
+                                               timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+                    content = await response.read()
+            except asyncio.TimeoutError:
                 upstream.breaker.record_failure()
                 self._observe(upstream, "timeout", started)
-                return None, f"timed out after {timeout:.1f}s ({type(exc).__name__})", "timeout"
-            except httpx.HTTPError as exc:
+                return None, f"timed out after {timeout:.1f}s", "timeout"
+            except aiohttp.ClientError as exc:
                 # A lost half-open probe (client cancelled) is given up by the breaker after its probe timeout.
-                outcome = "connect_error" if isinstance(exc, httpx.ConnectError) else "error"
+                outcome = "connect_error" if isinstance(exc, aiohttp.ClientConnectorError) else "error"
                 upstream.breaker.record_failure()
                 self._observe(upstream, outcome, started)
                 return None, f"{type(exc).__name__}: {exc}", outcome
             finally:
                 self.metrics.upstream_inflight.labels(upstream=upstream.url).set(upstream.outstanding - 1)
+        status = response.status
         reply = UpstreamReply(
-            status=response.status_code, body=response.content, upstream=upstream.url, attempts=attempt,
-            headers={k: v for k, v in response.headers.items() if k.lower() in _FORWARDED_HEADERS},
+            status=status, body=content, upstream=upstream.url, attempts=attempt,
+            headers={k.lower(): v for k, v in response.headers.items() if k.lower() in _FORWARDED_HEADERS},
         )
-        if response.status_code in _BUSY:
+        if status in _BUSY:
             upstream.breaker.record_success()  # alive and answering; busy is not broken
             self._observe(upstream, "rejected", started)
-            return reply, f"busy ({response.status_code})", "busy"
-        if response.status_code >= 500:
+            return reply, f"busy ({status})", "busy"
+        if status >= 500:
             upstream.breaker.record_failure()
             self._observe(upstream, "error", started)
-            return None, f"answered {response.status_code}", "server_error"
+            return None, f"answered {status}", "server_error"
         upstream.breaker.record_success()
         self._observe(upstream, "success", started)
         return reply, "", None

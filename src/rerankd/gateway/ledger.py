@@ -220,15 +220,15 @@ class UsageLedger:
         return True
 
     async def _insert(self, batch: list[UsageEntry]) -> None:
+        # executemany with one cached statement: a multi-VALUES insert of hundreds of rows would be compiled
+        # anew on the event loop for every batch (tens of ms of stalled requests at high rates).
         rows = [entry._row() for entry in batch]
-        engine = self.engine
-        dialect = engine.dialect.name
+        dialect = self.engine.dialect.name
         if dialect == "postgresql":
-            statement: Any = postgresql.insert(UsageRecord).values(rows).on_conflict_do_nothing(
-                index_elements=["request_id"])
+            statement: Any = postgresql.insert(UsageRecord).on_conflict_do_nothing(index_elements=["request_id"])
         elif dialect == "sqlite":
-            statement = sqlite.insert(UsageRecord).values(rows).on_conflict_do_nothing(index_elements=["request_id"])
+            statement = sqlite.insert(UsageRecord).on_conflict_do_nothing(index_elements=["request_id"])
         else:  # other databases: a duplicate request_id fails the batch instead of being skipped
-            statement = insert(UsageRecord).values(rows)
-        async with engine.begin() as conn:
-            await conn.execute(statement)
+            statement = insert(UsageRecord)
+        async with self.engine.begin() as conn:
+            await conn.execute(statement, rows)

@@ -151,10 +151,6 @@ async def _gather_or_cancel(jobs: list[Awaitable[UpstreamReply]]) -> list[Upstre
         raise
 
 
-def _dump(body: Any) -> bytes:
-    return body.model_dump_json(exclude_unset=True).encode()
-
-
 def scoring_router(proxy: ScoringProxy, state_of: Callable[[], GatewayState]) -> APIRouter:
     """The rerank and score routes, with the server's request and response models (one OpenAPI)."""
     router = APIRouter()
@@ -167,7 +163,7 @@ def scoring_router(proxy: ScoringProxy, state_of: Callable[[], GatewayState]) ->
             available = sum(1 for u in state.pool.upstreams if u.available)
             plan = plan_split(body, state.settings.split_threshold, available)
             if plan is None:
-                return await state.forwarder.send(request.url.path, _dump(body), request_id)
+                return await state.forwarder.send(request.url.path, await request.body(), request_id)
             state.metrics.split_requests_total.inc()
             state.metrics.split_parts.observe(len(plan.slices))
             replies = await _gather_or_cancel([
@@ -183,9 +179,10 @@ def scoring_router(proxy: ScoringProxy, state_of: Callable[[], GatewayState]) ->
 
         return await proxy.handle(request, identity, request.url.path, body, len(body.documents), send)
 
-    def passthrough(path: str, body: Any) -> Callable[[GatewayState, str], Awaitable[UpstreamReply]]:
+    def passthrough(path: str, request: Request) -> Callable[[GatewayState, str], Awaitable[UpstreamReply]]:
         async def send(state: GatewayState, request_id: str) -> UpstreamReply:
-            return await state.forwarder.send(path, _dump(body), request_id)
+            # The client's bytes as they came (already validated): no re-encoding cost, nothing lost.
+            return await state.forwarder.send(path, await request.body(), request_id)
         return send
 
     router.post("/v1/rerank", response_model=RerankResponse, summary="Rerank documents (Jina / Cohere / vLLM shape)",
@@ -199,11 +196,11 @@ def scoring_router(proxy: ScoringProxy, state_of: Callable[[], GatewayState]) ->
                          identity: Identity = Caller) -> Response:
         if isinstance(body, RerankRequest):
             return await rerank(request, body, identity)
-        return await proxy.handle(request, identity, "/rerank", body, len(body.texts), passthrough("/rerank", body))
+        return await proxy.handle(request, identity, "/rerank", body, len(body.texts), passthrough("/rerank", request))
 
     async def score(request: Request, body: ScoreRequest, identity: Identity = Caller) -> Response:
         documents = len(body.pairs())
-        return await proxy.handle(request, identity, "/v1/score", body, documents, passthrough("/v1/score", body))
+        return await proxy.handle(request, identity, "/v1/score", body, documents, passthrough("/v1/score", request))
 
     router.post("/v1/score", response_model=ScoreResponse, summary="Score pairs (vLLM score shape)",
                 responses=_ERRORS)(score)

@@ -10,7 +10,7 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 
-import httpx
+import aiohttp
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from rerankd.gateway.auth import Authenticator
@@ -49,7 +49,7 @@ class GatewayState:
     limiter: RateLimiter
     auth: Authenticator
     pool: UpstreamPool
-    client: httpx.AsyncClient
+    client: aiohttp.ClientSession
     forwarder: Forwarder
     jwt: JwtVerifier | None = None
     _counted: _Counted = field(default_factory=_Counted)
@@ -61,7 +61,7 @@ class GatewayState:
         unwritten = await self.ledger.close(timeout=max(5.0, self.settings.drain_seconds))
         if unwritten:
             log.error("gateway stopped with %d usage rows unwritten (database unreachable)", unwritten)
-        for closer in (self.limiter.close, self.client.aclose, self.engine.dispose):
+        for closer in (self.limiter.close, self.client.close, self.engine.dispose):
             with contextlib.suppress(Exception):
                 await closer()
         if self.jwt is not None:
@@ -138,9 +138,10 @@ async def open_gateway_state(settings: GatewaySettings, metrics: GatewayMetrics)
                                                open_seconds=settings.breaker_open_seconds),
         on_new_upstream=watch,
     )
+    # aiohttp rather than httpx on this hot path: about half the CPU per proxied request (bench/gateway_overhead.py).
     # Generous pool: every in-flight client request holds at most one upstream connection at a time.
-    client = httpx.AsyncClient(trust_env=False, limits=httpx.Limits(max_connections=2000,
-                                                                     max_keepalive_connections=200))
+    client = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=2000, limit_per_host=0, ttl_dns_cache=10),
+                                   trust_env=False, auto_decompress=True, skip_auto_headers=("User-Agent",))
     forwarder = Forwarder(pool, client, metrics, attempt_timeout=settings.attempt_timeout,
                           total_timeout=settings.total_timeout, max_attempts=settings.max_attempts,
                           budget=RetryBudget(settings.retry_budget_ratio, settings.retry_budget_min_per_second),
