@@ -1,0 +1,1 @@
+"""Running the whole stack: `rerankd up` and its process supervisor."""

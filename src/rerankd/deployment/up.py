@@ -1,0 +1,192 @@
+"""``rerankd up``: the whole stack on one machine — N inference replicas, the gateway and the UI.
+
+Embedded defaults: SQLite ledger and in-process rate limiter, everything on 127.0.0.1 unless ``--host``.
+State lives in ``--data-dir``: the ledger database, the generated admin key and first API key (files of
+mode 0600, so a second ``up`` prints the same key instead of minting a new one), and one log file per child.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import httpx
+
+from rerankd.cli import env_option
+from rerankd.deployment.supervisor import Child, Supervisor
+
+__all__ = ["up"]
+
+log = logging.getLogger("rerankd.up")
+
+_FIRST_KEY_NAME = "default"
+
+
+def _secret_file(path: Path, make: Any) -> str:
+    """Read a secret kept in ``path``, or create it with ``make()`` (mode 0600)."""
+    if path.exists():
+        return path.read_text(encoding="utf-8").strip()
+    value = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(value + "\n")
+    return value
+
+
+def _first_api_key(database_url: str, key_file: Path) -> str:
+    """The first user key: created once (named ``default``), kept in ``key_file`` so restarts reuse it."""
+    if key_file.exists():
+        return key_file.read_text(encoding="utf-8").strip()
+
+    async def create() -> str:
+        from rerankd.gateway.db import create_engine_for, init_schema
+        from rerankd.gateway.keys import KeyStore
+
+        engine = create_engine_for(database_url)
+        try:
+            await init_schema(engine)
+            store = KeyStore(engine)
+            name = _FIRST_KEY_NAME
+            if any(k.name == name for k in await store.list()):  # key file lost: mint a fresh one
+                name = f"{_FIRST_KEY_NAME}-{int(time.time())}"
+            _, plaintext = await store.create(name)
+            return plaintext
+        finally:
+            await engine.dispose()
+
+    return _secret_file(key_file, lambda: asyncio.run(create()))
+
+
+def _wait_ready(children: list[tuple[Child, str]], timeout: float, stop: threading.Event) -> bool:
+    """Poll each child's readiness URL, printing progress as each turns ready; False on timeout/stop."""
+    pending = dict(children)
+    started = time.monotonic()
+    last_note = 0.0
+    with httpx.Client(timeout=2, trust_env=False) as client:
+        while pending and not stop.is_set():
+            for child, url in list(pending.items()):
+                try:
+                    if client.get(url).status_code == 200:
+                        click.echo(f"  ✓ {child.name} ready after {time.monotonic() - started:.0f}s", err=True)
+                        del pending[child]
+                except httpx.HTTPError:
+                    pass
+            elapsed = time.monotonic() - started
+            if pending and elapsed - last_note >= 10:
+                last_note = elapsed
+                names = ", ".join(c.name for c in pending)
+                click.echo(f"  … waiting for {names} ({elapsed:.0f}s; logs in {next(iter(pending)).log_path.parent})",
+                           err=True)
+            if elapsed > timeout:
+                return False
+            stop.wait(0.25)
+    return not pending
+
+
+@click.command()
+@env_option("--model", required=True, help="Hugging Face id or local directory, served by every replica.")
+@env_option("--replicas", type=click.IntRange(min=1), default=1, help="Inference servers to start.")
+@env_option("--host", default="127.0.0.1", help="Interface for the gateway and the UI.")
+@env_option("--gateway-port", type=click.IntRange(1, 65535), default=8080)
+@env_option("--ui-port", type=click.IntRange(1, 65535), default=7860)
+@env_option("--ui/--no-ui", "with_ui", default=True, help="Start the web UI too.")
+@env_option("--server-base-port", type=click.IntRange(1, 65535), default=8001,
+            help="Replica i listens on base + i, on 127.0.0.1 only (the gateway is the way in).")
+@env_option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("rerankd-data"),
+            help="Ledger database, generated keys and logs.")
+@env_option("--served-model-name", default=None)
+@env_option("--backend", type=click.Choice(["auto", "torch", "vllm"]), default="auto")
+@env_option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@env_option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto")
+@env_option("--max-model-len", type=click.IntRange(min=16), default=None)
+@env_option("--max-batch-tokens", type=click.IntRange(min=64), default=None)
+@env_option("--ready-timeout", type=click.FloatRange(min=1), default=1800.0,
+            help="Seconds to wait for every part to be ready before giving up.")
+def up(model: str, replicas: int, host: str, gateway_port: int, ui_port: int, with_ui: bool,
+       server_base_port: int, data_dir: Path, ready_timeout: float, **server_flags: Any) -> None:
+    """Start servers + gateway + UI on this machine; Ctrl-C stops them all."""
+    from rerankd.engine.model_source import ModelSourceError, resolve_model
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s up: %(message)s", datefmt="%H:%M:%S")
+    for chatty in ("alembic", "httpx", "httpcore"):  # readiness polling would print a line every 250 ms
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    try:
+        model_path = resolve_model(model)  # download once here, not N times in parallel in the replicas
+    except ModelSourceError as exc:
+        raise click.ClickException(str(exc)) from None
+    data_dir = data_dir.resolve()
+    logs = data_dir / "logs"
+    database_url = f"sqlite:///{data_dir / 'gateway.db'}"
+    admin_key = _secret_file(data_dir / "admin-key", lambda: "adm-" + secrets.token_urlsafe(24))
+    api_key = _first_api_key(database_url, data_dir / "api-key")
+
+    python = [sys.executable, "-m", "rerankd.cli"]
+    env = {**os.environ, "RERANKD_LOG_FORMAT": "json"}
+    for secret in ("RERANKD_API_KEY", "RERANKD_ADMIN_KEY"):  # never leak a parent's credentials to children
+        env.pop(secret, None)
+    name = server_flags.pop("served_model_name") or model.rstrip("/").split("/")[-1]
+    serve_extra = [a for flag, value in server_flags.items() if value is not None
+                   for a in (f"--{flag.replace('_', '-')}", str(value))]
+    servers = [Child(f"server-{i + 1}", [*python, "serve", "--model", str(model_path), "--served-model-name", name,
+                                         "--host", "127.0.0.1", "--port", str(server_base_port + i), *serve_extra],
+                     logs / f"server-{i + 1}.log", env) for i in range(replicas)]
+    server_urls = [f"http://127.0.0.1:{server_base_port + i}" for i in range(replicas)]
+    gateway = Child("gateway", [*python, "gateway", *[a for u in server_urls for a in ("--upstream", u)],
+                                "--host", host, "--port", str(gateway_port), "--database-url", database_url],
+                    logs / "gateway.log", {**env, "RERANKD_ADMIN_KEY": admin_key})
+    local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    gateway_url = f"http://{local}:{gateway_port}"
+    children = [*servers, gateway]
+    readiness = [(s, f"{u}/ready") for s, u in zip(servers, server_urls, strict=True)]
+    readiness.append((gateway, f"{gateway_url}/ready"))
+    ui_url = None
+    if with_ui:
+        ui = Child("ui", [*python, "ui", "--gateway-url", gateway_url, "--host", host, "--port", str(ui_port)],
+                   logs / "ui.log", {**env, "RERANKD_API_KEY": api_key})
+        children.append(ui)
+        ui_url = f"http://{local}:{ui_port}"
+        readiness.append((ui, ui_url + "/"))
+
+    supervisor = Supervisor(children)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    click.echo(f"rerankd up: {replicas} replica(s) of {name}, gateway, {'UI' if with_ui else 'no UI'}; "
+               f"logs in {logs}", err=True)
+    supervisor.start()
+    try:
+        if not _wait_ready(readiness, ready_timeout, stop):
+            if not stop.is_set():
+                raise click.ClickException(f"not everything was ready after {ready_timeout:.0f}s; see {logs}")
+            return
+        click.echo("")
+        click.echo(f"gateway:   {gateway_url}   (POST /v1/rerank, GET /metrics)")
+        if ui_url:
+            click.echo(f"web UI:    {ui_url}")
+        for i, url in enumerate(server_urls):
+            click.echo(f"replica {i + 1}: {url}")
+        click.echo(f"API key:   {api_key}")
+        click.echo(f"admin key: {admin_key}   (also in {data_dir / 'admin-key'})")
+        click.echo(f"try:       curl -s {gateway_url}/v1/rerank -H 'Authorization: Bearer {api_key}' "
+                   "-d '{\"query\": \"capital of France\", \"documents\": [\"Paris\", \"Berlin\"]}'")
+        click.echo("Ctrl-C stops everything.", err=True)
+        sys.stdout.flush()
+        stop.wait()
+    finally:
+        click.echo("rerankd up: stopping…", err=True)
+        supervisor.stop()
+        click.echo("rerankd up: all stopped", err=True)

@@ -1,0 +1,113 @@
+"""`rerankd up` as a user runs it: two replicas + gateway + UI, a rerank with the printed key, a crashed
+replica restarted, and SIGTERM leaving no process behind."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from conftest import free_port
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def consecutive_free_ports(n: int) -> int:
+    for _ in range(100):
+        base = free_port()
+        try:
+            sockets = []
+            for port in range(base, base + n):
+                s = socket.socket()
+                s.bind(("127.0.0.1", port))
+                sockets.append(s)
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+    raise RuntimeError("no run of free ports")
+
+
+def read_until(proc: subprocess.Popen[str], pattern: str, timeout: float) -> dict[str, str]:
+    """Read stdout lines until one matches ``pattern``; return every `label: value` line seen."""
+    seen: dict[str, str] = {}
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            if proc.poll() is not None:
+                raise AssertionError(f"rerankd up exited with {proc.returncode}")
+            continue
+        label, _, value = line.partition(":")
+        if value:
+            seen[label.strip()] = value.strip().split()[0] if value.strip() else ""
+        if re.search(pattern, line):
+            return seen
+    raise AssertionError(f"no line matching {pattern!r} within {timeout}s; saw {seen}")
+
+
+def test_up_serves_through_the_gateway_restarts_a_dead_replica_and_stops_cleanly(
+        tiny_model_dir: Path, tmp_path: Path) -> None:
+    base = consecutive_free_ports(2)
+    gateway_port, ui_port = free_port(), free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("RERANKD_API_KEY", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rerankd.cli", "up", "--model", str(tiny_model_dir), "--replicas", "2",
+         "--device", "cpu", "--dtype", "float32", "--max-model-len", "256", "--data-dir", str(tmp_path / "data"),
+         "--gateway-port", str(gateway_port), "--ui-port", str(ui_port), "--server-base-port", str(base)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    try:
+        printed = read_until(proc, r"^try:", timeout=240)
+        key = printed["API key"]
+        assert key.startswith("rk-")
+        assert printed["gateway"] == f"http://127.0.0.1:{gateway_port}"
+        assert printed["web UI"] == f"http://127.0.0.1:{ui_port}"
+        gateway = printed["gateway"]
+        auth = {"Authorization": f"Bearer {key}"}
+        answer = httpx.post(f"{gateway}/v1/rerank", json={"query": "capital of France",
+                                                           "documents": ["Paris", "Berlin"]}, headers=auth, timeout=30)
+        assert answer.status_code == 200, answer.text
+        assert {r["index"] for r in answer.json()["results"]} == {0, 1}
+        assert httpx.get(printed["web UI"], timeout=10).status_code == 200
+        assert oct((tmp_path / "data" / "api-key").stat().st_mode & 0o777) == "0o600"
+
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert len(children) >= 4  # two servers, the gateway, the UI
+        replica = next(c for c in children if str(base) in " ".join(c.cmdline()))
+        replica.kill()  # a crash: the supervisor must bring it back on the same port
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{base}/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "crashed replica was not restarted"
+            time.sleep(0.5)
+        for _ in range(5):  # and nothing failed meanwhile for clients of the gateway
+            assert httpx.post(f"{gateway}/v1/rerank", json={"query": "q", "documents": ["a"]},
+                              headers=auth, timeout=30).status_code == 200
+
+        everyone = [proc.pid, *(c.pid for c in psutil.Process(proc.pid).children(recursive=True))]
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(90)
+        deadline = time.monotonic() + 10
+        while any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in everyone):
+            assert time.monotonic() < deadline, "processes left behind after SIGTERM"
+            time.sleep(0.2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
