@@ -21,7 +21,8 @@ __all__ = ["main"]
 
 def env_option(*names: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """A click option whose environment variable is ``RERANKD_`` + the long flag in upper snake case."""
-    long_name = next(n for n in names if n.startswith("--"))
+    # "--prefix-reuse/--no-prefix-reuse" names one flag: its variable is RERANKD_PREFIX_REUSE (true/false).
+    long_name = next(n for n in names if n.startswith("--")).split("/")[0]
     kwargs.setdefault("envvar", "RERANKD_" + long_name[2:].replace("-", "_").upper())
     kwargs.setdefault("show_envvar", True)
     kwargs.setdefault("show_default", True)
