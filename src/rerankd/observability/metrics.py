@@ -8,6 +8,9 @@ gets its own :class:`ServerMetrics` and serves that registry at ``/metrics``.
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.registry import Collector
+
+from rerankd.observability.gpu import GpuCollector
 
 __all__ = ["LATENCY_BUCKETS", "ServerMetrics"]
 
@@ -23,9 +26,12 @@ _TOKEN_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536
 class ServerMetrics:
     """Every metric ``rerankd serve`` exports. Attribute names follow the metric names."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, *, gpu: Collector | None = None) -> None:
+        """``gpu``: the collector of ``rerankd_gpu_*`` series (default: NVML, silent without a GPU)."""
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        self.gpu = gpu if gpu is not None else GpuCollector()
+        r.register(self.gpu)
         self.build_info = Info("rerankd_build", "Version, model, backend, dtype and device.", registry=r)
         self.requests_total = Counter(
             "rerankd_requests_total", "HTTP requests answered, by route and status code.",
@@ -77,6 +83,8 @@ class ServerMetrics:
             "rerankd_errors_total", "Errors answered, by type (validation, overloaded, backend, ...).",
             ["type"], registry=r,
         )
+        # The one type the engine counts today; created at 0 so rate() reads 0, not "no data", until it fails.
+        self.errors_total.labels(type="backend")
         self.cancelled_requests_total = Counter(
             "rerankd_cancelled_requests_total", "Requests dropped because the client went away.", registry=r,
         )
