@@ -9,20 +9,15 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from conftest import Fleet, free_port, spawn_gateway
+from fault_proxy import FlakyProxy
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -146,41 +141,6 @@ def test_killing_one_of_three_replicas_during_300_requests_fails_none(
         assert re.search(r'rerankd_gateway_retries_total\{reason="connect_error"\} [1-9]', metrics)
     finally:
         fleet.restart(1)
-
-
-class FlakyProxy:
-    """A real HTTP server in front of a replica that answers 500 while ``failing`` is set."""
-
-    def __init__(self, target: str) -> None:
-        self.target = target
-        self.failing = False
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.hits = 0
-
-        async def forward(request: Request) -> Response:
-            self.hits += 1
-            if self.failing and request.url.path != "/ready":
-                return JSONResponse({"error": {"message": "injected failure"}}, status_code=500)
-            async with httpx.AsyncClient() as client:
-                upstream = await client.request(request.method, self.target + request.url.path,
-                                                content=await request.body(),
-                                                headers={"content-type": "application/json"})
-            return Response(upstream.content, upstream.status_code, media_type="application/json")
-
-        app = Starlette(routes=[Route("/{path:path}", forward, methods=["GET", "POST"])])
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> FlakyProxy:
-        self.thread.start()
-        while not self.server.started:
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
 
 
 def test_a_failing_replica_is_ejected_and_readmitted_after_it_recovers(fleet: Fleet, tmp_path: Path) -> None:

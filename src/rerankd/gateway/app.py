@@ -17,6 +17,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy.exc import SQLAlchemyError
 
 from rerankd import __version__
 from rerankd.gateway.admin import admin_router
@@ -24,7 +25,7 @@ from rerankd.gateway.proxy import ScoringProxy, scoring_router
 from rerankd.gateway.settings import GatewaySettings
 from rerankd.gateway.state import GatewayState, open_gateway_state
 from rerankd.observability.gateway_metrics import GatewayMetrics
-from rerankd.server.errors import install_error_handlers
+from rerankd.server.errors import error_response, install_error_handlers
 from rerankd.server.middleware import ServerMiddleware, request_id_of
 
 __all__ = ["create_gateway_app"]
@@ -63,6 +64,15 @@ def create_gateway_app(settings: GatewaySettings) -> FastAPI:
                   description="One entry point in front of rerankd replicas: the same rerank API, with keys, "
                               "limits, failover and a usage ledger.")
     install_error_handlers(app)
+
+    @app.exception_handler(SQLAlchemyError)
+    @app.exception_handler(OSError)
+    async def _database_down(request: Request, exc: Exception) -> JSONResponse:
+        # Scoring keeps working through a database outage (cached keys, buffered ledger); only the routes
+        # that must read the database now (admin, usage) answer 503 until it is back.
+        log.warning("database unavailable for %s: %s", request.url.path, type(exc).__name__)
+        return error_response(503, "the gateway database is unavailable; retry shortly", retry_after=5,
+                              error_type="database_unavailable")
     app.add_middleware(ServerMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes, api_key=None,
                        known_routes=GATEWAY_ROUTES)
     proxy = ScoringProxy(state_of)

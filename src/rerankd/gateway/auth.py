@@ -14,7 +14,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from rerankd.errors import ForbiddenError, UnauthorizedError
+from rerankd.errors import ForbiddenError, NotReadyError, UnauthorizedError
 from rerankd.gateway.jwt_auth import JwtError, JwtVerifier, is_probably_jwt
 from rerankd.gateway.keys import KEY_PREFIX, KeyStore, hash_key
 from rerankd.observability.gateway_metrics import GatewayMetrics
@@ -52,6 +52,9 @@ class Authenticator:
         self._jwt_tpm = jwt_tpm
         self._cache_seconds = key_cache_seconds
         self._cache: dict[str, tuple[float, Identity]] = {}  # key hash -> (expires, identity)
+        # Last verified identity per key hash, kept past expiry: used only while the database is unreachable,
+        # so a PostgreSQL outage does not lock out every caller the gateway already knows.
+        self._last_good: dict[str, Identity] = {}
 
     async def identify(self, authorization: str | None, *, request_id: str = "") -> Identity:
         """The caller's identity; :class:`UnauthorizedError` naming what is wrong otherwise."""
@@ -88,6 +91,7 @@ class Authenticator:
     def forget_keys(self) -> None:
         """Drop cached key verifications (after a revocation) so the change applies to the next request."""
         self._cache.clear()
+        self._last_good.clear()
 
     async def _identify_key(self, token: str, request_id: str) -> Identity:
         digest = hash_key(token)
@@ -95,14 +99,29 @@ class Authenticator:
         cached = self._cache.get(digest)
         if cached is not None and cached[0] > now:
             return cached[1]
-        record = await self._keys.verify(token)
+        try:
+            record = await self._keys.verify(token)
+        except Exception as exc:  # database down: known keys keep working, unknown ones are told to retry
+            stale = self._last_good.get(digest)
+            self._metrics.auth_failures_total.labels(reason="key_store_unavailable").inc()
+            log.warning("key store unavailable (%s); %s", type(exc).__name__,
+                        "using the last verification" if stale else "cannot verify an unseen key",
+                        extra={"request_id": request_id})
+            if stale is not None:
+                return stale
+            raise NotReadyError("cannot verify the API key right now (key store unavailable); retry shortly",
+                                retry_after=5) from None
         if record is None:
             self._cache.pop(digest, None)
+            self._last_good.pop(digest, None)
             raise self._refuse("invalid_key", "invalid or revoked API key", request_id)
         identity = Identity(key_id=record.id, name=record.name, kind="key", is_admin=record.is_admin,
                             rpm=record.rpm, tpm=record.tpm)
+        if len(self._last_good) > 10_000:  # bounded: a flood of distinct valid keys cannot grow it forever
+            self._last_good.clear()
+        self._last_good[digest] = identity
         if self._cache_seconds > 0:
-            if len(self._cache) > 10_000:  # bounded: a flood of distinct valid keys cannot grow it forever
+            if len(self._cache) > 10_000:
                 self._cache.clear()
             self._cache[digest] = (now + self._cache_seconds, identity)
         return identity

@@ -130,6 +130,7 @@ async def open_gateway_state(settings: GatewaySettings, metrics: GatewayMetrics)
             log.log(level, "circuit breaker of %s: %s -> %s", upstream.url, old.value, new.value)
 
         upstream.breaker.on_transition = on_transition
+        metrics.watch_upstream(upstream.url)
 
     pool = UpstreamPool(
         settings.upstreams, health_interval=settings.health_interval, health_timeout=settings.health_timeout,

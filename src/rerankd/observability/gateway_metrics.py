@@ -118,6 +118,21 @@ class GatewayMetrics:
             "rerankd_gateway_ledger_lag_seconds", "Age of the oldest usage row not yet written.", registry=r,
         )
 
+        # Labelled counters start at 0 so rate() and dashboards show 0, not "no data", before the first event.
+        for reason in ("connect_error", "timeout", "error", "server_error", "busy"):
+            self.retries_total.labels(reason=reason)
+        for limit in ("requests", "tokens"):
+            self.rate_limited_total.labels(limit=limit)
+        for reason in ("missing", "malformed", "invalid_key", "jwt_invalid", "jwt_disabled", "not_admin",
+                       "key_store_unavailable"):
+            self.auth_failures_total.labels(reason=reason)
+
+    def watch_upstream(self, upstream: str) -> None:
+        """Create a replica's labelled series at 0 when it joins the pool."""
+        for state in BREAKER_STATES:
+            self.breaker_transitions_total.labels(upstream=upstream, to=state)
+        self.set_breaker_state(upstream, "closed")
+
     def set_breaker_state(self, upstream: str, state: str) -> None:
         """One-hot the replica's breaker state so `== 1` selects it in PromQL."""
         for name in BREAKER_STATES:

@@ -6,6 +6,7 @@ the handler.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -68,12 +69,31 @@ class _BodyTooLarge(HTTPException):
         super().__init__(413, f"request body exceeds the limit of {limit} bytes")
 
 
+class _BodyTooSlow(HTTPException):
+    """The client stopped sending its body (slowloris): free the connection instead of waiting forever."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(408, f"request body not received within {timeout:g} s of silence")
+
+
+# Every answer is JSON for programs: no sniffing, no framing, no caching, no referrer; no active content at all
+# except on the interactive docs pages, which load Swagger/ReDoc assets.
+_SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cache-control", b"no-store"),
+]
+_CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
+_DOCS_PATHS = frozenset({"/docs", "/redoc", "/docs/oauth2-redirect"})
+
+
 class ServerMiddleware:
     """Gives every response an ``X-Request-ID``, caps body size, checks the API key, counts requests."""
 
     def __init__(
         self, app: ASGIApp, *, metrics: HttpMetrics, max_body_bytes: int, api_key: str | None,
-        known_routes: frozenset[str] = _KNOWN_ROUTES,
+        known_routes: frozenset[str] = _KNOWN_ROUTES, body_timeout: float = 30.0,
     ) -> None:
         """``known_routes`` become the ``route`` label as they are; other paths are counted as ``other``
         (``/admin/...`` as ``/admin``), so a scan of random URLs cannot blow up the label set."""
@@ -82,6 +102,7 @@ class ServerMiddleware:
         self.max_body_bytes = max_body_bytes
         self.api_key = api_key
         self.known_routes = known_routes
+        self.body_timeout = body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -104,6 +125,10 @@ class ServerMiddleware:
                 status_holder["status"] = message["status"]
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode()))
+                present = {k.lower() for k, _ in headers}
+                headers.extend(h for h in _SECURITY_HEADERS if h[0] not in present)
+                if path not in _DOCS_PATHS:
+                    headers.append(_CSP)
                 message["headers"] = headers
             await send(message)
 
@@ -115,6 +140,8 @@ class ServerMiddleware:
             await self.app(scope, self._capped(receive), send_with_id)
         except _BodyTooLarge:
             await self._send_error(send_with_id, 413, f"request body exceeds {self.max_body_bytes} bytes")
+        except _BodyTooSlow as exc:
+            await self._send_error(send_with_id, 408, str(exc.detail))
         finally:
             status = status_holder["status"]
             elapsed = time.perf_counter() - started
@@ -141,22 +168,33 @@ class ServerMiddleware:
         return None
 
     def _capped(self, receive: Receive) -> Receive:
+        """Count body bytes against the cap, and time out a body that stalls (not the wait for a disconnect
+        that handlers do once the whole body is in)."""
         seen = 0
+        body_done = False
 
         async def capped_receive() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, body_done
+            if body_done:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.body_timeout)
+            except asyncio.TimeoutError:
+                raise _BodyTooSlow(self.body_timeout) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_body_bytes:
                     raise _BodyTooLarge(self.max_body_bytes)
+                body_done = not message.get("more_body", False)
+            else:
+                body_done = True
             return message
 
         return capped_receive
 
     @staticmethod
     async def _send_error(send: Send, status: int, message: str) -> None:
-        kind = {401: "unauthorized", 413: "payload_too_large"}.get(status, "error")
+        kind = {401: "unauthorized", 408: "request_timeout", 413: "payload_too_large"}.get(status, "error")
         body = json.dumps({"error": {"message": message, "type": kind, "code": status}}).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         if status == 401:
