@@ -28,8 +28,6 @@ EVENT_OR_HARDWARE_ONLY = {
     "rerankd_gpu_memory_used_bytes": "needs a GPU (NVML)",
     "rerankd_gpu_memory_total_bytes": "needs a GPU (NVML)",
     "rerankd_gpu_utilization_ratio": "needs a GPU (NVML)",
-    "rerankd_gateway_retries_total": "labelled by reason: first retry",
-    "rerankd_gateway_breaker_transitions_total": "labelled by replica and state: first breaker trip",
     "rerankd_alert_relay_deliveries_total": "exported by `rerankd alert-relay` (checked in test_alert_relay)",
 }
 NOT_FROM_RERANKD = {"up"}  # Prometheus' own; DCGM_FI_* come from the DCGM exporter
