@@ -1,0 +1,47 @@
+"""``rerankd ui``: serve the Gradio page in front of a gateway (or a server).
+
+Gradio is imported only when the command runs, so ``rerankd --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from rerankd.cli import env_option
+
+__all__ = ["ui"]
+
+
+@click.command()
+@env_option("--gateway-url", default="http://127.0.0.1:8080",
+            help="Base URL of the rerank API (gateway or server); /v1/rerank is appended.")
+@env_option("--api-key", default=None, show_default=False,
+            help="Key sent as `Authorization: Bearer` by the UI's server process; never shown in the page.")
+@env_option("--host", default="127.0.0.1", help="Interface to listen on (0.0.0.0 for all).")
+@env_option("--port", type=click.IntRange(0, 65535), default=7860)
+@env_option("--root-path", default="",
+            help="Public path prefix (e.g. /rerank-ui) or full URL when a reverse proxy serves the UI.")
+@env_option("--timeout", type=click.FloatRange(min=0.1), default=60.0,
+            help="Seconds to wait for the rerank API before telling the user it timed out.")
+@env_option("--max-concurrency", type=click.IntRange(min=1), default=16,
+            help="Rerank calls in flight at once; more wait in Gradio's queue.")
+@env_option("--queue-size", type=click.IntRange(min=1), default=256,
+            help="Rerank calls allowed to wait; past it the page says the queue is full.")
+def ui(gateway_url: str, api_key: str | None, host: str, port: int, root_path: str, timeout: float,
+       max_concurrency: int, queue_size: int) -> None:
+    """Serve a web page to try queries against the rerank API (Gradio)."""
+    # No usage analytics or version checks to huggingface.co from a self-hosted service (unless asked for).
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    try:
+        from rerankd.ui.app import build_ui, launch_ui
+    except ImportError as exc:  # gradio is an optional extra
+        raise click.ClickException(f"{exc}; install the UI extra: pip install 'rerankd[ui]'") from None
+
+    blocks = build_ui(gateway_url, api_key=api_key, timeout=timeout, max_concurrency=max_concurrency,
+                      max_queue=queue_size)
+    public = f"; public path {root_path}" if root_path else ""
+    click.echo(f"rerankd ui: listening on http://{host}:{port}/{public} → {gateway_url} "
+               f"({'with' if api_key else 'without'} an API key)", err=True)
+    launch_ui(blocks, host=host, port=port, root_path=root_path)
