@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -25,7 +25,7 @@ from rerankd.gateway.proxy import ScoringProxy, scoring_router
 from rerankd.gateway.settings import GatewaySettings
 from rerankd.gateway.state import GatewayState, open_gateway_state
 from rerankd.observability.gateway_metrics import GatewayMetrics
-from rerankd.server.errors import error_response, install_error_handlers
+from rerankd.server.errors import ERROR_RESPONSES, error_response, install_error_handlers
 from rerankd.server.middleware import ServerMiddleware, request_id_of
 
 __all__ = ["create_gateway_app"]
@@ -60,7 +60,7 @@ def create_gateway_app(settings: GatewaySettings) -> FastAPI:
             await state.close()
             log.info("gateway stopped; usage ledger flushed")
 
-    app = FastAPI(title="rerankd gateway", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="rerankd gateway", version=__version__, lifespan=lifespan, responses=ERROR_RESPONSES,
                   description="One entry point in front of rerankd replicas: the same rerank API, with keys, "
                               "limits, failover and a usage ledger.")
     install_error_handlers(app)
@@ -93,9 +93,10 @@ def create_gateway_app(settings: GatewaySettings) -> FastAPI:
     async def ready() -> JSONResponse:
         upstreams = state_of().pool.upstreams
         healthy = sum(1 for u in upstreams if u.available)
-        body = {"ready": healthy > 0, "healthy_replicas": healthy, "replicas": len(upstreams)}
-        return JSONResponse(body, status_code=200 if healthy else 503,
-                            headers={} if healthy else {"Retry-After": "2"})
+        if not healthy:
+            return error_response(503, f"no replica is available (0 of {len(upstreams)} healthy)", retry_after=2,
+                                  error_type="not_ready")
+        return JSONResponse({"ready": True, "healthy_replicas": healthy, "replicas": len(upstreams)})
 
     @app.get("/info", summary="Version, replicas, limits")
     async def info() -> dict[str, Any]:
@@ -106,7 +107,7 @@ def create_gateway_app(settings: GatewaySettings) -> FastAPI:
                 "split_threshold": settings.split_threshold, "shared_limits": settings.redis_url is not None,
                 "jwt": settings.jwt_enabled}
 
-    @app.get("/metrics", summary="Prometheus metrics")
+    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
     async def prometheus_metrics() -> Response:
         state_of().refresh_metrics()
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

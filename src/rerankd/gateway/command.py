@@ -56,6 +56,8 @@ def _default(name: str) -> Any:
             help="Seconds a request may take over all its attempts.")
 @env_option("--max-attempts", type=click.IntRange(min=1), default=_default("max_attempts"))
 @env_option("--health-interval", type=click.FloatRange(min=0.05), default=_default("health_interval"))
+@env_option("--upstream-ready-path", default=_default("upstream_ready_path"),
+            help="Path polled on every replica for readiness (use /health for a plain `vllm serve`).")
 @env_option("--drain-seconds", type=click.FloatRange(min=0), default=_default("drain_seconds"),
             help="On SIGTERM, how long in-flight requests may finish.")
 @env_option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")

@@ -98,8 +98,13 @@ class Forwarder:
         self.budget = budget
         self._auth = {"authorization": f"Bearer {upstream_api_key}"} if upstream_api_key else {}
 
-    async def send(self, path: str, body: bytes, request_id: str, *, method: str = "POST") -> UpstreamReply:
-        """Send ``body`` (JSON) to ``path``; fail over on replica failure. Raises 503 when nothing answers."""
+    async def send(self, path: str, body: bytes, request_id: str, *, method: str = "POST",
+                   spread: set[str] | None = None) -> UpstreamReply:
+        """Send ``body`` (JSON) to ``path``; fail over on replica failure. Raises 503 when nothing answers.
+
+        ``spread`` is shared by the parts of one split request: each part prefers a replica no sibling
+        has taken yet, so N parts land on N replicas whenever N are available.
+        """
         self.budget.note_request()
         deadline = time.monotonic() + self.total_timeout
         tried: set[str] = set()
@@ -114,13 +119,17 @@ class Forwarder:
             if remaining <= 0:
                 last_problem += "; total timeout reached"
                 break
-            upstream = self.pool.pick(exclude=tried)
+            upstream = self.pool.pick(exclude=tried | spread) if spread else None
+            if upstream is None:
+                upstream = self.pool.pick(exclude=tried)
             if upstream is None and tried:
                 # Every replica was tried once: a second try on the least bad is better than giving up.
                 upstream = self.pool.pick()
             if upstream is None:
                 break
             tried.add(upstream.url)
+            if spread is not None:
+                spread.add(upstream.url)
             reply, problem, reason = await self._attempt(upstream, method, path, body, request_id,
                                                          min(self.attempt_timeout, remaining), attempt)
             if reply is not None and reason is None:

@@ -134,7 +134,8 @@ def _prompt_tokens(reply: UpstreamReply) -> int:
         return int(header)
     try:
         usage = json.loads(reply.body).get("usage") or {}
-        return int(usage.get("prompt_tokens", 0))
+        # A plain vLLM upstream reports only total_tokens (equal to prompt tokens for scoring).
+        return int(usage.get("prompt_tokens") or usage.get("total_tokens") or 0)
     except (ValueError, AttributeError, TypeError):
         return 0
 
@@ -166,8 +167,9 @@ def scoring_router(proxy: ScoringProxy, state_of: Callable[[], GatewayState]) ->
                 return await state.forwarder.send(request.url.path, await request.body(), request_id)
             state.metrics.split_requests_total.inc()
             state.metrics.split_parts.observe(len(plan.slices))
+            spread: set[str] = set()
             replies = await _gather_or_cancel([
-                state.forwarder.send(request.url.path, part, f"{request_id}.p{i}")
+                state.forwarder.send(request.url.path, part, f"{request_id}.p{i}", spread=spread)
                 for i, part in enumerate(plan.bodies())])
             failed = next((r for r in replies if r.status != 200), None)
             if failed is not None:
@@ -185,12 +187,11 @@ def scoring_router(proxy: ScoringProxy, state_of: Callable[[], GatewayState]) ->
             return await state.forwarder.send(path, await request.body(), request_id)
         return send
 
-    router.post("/v1/rerank", response_model=RerankResponse, summary="Rerank documents (Jina / Cohere / vLLM shape)",
-                responses=_ERRORS)(rerank)
-    router.post("/v2/rerank", response_model=RerankResponse, summary="Rerank documents (Cohere v2 shape)",
-                responses=_ERRORS)(rerank)
+    router.post("/v1/rerank", response_model=RerankResponse,
+                summary="Rerank documents (Jina / Cohere / vLLM shape)")(rerank)
+    router.post("/v2/rerank", response_model=RerankResponse, summary="Rerank documents (Cohere v2 shape)")(rerank)
 
-    @router.post("/rerank", response_model=RerankResponse | list[TEIRankItem], responses=_ERRORS,
+    @router.post("/rerank", response_model=RerankResponse | list[TEIRankItem],
                  summary="Rerank: Jina/Cohere shape with `documents`, or TEI shape with `texts`")
     async def rerank_any(request: Request, body: RerankRequest | TEIRerankRequest,
                          identity: Identity = Caller) -> Response:
@@ -202,16 +203,6 @@ def scoring_router(proxy: ScoringProxy, state_of: Callable[[], GatewayState]) ->
         documents = len(body.pairs())
         return await proxy.handle(request, identity, "/v1/score", body, documents, passthrough("/v1/score", request))
 
-    router.post("/v1/score", response_model=ScoreResponse, summary="Score pairs (vLLM score shape)",
-                responses=_ERRORS)(score)
+    router.post("/v1/score", response_model=ScoreResponse, summary="Score pairs (vLLM score shape)")(score)
     router.post("/score", response_model=ScoreResponse, include_in_schema=False)(score)
     return router
-
-
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"description": text} for code, text in {
-        400: "Not JSON, or the query cannot fit the model length", 401: "Missing or bad credentials",
-        404: "Unknown model", 413: "Body or document list too large", 422: "Invalid fields",
-        429: "Rate limited (Retry-After, X-RateLimit-*)", 503: "No replica could answer (Retry-After)",
-    }.items()
-}

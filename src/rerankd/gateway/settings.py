@@ -59,6 +59,8 @@ class GatewaySettings(BaseModel):
     retry_budget_min_per_second: float = Field(10.0, ge=0)
     health_interval: float = Field(2.0, gt=0)
     health_timeout: float = Field(1.0, gt=0)
+    upstream_ready_path: str = Field("/ready", pattern=r"^/",
+                                     description="Readiness path of the replicas (/health for a plain vLLM).")
     breaker_failures: int = Field(5, ge=1, description="Consecutive failures that eject a replica.")
     breaker_error_ratio: float = Field(0.5, gt=0, le=1)
     breaker_open_seconds: float = Field(5.0, gt=0)

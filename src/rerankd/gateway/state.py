@@ -134,6 +134,7 @@ async def open_gateway_state(settings: GatewaySettings, metrics: GatewayMetrics)
 
     pool = UpstreamPool(
         settings.upstreams, health_interval=settings.health_interval, health_timeout=settings.health_timeout,
+        ready_path=settings.upstream_ready_path,
         breaker_factory=lambda: CircuitBreaker(failure_threshold=settings.breaker_failures,
                                                error_ratio=settings.breaker_error_ratio,
                                                open_seconds=settings.breaker_open_seconds),

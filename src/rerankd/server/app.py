@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from rerankd import __version__
@@ -40,7 +40,7 @@ from rerankd.protocol import (
     build_tei_response,
 )
 from rerankd.server.disconnect import unless_disconnected
-from rerankd.server.errors import install_error_handlers
+from rerankd.server.errors import ERROR_RESPONSES, install_error_handlers
 from rerankd.server.middleware import ServerMiddleware, request_id_of
 
 __all__ = ["create_server_app"]
@@ -111,7 +111,7 @@ def create_server_app(settings: ServerSettings, *, engine_loader: EngineLoader |
             await state.engine.close()
 
     app = FastAPI(
-        title="rerankd", version=__version__, lifespan=lifespan,
+        title="rerankd", version=__version__, lifespan=lifespan, responses=ERROR_RESPONSES,
         description="Qwen3-Reranker scoring: Jina / Cohere / vLLM / TEI rerank APIs.",
     )
     install_error_handlers(app)
@@ -220,7 +220,7 @@ def create_server_app(settings: ServerSettings, *, engine_loader: EngineLoader |
             "max_body_bytes": settings.max_body_bytes,
         }
 
-    @app.get("/metrics", summary="Prometheus metrics", include_in_schema=True)
+    @app.get("/metrics", summary="Prometheus metrics", include_in_schema=True, response_class=PlainTextResponse)
     async def prometheus_metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

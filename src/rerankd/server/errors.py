@@ -17,14 +17,33 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rerankd.errors import RerankdError
+from rerankd.protocol import ErrorBody
 
-__all__ = ["error_response", "install_error_handlers"]
+__all__ = ["ERROR_RESPONSES", "error_response", "install_error_handlers"]
 
 log = logging.getLogger(__name__)
 
 _TYPES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
           405: "method_not_allowed", 409: "conflict", 413: "payload_too_large", 422: "invalid_request",
           429: "rate_limited", 503: "unavailable"}
+
+
+# Documented on every route (OpenAPI): the statuses a client may get besides success, all with one body shape.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text} for code, text in {
+        400: "Not JSON, or the query cannot fit the model length",
+        401: "Missing or wrong credentials",
+        403: "Credential lacks the right (admin routes)",
+        404: "Unknown route or model",
+        405: "Method not allowed",
+        408: "Request body not received in time",
+        409: "Conflict (a key name already taken)",
+        413: "Body or document list too large",
+        422: "Invalid fields (the message names them)",
+        429: "Rate limited (Retry-After, X-RateLimit-*)",
+        503: "Not ready, overloaded, or no replica could answer (Retry-After)",
+    }.items()
+}
 
 
 def error_response(

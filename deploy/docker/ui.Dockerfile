@@ -1,0 +1,28 @@
+# rerankd web UI (Gradio) in front of the gateway. Build from the repository root:
+#   docker build -f deploy/docker/ui.Dockerfile -t rerankd-ui:0.1.0 .
+ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+RUN python -m venv /opt/rerankd
+COPY deploy/docker/constraints.txt /tmp/constraints.txt
+COPY pyproject.toml README.md /src/
+COPY src /src/src
+RUN /opt/rerankd/bin/pip wheel --no-deps --wheel-dir /tmp/wheels /src \
+ && /opt/rerankd/bin/pip install --constraint /tmp/constraints.txt "$(ls /tmp/wheels/rerankd-*.whl)[ui]"
+
+FROM ${PYTHON_IMAGE} AS runtime
+RUN groupadd --system --gid 10001 rerankd \
+ && useradd --system --uid 10001 --gid rerankd --create-home --home-dir /home/rerankd rerankd
+COPY --from=build /opt/rerankd /opt/rerankd
+# Gradio: no usage analytics calls home from a server.
+ENV PATH=/opt/rerankd/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    GRADIO_ANALYTICS_ENABLED=False
+WORKDIR /home/rerankd
+USER 10001:10001
+EXPOSE 7860
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
+  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:7860/', timeout=4)"]
+ENTRYPOINT ["rerankd"]
+CMD ["ui", "--host", "0.0.0.0", "--port", "7860"]
