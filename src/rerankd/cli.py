@@ -89,6 +89,8 @@ def cli() -> None:
 @env_option("--max-documents", type=click.IntRange(min=1), default=1000, help="Documents allowed per request.")
 @env_option("--max-body-bytes", type=click.IntRange(min=1024), default=32 * 1024 * 1024,
             help="Largest request body accepted (413 past it).")
+@env_option("--body-timeout", type=click.FloatRange(min=0.1), default=30.0,
+            help="Seconds a client may stall while sending its body before a 408 (slowloris guard).")
 @env_option("--host", default="127.0.0.1")
 @env_option("--port", type=click.IntRange(0, 65535), default=8000)
 @env_option("--api-key", default=None, show_default=False,

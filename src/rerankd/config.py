@@ -24,6 +24,7 @@ class ServerSettings(BaseModel):
     max_queue: int = 256
     max_documents: int = 1000
     max_body_bytes: int = 32 * 1024 * 1024
+    body_timeout: float = 30.0
     host: str = "127.0.0.1"
     port: int = 8000
     api_key: str | None = Field(None, repr=False)

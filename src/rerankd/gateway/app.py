@@ -74,7 +74,7 @@ def create_gateway_app(settings: GatewaySettings) -> FastAPI:
         return error_response(503, "the gateway database is unavailable; retry shortly", retry_after=5,
                               error_type="database_unavailable")
     app.add_middleware(ServerMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes, api_key=None,
-                       known_routes=GATEWAY_ROUTES)
+                       known_routes=GATEWAY_ROUTES, body_timeout=settings.body_timeout)
     proxy = ScoringProxy(state_of)
     app.include_router(scoring_router(proxy, state_of))
     app.include_router(admin_router(proxy, state_of))

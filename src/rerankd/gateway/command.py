@@ -50,6 +50,8 @@ def _default(name: str) -> Any:
             help="Requests with more documents are split across replicas.")
 @env_option("--max-documents", type=click.IntRange(min=1), default=_default("max_documents"))
 @env_option("--max-body-bytes", type=click.IntRange(min=1024), default=_default("max_body_bytes"))
+@env_option("--body-timeout", type=click.FloatRange(min=0.1), default=_default("body_timeout"),
+            help="Seconds a client may stall while sending its body before a 408 (slowloris guard).")
 @env_option("--attempt-timeout", type=click.FloatRange(min=0.001), default=_default("attempt_timeout"),
             help="Seconds one attempt at one replica may take.")
 @env_option("--total-timeout", type=click.FloatRange(min=0.001), default=_default("total_timeout"),

@@ -50,6 +50,7 @@ class GatewaySettings(BaseModel):
     key_cache_seconds: float = Field(5.0, ge=0, description="How long a verified key is trusted without the DB.")
     max_documents: int = Field(1000, ge=1)
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    body_timeout: float = Field(30.0, gt=0, description="Seconds a client may stall mid-body before a 408.")
     # Upstream behaviour
     split_threshold: int = Field(64, ge=1, description="Split requests with more documents across replicas.")
     attempt_timeout: float = Field(60.0, gt=0, description="Seconds one attempt at one replica may take.")

@@ -116,7 +116,8 @@ def create_server_app(settings: ServerSettings, *, engine_loader: EngineLoader |
     )
     install_error_handlers(app)
     app.add_middleware(
-        ServerMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes, api_key=settings.api_key
+        ServerMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes, api_key=settings.api_key,
+        body_timeout=settings.body_timeout,
     )
     app.state.rerankd = state
 
