@@ -7,6 +7,7 @@ advisory lock serialises gateways that start at the same moment.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 __all__ = ["alembic_config", "current_revision", "head_revision", "upgrade_to_head"]
@@ -54,8 +56,17 @@ async def upgrade_to_head(engine: AsyncEngine) -> None:
             sync_connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _LOCK_ID})
         command.upgrade(alembic_config(sync_connection, schema), "head")
 
-    async with engine.begin() as connection:
-        await connection.run_sync(run)
+    for attempt in range(1, 6):
+        try:
+            async with engine.begin() as connection:
+                await connection.run_sync(run)
+            return
+        except OperationalError:
+            # SQLite has no advisory lock: two processes starting on one file race to create the tables.
+            # The loser's transaction rolls back; by the time it retries the winner is done and it is a no-op.
+            if engine.dialect.name != "sqlite" or attempt == 5:
+                raise
+            await asyncio.sleep(0.2 * attempt)
 
 
 async def current_revision(engine: AsyncEngine) -> str | None:
