@@ -113,6 +113,7 @@ def test_soak_with_rolling_replica_restarts(fleet: Fleet, tmp_path: Path) -> Non
                         for i, r in enumerate(fleet.replicas)})
         figures = run.summary(0.0)
         figures.update({
+            "p99_ms": round(run.p99_between(0.0, SOAK_SECONDS) * 1000, 1),
             "seconds": SOAK_SECONDS, "capacity_rps": round(max_rate, 1), "rate_rps": rate,
             "restarts": len(actions), "rss_start_mb": {k: round(v, 1) for k, v in start_rss.items()},
             "rss_end_mb": {k: round(v, 1) for k, v in end_rss.items()},
