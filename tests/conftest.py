@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,37 +38,44 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @contextmanager
-def running_server(settings: ServerSettings, timeout: float = 120.0) -> Iterator[str]:
-    """Run ``create_server_app(settings)`` under uvicorn in a thread; yield its base URL once ready."""
+def serving_in_thread(app: object, port: int, ready: Callable[[], bool], timeout: float, what: str) -> Iterator[str]:
+    """Run an ASGI ``app`` under uvicorn in a daemon thread; yield its base URL once ``ready()`` holds."""
     import uvicorn
 
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",  # type: ignore[arg-type]
+                                           lifespan="on", timeout_graceful_shutdown=5))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not (server.started and ready()):
+        if time.monotonic() > deadline or not thread.is_alive():
+            server.should_exit = True
+            raise RuntimeError(f"{what} did not become ready")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@contextmanager
+def running_server(settings: ServerSettings, timeout: float = 120.0) -> Iterator[str]:
+    """Run ``create_server_app(settings)`` under uvicorn in a thread; yield its base URL once /ready is 200."""
     from rerankd.server.app import create_server_app
 
     port = free_port()
     settings = settings.model_copy(update={"port": port, "host": "127.0.0.1"})
-    app = create_server_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="on", timeout_graceful_shutdown=5))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
     headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
-    while True:
+
+    def ready() -> bool:
         try:
-            if httpx.get(f"{base}/ready", headers=headers, timeout=2).status_code == 200:
-                break
+            return httpx.get(f"http://127.0.0.1:{port}/ready", headers=headers, timeout=2).status_code == 200
         except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline or not thread.is_alive():
-            server.should_exit = True
-            raise RuntimeError("server did not become ready")
-        time.sleep(0.1)
-    try:
+            return False
+
+    with serving_in_thread(create_server_app(settings), port, ready, timeout, "server") as base:
         yield base
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 @pytest.fixture(scope="session")
@@ -197,25 +204,9 @@ def fleet(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
 @contextmanager
 def running_gateway(settings: GatewaySettings, timeout: float = 30.0) -> Iterator[str]:
     """Run ``create_gateway_app(settings)`` under uvicorn in a thread; yield its base URL once it serves."""
-    import uvicorn
-
     from rerankd.gateway.app import create_gateway_app
 
     port = free_port()
     settings = settings.model_copy(update={"port": port, "host": "127.0.0.1"})
-    server = uvicorn.Server(uvicorn.Config(create_gateway_app(settings), host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="on", timeout_graceful_shutdown=5))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            server.should_exit = True
-            raise RuntimeError("gateway did not start")
-        time.sleep(0.05)
-    try:
+    with serving_in_thread(create_gateway_app(settings), port, lambda: True, timeout, "gateway") as base:
         yield base
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)

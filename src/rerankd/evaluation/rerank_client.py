@@ -10,13 +10,13 @@ only on its (query, document) pair, so the split is exact.
 from __future__ import annotations
 
 import asyncio
-import email.utils
-import time
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+
+from rerankd.http_headers import parse_retry_after
 
 __all__ = ["RerankClient", "RerankError", "rerank_url"]
 
@@ -36,21 +36,6 @@ def rerank_url(reranker: str) -> str:
     if path.endswith("/rerank"):
         return reranker.rstrip("/")
     return f"{parts.scheme}://{parts.netloc}{path}/v1/rerank"
-
-
-def _retry_after_seconds(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def _error_message(response: httpx.Response) -> str:
@@ -156,7 +141,7 @@ class RerankClient:
                         raise _TooLarge(_error_message(response))
                     if response.status_code not in RETRY_STATUSES or attempt == max_retries:
                         raise RerankError(self._refusal(response))
-                    wait = _retry_after_seconds(response)
+                    wait = parse_retry_after(response.headers.get("Retry-After"))
             self.retries += 1
             delay = wait if wait is not None else self.backoff * 2 ** attempt
             await asyncio.sleep(min(delay, self.max_wait))

@@ -9,13 +9,13 @@ no message contains it.
 
 from __future__ import annotations
 
-import email.utils
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 import httpx
+
+from rerankd.http_headers import parse_retry_after
 
 __all__ = [
     "RankedDocument",
@@ -75,24 +75,6 @@ def rerank_url(base_url: str) -> str:
     """The endpoint to POST to: ``base_url`` as given when it already names a rerank route, else ``/v1/rerank``."""
     base = base_url.rstrip("/")
     return base if base.endswith("/rerank") else base + "/v1/rerank"
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delay in seconds or an HTTP date); None when absent/bad."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
 def error_detail(response: httpx.Response) -> str:
