@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from pathlib import Path
 
 import httpx
@@ -26,9 +27,16 @@ def test_disconnected_client_work_is_dropped(tiny_model_dir: Path) -> None:
     docs = [f"document number {i} " * 40 for i in range(400)]
 
     async def abandon(url: str) -> None:
-        async with httpx.AsyncClient() as client:
-            with contextlib.suppress(httpx.TimeoutException):
-                await client.post(f"{url}/v1/rerank", json={"query": "q", "documents": docs}, timeout=1.5)
+        """Send the request, wait until the model is on it, then hang up (cancel the client's call)."""
+        async with httpx.AsyncClient(timeout=120) as client:
+            call = asyncio.ensure_future(client.post(f"{url}/v1/rerank", json={"query": "q", "documents": docs}))
+            deadline = time.monotonic() + 60
+            while await asyncio.to_thread(_pairs_total, url) == 0:
+                assert time.monotonic() < deadline and not call.done(), "scoring never started"
+                await asyncio.sleep(0.05)
+            call.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await call
 
     with running_server(settings) as url:
         asyncio.run(abandon(url))
