@@ -6,9 +6,11 @@ Load comes from `wrk` (Debian package `wrk`) with a Lua script for the POST body
 
     python bench/gateway_overhead.py --duration 15      # writes bench/results/gateway_overhead.json
 
-Each target is measured at 1 connection (latency: one request at a time) and at --connections
-(throughput: closed loop). Everything runs on this machine's 2 cores: wrk, the gateway and the stub
-compete for them, so treat max requests/s as a floor.
+Each target is measured at 1 connection (latency: one request at a time), at --connections
+(throughput: closed loop), and open-loop at --rate requests/s (fixed arrival schedule, aiohttp client, so
+queueing shows up as latency; issue 7's goal: the gateway adds < 2 ms p99 at 500 requests/s). Everything runs
+on this machine's 2 cores: the load generator, the gateway and the stub compete for them, so treat max
+requests/s as a floor and tails as pessimistic.
 """
 
 from __future__ import annotations
@@ -92,10 +94,56 @@ def run_wrk(url: str, key: str | None, connections: int, duration: int, workdir:
             "p99_ms": ms("99"), "non_2xx": int(errors.group(1)) if errors else 0}
 
 
+def open_loop(url: str, key: str | None, rate: float, duration: float) -> dict[str, float]:
+    """Requests on a fixed schedule (not waiting for answers); latency from scheduled send to full answer."""
+    import asyncio
+
+    import aiohttp
+
+    async def run() -> tuple[list[float], int]:
+        latencies: list[float] = []
+        errors = 0
+        headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+        body = json.dumps(BODY).encode()
+        loop = asyncio.get_running_loop()
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+            async def one(at: float) -> None:
+                nonlocal errors
+                try:
+                    async with session.post(f"{url}/v1/rerank", data=body, headers=headers) as response:
+                        await response.read()
+                        ok = response.status == 200
+                except aiohttp.ClientError:
+                    ok = False
+                if ok:
+                    latencies.append(loop.time() - at)
+                else:
+                    errors += 1
+
+            start = loop.time() + 0.1
+            tasks = []
+            for i in range(int(rate * duration)):
+                at = start + i / rate
+                await asyncio.sleep(max(0.0, at - loop.time()))
+                tasks.append(asyncio.create_task(one(at)))
+            await asyncio.gather(*tasks)
+        return latencies, errors
+
+    latencies, errors = asyncio.run(run())
+    latencies.sort()
+
+    def q(p: float) -> float:
+        return round(latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000, 3)
+
+    return {"rate": rate, "requests": len(latencies) + errors, "errors": errors, "p50_ms": q(0.50),
+            "p90_ms": q(0.90), "p99_ms": q(0.99)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=15, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=32, help="connections for the throughput run")
+    parser.add_argument("--rate", type=float, default=500.0, help="requests/s for the open-loop run")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "gateway_overhead.json")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -122,7 +170,8 @@ def main() -> None:
             for name, url, auth in (("direct", stub, None), ("gateway", gateway, key)):
                 run_wrk(url, auth, 4, 2, workdir)  # warm up connections and code paths
                 results[name] = {"latency": run_wrk(url, auth, 1, args.duration, workdir),
-                                 "throughput": run_wrk(url, auth, args.connections, args.duration, workdir)}
+                                 "throughput": run_wrk(url, auth, args.connections, args.duration, workdir),
+                                 "open_loop": open_loop(url, auth, args.rate, args.duration)}
         finally:
             for proc in reversed(procs):
                 proc.send_signal(signal.SIGTERM)
@@ -130,17 +179,26 @@ def main() -> None:
 
     added = {q: round(results["gateway"]["latency"][q] - results["direct"]["latency"][q], 3)
              for q in ("p50_ms", "p90_ms", "p99_ms")}
+    added_open = {q: round(results["gateway"]["open_loop"][q] - results["direct"]["open_loop"][q], 3)
+                  for q in ("p50_ms", "p90_ms", "p99_ms")}
     report = {"command": "python bench/gateway_overhead.py " + " ".join(sys.argv[1:]),
               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-              "results": results, "gateway_added_latency_ms_at_1_connection": added}
+              "results": results, "gateway_added_latency_ms_at_1_connection": added,
+              f"gateway_added_latency_ms_at_{args.rate:g}_rps_open_loop": added_open}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"{'target':8} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
     for name, runs in results.items():
-        for run in runs.values():
+        for kind in ("latency", "throughput"):
+            run = runs[kind]
             print(f"{name:8} {run['connections']:5.0f} {run['requests_per_s']:9.0f} {run['p50_ms']:8.3f} "
                   f"{run['p90_ms']:8.3f} {run['p99_ms']:8.3f} {run['non_2xx']:8.0f}")
     print(f"gateway adds (1 connection): p50 {added['p50_ms']} ms, p99 {added['p99_ms']} ms")
+    for name, runs in results.items():
+        run = runs["open_loop"]
+        print(f"{name:8} open loop at {run['rate']:g}/s: p50 {run['p50_ms']} ms, p90 {run['p90_ms']} ms, "
+              f"p99 {run['p99_ms']} ms, errors {run['errors']:.0f}")
+    print(f"gateway adds (open loop at {args.rate:g}/s): p50 {added_open['p50_ms']} ms, p99 {added_open['p99_ms']} ms")
 
 
 if __name__ == "__main__":
