@@ -1,337 +1,265 @@
-"""CPU throughput: the Qwen3-Reranker model card recipe vs rerankd's engine path.
+"""CPU throughput: the model card recipe and sentence-transformers CrossEncoder vs rerankd's engine path,
+plus one row per optimisation switched off (before/after).
 
-One query x 64 documents of ~256 tokens (240-272), Qwen3-Reranker 0.6B shape with random weights,
-bfloat16, on this machine's CPU. Every timed iteration goes from text to scores (tokenization
-included) for all three rows:
+Workload: one query × ``--docs`` documents of ``--doc-tokens`` tokens (default 64 × ~256: 240-272), the
+Qwen3-Reranker 0.6B shape with random weights, on this machine's CPU. Every timed call goes from text
+to scores (tokenization included). Variants are *interleaved* (v1, v2, …, v1, v2, …) so that noise from
+other processes on the shared cores spreads over all rows instead of hitting one; medians are reported.
 
-* ``card``: the model card's transformers recipe (left padding, full LM head, log_softmax over
-  [no, yes]) in batches of ``--card-batch`` pairs.
-* ``rerankd``: ``PromptBuilder`` + the token-budget micro-batching of the batcher (rows sorted by
-  length, ``--batch-tokens`` per micro-batch) + ``TorchBackend.score`` with shared-prefix reuse.
-* ``rerankd (no prefix reuse)``: the same with ``prefix_reuse=False``.
+Variants (``--variants``, comma-separated):
+
+* ``card`` — the model card recipe (full LM head, left padding, batches of ``--card-batch``), bf16.
+* ``cross-encoder`` — sentence-transformers CrossEncoder on the same weights as a one-logit classifier.
+* ``rerankd`` — PromptBuilder + batcher split (length-sorted, ``--batch-tokens``) + TorchBackend
+  (w_yes − w_no row, shared-prefix reuse, SDPA), bf16.
+* ``rerankd:OPT[:OPT…]`` — the same with options: ``full-vocab`` (compute the whole LM head, as the card),
+  ``naive`` (card-style fixed batches of ``--card-batch`` rows in request order), ``no-prefix``,
+  ``tokens=N`` (token budget), ``threads=N``, ``fp32``, ``autocast`` (fp32 weights and residual stream,
+  bf16 autocast), ``mkldnn-bf16`` (fp32 model, oneDNN bf16 matmuls), ``eager`` (eager attention),
+  ``compile`` (torch.compile, dynamic shapes). ``card:threads=N`` works too.
 
 Usage::
 
-    python bench/cpu_throughput.py [--model DIR] [--repeats 3] [--batch-tokens 8192] [--card-batch 8]
-
-Writes ``bench/results/cpu_throughput.json`` and prints a markdown table.
+    python bench/cpu_throughput.py --variants card,cross-encoder,rerankd --repeats 3
+    python bench/cpu_throughput.py --variants rerankd,rerankd:full-vocab,rerankd:no-prefix --out bench/results/cpu_ablation_prefix.json
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
-import gc
+import contextlib
 import json
-import math
 import os
 import platform
-import random
 import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from rerankd.engine.backends.base import TokenGroup
+from rerankd.benchmark.reference import (
+    NO_ID,
+    YES_ID,
+    CardRecipe,
+    CrossEncoderBaseline,
+    build_sequence_classifier,
+    compare_scores,
+    engine_scores,
+    micro_batches,
+    naive_batches,
+    padded_tokens,
+)
+from rerankd.benchmark.workload import make_workload
 from rerankd.engine.backends.torch_backend import TorchBackend, cpu_has_fast_bf16
-from rerankd.engine.prompt import DEFAULT_INSTRUCTION, PREFIX, SUFFIX, PromptBuilder, format_pair
-
-YES_ID = 9693
-NO_ID = 2152
-MAX_LEN = 8192
-N_DOCS = 64
-QUERY = "how do solar panels convert sunlight into electricity?"
-
-_WORDS = ["the", "of", "and", "to", "in", "a", "is", "that", "for", "it", "as", "was", "with", "be", "by", "on", "not", "he", "this", "are", "or", "his", "from", "at", "which", "but", "have", "an", "they", "you", "were", "her", "she", "there", "been", "one", "all", "we", "their", "has", "would", "when", "if", "so", "no", "will", "can", "more", "about", "said", "time", "new", "could", "only", "other", "people", "into", "after", "some", "any", "these", "two", "may", "first", "then", "do", "energy", "solar", "panel", "light", "cell", "current", "voltage", "silicon", "photon", "electron", "power", "grid", "battery", "system", "design", "research", "study", "results", "method", "data", "model", "process", "water", "heat", "temperature", "efficiency", "material", "surface", "layer", "module", "inverter", "sunlight", "roof", "cost", "market", "city", "river", "history", "music", "game", "school", "student", "teacher", "report", "government", "policy", "law", "health", "food", "garden", "travel", "weather", "mountain"]
+from rerankd.engine.prompt import PromptBuilder
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results" / "cpu_throughput.json"
+MAX_LEN = 8192
 
 
-def make_text(rng: random.Random, n_words: int) -> str:
-    out, sentence = [], []
-    for _ in range(n_words):
-        sentence.append(rng.choice(_WORDS))
-        if len(sentence) >= rng.randint(8, 18):
-            s = " ".join(sentence)
-            out.append(s[0].upper() + s[1:] + ".")
-            sentence = []
-    if sentence:
-        s = " ".join(sentence)
-        out.append(s[0].upper() + s[1:] + ".")
-    return " ".join(out)
+class _FullVocabBody(torch.nn.Module):
+    """The backend's body followed by the full LM head at every position: the "before" of the w_diff row."""
 
+    def __init__(self, body: torch.nn.Module, head: torch.nn.Module) -> None:
+        super().__init__()
+        self.body, self.head = body, head
 
-def make_documents(tokenizer, n: int, seed: int = 1234) -> list[str]:
-    """Deterministic English-ish documents with 240-272 tokens each (checked with the tokenizer)."""
-    docs = []
-    for i in range(n):
-        target = 240 + (i * 32) // max(1, n - 1)  # spread 240..272
-        # Grow the word count until the token count reaches the target, then trim.
-        n_words = int(target * 0.8)
-        text = make_text(random.Random(seed * 1000 + i), n_words)
-        while len(tokenizer.encode(text, add_special_tokens=False)) < target:
-            n_words += 4
-            text = make_text(random.Random(seed * 1000 + i), n_words)
-        ids = tokenizer.encode(text, add_special_tokens=False)
-        text = tokenizer.decode(ids[:target])
-        docs.append(text)
-    return docs
-
-
-# ---------------------------------------------------------------------------------------------- card
-class CardRecipe:
-    """The Qwen3-Reranker model card's reference code, verbatim in substance."""
-
-    def __init__(self, model_dir: str) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).eval()
-        self.prefix_tokens = self.tokenizer.encode(PREFIX, add_special_tokens=False)
-        self.suffix_tokens = self.tokenizer.encode(SUFFIX, add_special_tokens=False)
-        self.token_true_id = self.tokenizer.convert_tokens_to_ids("yes")
-        self.token_false_id = self.tokenizer.convert_tokens_to_ids("no")
-        assert (self.token_true_id, self.token_false_id) == (YES_ID, NO_ID)
-
-    def process_inputs(self, pairs: list[str]):
-        inputs = self.tokenizer(
-            pairs, padding=False, truncation="longest_first", return_attention_mask=False,
-            max_length=MAX_LEN - len(self.prefix_tokens) - len(self.suffix_tokens),
-        )
-        for i, ele in enumerate(inputs["input_ids"]):
-            inputs["input_ids"][i] = self.prefix_tokens + ele + self.suffix_tokens
-        inputs = self.tokenizer.pad(inputs, padding=True, return_tensors="pt", max_length=MAX_LEN)
-        return inputs
-
-    @torch.no_grad()
-    def compute_logits(self, inputs) -> list[float]:
-        batch_scores = self.model(**inputs).logits[:, -1, :]
-        true_vector = batch_scores[:, self.token_true_id]
-        false_vector = batch_scores[:, self.token_false_id]
-        batch_scores = torch.stack([false_vector, true_vector], dim=1)
-        batch_scores = torch.nn.functional.log_softmax(batch_scores, dim=1)
-        return batch_scores[:, 1].exp().tolist()
-
-    def score(self, query: str, docs: list[str], batch: int) -> list[float]:
-        pairs = [format_pair(query, d, DEFAULT_INSTRUCTION) for d in docs]
-        out: list[float] = []
-        for i in range(0, len(pairs), batch):
-            out.extend(self.compute_logits(self.process_inputs(pairs[i : i + batch])))
+    def forward(self, **kwargs: Any) -> Any:
+        out = self.body(**kwargs)
+        self.logits = self.head(out.last_hidden_state)  # kept like the card keeps its output
         return out
 
-    def prompt_ids(self, query: str, docs: list[str]) -> list[list[int]]:
-        pairs = [format_pair(query, d, DEFAULT_INSTRUCTION) for d in docs]
-        return [ids.tolist() for ids in self.process_inputs(pairs)["input_ids"]]  # left-padded
 
-    def close(self) -> None:
-        self.model = None
-
-
-# ------------------------------------------------------------------------------------------- rerankd
-def micro_batches(shared: list[int], tails: list[list[int]], max_batch_tokens: int) -> list[tuple[list[int], TokenGroup]]:
-    """The batcher's split: rows sorted by tail length, cut where ``rows * width + prefix`` passes the budget."""
-    order = sorted(range(len(tails)), key=lambda i: len(tails[i]))
-    batches: list[tuple[list[int], TokenGroup]] = []
-    taken: list[int] = []
-    width = 0
-    for idx in order:
-        new_width = max(width, len(tails[idx]) + len(shared))
-        cost = (len(taken) + 1) * new_width + len(shared)
-        if taken and cost > max_batch_tokens:
-            batches.append((taken, TokenGroup(shared, [tails[i] for i in taken])))
-            taken, width = [], 0
-            new_width = len(tails[idx]) + len(shared)
-        taken.append(idx)
-        width = new_width
-    if taken:
-        batches.append((taken, TokenGroup(shared, [tails[i] for i in taken])))
-    return batches
+@contextlib.contextmanager
+def _mkldnn_bf16() -> Any:
+    """fp32 tensors, but oneDNN multiplies them with bf16 inputs and fp32 accumulation."""
+    matmul = torch.backends.mkldnn.matmul
+    old = matmul.fp32_precision
+    matmul.fp32_precision = "bf16"
+    try:
+        yield
+    finally:
+        matmul.fp32_precision = old
 
 
-def rerankd_score(backend: TorchBackend, builder: PromptBuilder, query: str, docs: list[str], batch_tokens: int) -> list[float]:
-    group = builder.build(query, docs, DEFAULT_INSTRUCTION)
-    scores = [0.0] * len(docs)
-    for indices, tg in micro_batches(group.shared, group.tails, batch_tokens):
-        raw = backend.score([tg])[0]
-        for i, r in zip(indices, raw, strict=True):
-            scores[i] = 1.0 / (1.0 + math.exp(-r))
-    return scores
+class Variant:
+    """One row: a scorer plus the options it runs under."""
 
+    def __init__(self, spec: str, args: argparse.Namespace, shared: dict[str, Any]) -> None:
+        self.spec = spec
+        kind, *opts = spec.split(":")
+        self.kind = kind
+        self.opts = dict([*o.split("=", 1), ""][:2] for o in opts)
+        self.threads = int(self.opts.get("threads") or args.threads)
+        self.args = args
+        model = args.model
+        if kind == "card":
+            self.scorer: Any = CardRecipe(model, dtype="bfloat16", max_length=MAX_LEN)
+        elif kind == "cross-encoder":
+            cls_dir = build_sequence_classifier(model, Path(tempfile.gettempdir()) / "rerankd-seq-cls" / Path(model).name)
+            self.scorer = CrossEncoderBaseline(cls_dir, dtype="bfloat16", max_length=MAX_LEN)
+        elif kind == "rerankd":
+            dtype = "float32" if {"fp32", "autocast", "mkldnn-bf16"} & set(self.opts) else "bfloat16"
+            key = (dtype, "compile" in self.opts)
+            if key not in shared:  # one loaded model per dtype; flags below are switched per call
+                backend = TorchBackend(model, yes_token_id=YES_ID, no_token_id=NO_ID, max_model_len=MAX_LEN,
+                                       device="cpu", dtype=dtype)
+                if "compile" in self.opts:
+                    backend.body = torch.compile(backend.body, dynamic=True)
+                shared[key] = backend
+            self.scorer = shared[key]
+            self.builder = shared["builder"]
+        else:
+            raise SystemExit(f"unknown variant {spec!r}")
 
-# -------------------------------------------------------------------------------------------- timing
-def timed(fn, repeats: int) -> tuple[list[float], list[float]]:
-    """One warm-up call, then ``repeats`` timed calls. Returns (times, scores of the last call)."""
-    t0 = time.perf_counter()
-    fn()
-    print(f"    warm-up: {time.perf_counter() - t0:.1f}s", flush=True)
-    times, scores = [], []
-    for r in range(repeats):
-        t0 = time.perf_counter()
-        scores = fn()
-        times.append(time.perf_counter() - t0)
-        print(f"    run {r + 1}/{repeats}: {times[-1]:.1f}s", flush=True)
-    return times, scores
+    def __call__(self, query: str, docs: list[str]) -> list[float]:
+        torch.set_num_threads(self.threads)
+        if self.kind in ("card", "cross-encoder"):
+            return self.scorer.score(query, docs, batch=self.args.card_batch)
+        backend = self.scorer
+        body = backend.body
+        backend.prefix_reuse = "no-prefix" not in self.opts
+        if "full-vocab" in self.opts:
+            backend.body = _FullVocabBody(body, backend._model.get_output_embeddings())
+        if "eager" in self.opts:
+            backend._model.set_attn_implementation("eager")
+        ctx: Any = contextlib.nullcontext()
+        if "autocast" in self.opts:
+            ctx = torch.autocast("cpu", dtype=torch.bfloat16)
+        elif "mkldnn-bf16" in self.opts:
+            ctx = _mkldnn_bf16()
+        try:
+            with ctx:
+                return engine_scores(
+                    backend, self.builder, query, docs,
+                    max_batch_tokens=int(self.opts.get("tokens") or self.args.batch_tokens),
+                    naive_rows=self.args.card_batch if "naive" in self.opts else None,
+                )
+        finally:
+            backend.body = body
+            backend.prefix_reuse = True
+            if "eager" in self.opts:
+                backend._model.set_attn_implementation("sdpa")
 
-
-def ranks(xs: list[float]) -> list[float]:
-    order = sorted(range(len(xs)), key=lambda i: xs[i])
-    r = [0.0] * len(xs)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and xs[order[j + 1]] == xs[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            r[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    return r
-
-
-def spearman(a: list[float], b: list[float]) -> float:
-    ra, rb = ranks(a), ranks(b)
-    ma, mb = statistics.fmean(ra), statistics.fmean(rb)
-    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb, strict=False))
-    va = math.sqrt(sum((x - ma) ** 2 for x in ra))
-    vb = math.sqrt(sum((y - mb) ** 2 for y in rb))
-    return cov / (va * vb) if va and vb else float("nan")
-
-
-def top_k(xs: list[float], k: int = 10) -> list[int]:
-    return sorted(range(len(xs)), key=lambda i: -xs[i])[:k]
-
-
-def compare(ref: list[float], other: list[float]) -> dict:
-    return {
-        "max_abs_delta_score": max(abs(x - y) for x, y in zip(ref, other, strict=False)),
-        "spearman": spearman(ref, other),
-        "top10_identical_order": top_k(ref) == top_k(other),
-        "top10_overlap": len(set(top_k(ref)) & set(top_k(other))),
-    }
-
-
-def row(name: str, times: list[float], n_pairs: int, n_tokens: int, extra: dict | None = None) -> dict:
-    med = statistics.median(times)
-    return {
-        "name": name, "times_s": times, "median_s": med,
-        "pairs_per_s": n_pairs / med, "tokens_per_s": n_tokens / med, **(extra or {}),
-    }
+    def describe_batches(self, query: str, docs: list[str]) -> dict[str, Any]:
+        if self.kind != "rerankd":
+            return {}
+        group = self.builder.build(query, docs)
+        if "naive" in self.opts:
+            batches = naive_batches(group.shared, group.tails, self.args.card_batch)
+        else:
+            batches = micro_batches(group.shared, group.tails, int(self.opts.get("tokens") or self.args.batch_tokens))
+        real = sum(len(t) for t in group.tails) + len(group.shared) * len(batches)
+        computed = padded_tokens(batches)
+        return {"micro_batch_rows": [len(ix) for ix, _ in batches], "computed_tokens": computed,
+                "padding_waste": 1 - real / computed}
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="/work/models/qwen3-reranker-0.6b-random")
+    p.add_argument("--variants", default="card,cross-encoder,rerankd")
+    p.add_argument("--docs", type=int, default=64)
+    p.add_argument("--doc-tokens", default="240-272")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--batch-tokens", type=int, default=8192)
     p.add_argument("--card-batch", type=int, default=8)
-    p.add_argument("--docs", type=int, default=N_DOCS)
-    p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=str(HERE / "results" / "cpu_throughput.json"))
     args = p.parse_args(argv)
 
     model_dir = Path(args.model)
     if not (model_dir / "config.json").exists():
         print(f"building random 0.6b model into {model_dir}", flush=True)
-        subprocess.run(
-            [sys.executable, "-m", "rerankd.devtools.random_model", "--shape", "0.6b",
-             "--out", str(model_dir), "--dtype", "bfloat16"],
-            check=True,
-        )
-
-    torch.set_num_threads(os.cpu_count() or 1)
+        subprocess.run([sys.executable, "-m", "rerankd.devtools.random_model", "--shape", "0.6b",
+                        "--out", str(model_dir), "--dtype", "bfloat16"], check=True)
     torch.manual_seed(0)
 
-    card = CardRecipe(str(model_dir))
-    tokenizer = card.tokenizer
-    docs = make_documents(tokenizer, args.docs)
-    doc_tokens = [len(tokenizer.encode(d, add_special_tokens=False)) for d in docs]
-    query_tokens = len(tokenizer.encode(QUERY, add_special_tokens=False))
+    from transformers import AutoTokenizer
 
-    # Token accounting and a check that both paths feed the model the same token lists.
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    workload = make_workload(tokenizer, args.docs, args.doc_tokens, seed=args.seed, variants=1)
+    request = workload.requests[0]
+    query, docs = request.query, request.documents
     builder = PromptBuilder(tokenizer, MAX_LEN)
-    group = builder.build(QUERY, docs, DEFAULT_INSTRUCTION)
-    rerankd_prompts = [group.shared + t for t in group.tails]
-    pad = tokenizer.pad_token_id
-    card_prompts = []
-    for ids in card.prompt_ids(QUERY, docs):
-        i = 0
-        while i < len(ids) and ids[i] == pad:
-            i += 1
-        card_prompts.append(ids[i:])
-    same_tokens = card_prompts == rerankd_prompts
-    n_tokens = sum(len(r) for r in rerankd_prompts)
-    n_pairs = len(docs)
-    mbs = micro_batches(group.shared, group.tails, args.batch_tokens)
-    print(
-        f"{n_pairs} pairs, query {query_tokens} tokens, docs {min(doc_tokens)}-{max(doc_tokens)} tokens "
-        f"(mean {statistics.fmean(doc_tokens):.1f}), prompts {n_tokens} tokens total, shared prefix "
-        f"{len(group.shared)} tokens, card and rerankd token lists identical: {same_tokens}; "
-        f"rerankd micro-batches at {args.batch_tokens} tokens: {[len(ix) for ix, _ in mbs]}",
-        flush=True,
-    )
+    group = builder.build(query, docs)
+    n_tokens = sum(len(group.shared) + len(t) for t in group.tails)
+    print(f"{len(docs)} pairs, docs {min(request.doc_tokens)}-{max(request.doc_tokens)} tokens, prompts "
+          f"{n_tokens} tokens, shared prefix {len(group.shared)}", flush=True)
 
-    rows: list[dict] = []
-    print(f"[card] batch {args.card_batch}", flush=True)
-    times, card_scores = timed(functools.partial(card.score, QUERY, docs, args.card_batch), args.repeats)
-    rows.append(row(f"model card recipe (batch {args.card_batch})", times, n_pairs, n_tokens))
-    card.close()
-    del card
-    gc.collect()
+    specs = [s.strip() for s in args.variants.split(",") if s.strip()]
+    variants = [Variant(s, args, {"builder": builder}) for s in specs]
 
-    backend = TorchBackend(
-        model_dir, yes_token_id=YES_ID, no_token_id=NO_ID, max_model_len=MAX_LEN,
-        device="cpu", dtype="bfloat16", prefix_reuse=True,
-    )
-    print("[rerankd] prefix_reuse=True", flush=True)
-    times, rr_scores = timed(lambda: rerankd_score(backend, builder, QUERY, docs, args.batch_tokens), args.repeats)
-    rows.append(row("rerankd engine path (prefix reuse)", times, n_pairs, n_tokens, compare(card_scores, rr_scores)))
+    # Same tokens everywhere: the baselines must feed the model exactly rerankd's prompts.
+    token_check = {}
+    ours = [group.shared + t for t in group.tails]
+    for v in variants:
+        if v.kind in ("card", "cross-encoder"):
+            token_check[v.spec] = v.scorer.prompt_ids(query, docs) == ours
 
-    backend.prefix_reuse = False
-    print("[rerankd] prefix_reuse=False", flush=True)
-    times, rr_np_scores = timed(lambda: rerankd_score(backend, builder, QUERY, docs, args.batch_tokens), args.repeats)
-    rows.append(row("rerankd engine path (no prefix reuse)", times, n_pairs, n_tokens, compare(card_scores, rr_np_scores)))
-    backend.close()
+    times: dict[str, list[float]] = {v.spec: [] for v in variants}
+    scores: dict[str, list[float]] = {}
+    for v in variants:  # warm-up: a 4-document call per variant (first-call allocations, compile)
+        t0 = time.perf_counter()
+        v(query, docs[:4])
+        print(f"[{v.spec}] warm-up {time.perf_counter() - t0:.1f}s", flush=True)
+    for r in range(args.repeats):
+        for v in variants:
+            t0 = time.perf_counter()
+            scores[v.spec] = v(query, docs)
+            times[v.spec].append(time.perf_counter() - t0)
+            print(f"[{v.spec}] run {r + 1}/{args.repeats}: {times[v.spec][-1]:.2f}s", flush=True)
+        # Written after every round: on shared cores a run can take long, and a partial result is still a result.
+        _report(args, argv, specs, variants, times, scores, query, docs, request, group, n_tokens, token_check, model_dir)
 
-    base = rows[0]["median_s"]
-    for r in rows:
-        r["speedup_vs_card"] = base / r["median_s"]
 
-    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
-    lines = [
-        "| path | median s | pairs/s | tokens/s | × card | max abs Δscore vs card | Spearman vs card | top-10 identical |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    for r in rows:
-        if "max_abs_delta_score" in r:
-            cmp = f"{r['max_abs_delta_score']:.2e} | {r['spearman']:.4f} | {'yes' if r['top10_identical_order'] else 'no'} ({r['top10_overlap']}/10 overlap)"
-        else:
-            cmp = "— | — | —"
-        lines.append(
-            f"| {r['name']} | {r['median_s']:.2f} | {r['pairs_per_s']:.2f} | {r['tokens_per_s']:.0f} | "
-            f"{r['speedup_vs_card']:.2f} | {cmp} |"
-        )
+def _report(args: argparse.Namespace, argv: list[str] | None, specs: list[str], variants: list[Variant],
+            times: dict[str, list[float]], scores: dict[str, list[float]], query: str, docs: list[str],
+            request: Any, group: Any, n_tokens: int, token_check: dict[str, bool], model_dir: Path) -> None:
+    ref = next((s for s in specs if s == "card"), specs[0])
+    rows = []
+    for v in variants:
+        med = statistics.median(times[v.spec])
+        row = {"variant": v.spec, "threads": v.threads, "times_s": times[v.spec], "median_s": med,
+               "pairs_per_s": len(docs) / med, "tokens_per_s": n_tokens / med,
+               **v.describe_batches(query, docs)}
+        if v.spec != ref:
+            row["vs_" + ref] = compare_scores(scores[ref], scores[v.spec])
+        rows.append(row)
+    base = next(r["median_s"] for r in rows if r["variant"] == ref)
+    for row in rows:
+        row["speedup_vs_" + ref] = base / row["median_s"]
+
+    lines = ["| variant | median s | pairs/s | tokens/s | × " + ref + " | max abs Δscore vs " + ref + " | Spearman | ranking identical |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for row in rows:
+        c = row.get("vs_" + ref)
+        cmp = f"{c['max_abs_delta_score']:.2e} | {c['spearman']:.4f} | {'yes' if c['ranking_identical'] else 'no'}" if c else "— | — | —"
+        lines.append(f"| {row['variant']} | {row['median_s']:.2f} | {row['pairs_per_s']:.2f} | {row['tokens_per_s']:.0f} | "
+                     f"{row['speedup_vs_' + ref]:.2f} | {cmp} |")
     table = "\n".join(lines)
-    print()
-    print(table)
-    print(f"\ncommand: {command}")
-
+    print("\n" + table)
+    command = "python bench/cpu_throughput.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     result = {
-        "command": command,
+        "command": command.strip(),
         "setup": {
-            "model": str(model_dir), "shape": "Qwen3-Reranker-0.6B (random weights)", "dtype": "bfloat16",
-            "device": "cpu", "cpu": _cpu_name(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "cpu_fast_bf16": cpu_has_fast_bf16(), "torch": torch.__version__,
-            "transformers": __import__("transformers").__version__, "python": platform.python_version(),
-            "pairs": n_pairs, "query_tokens": query_tokens, "doc_tokens_min": min(doc_tokens),
-            "doc_tokens_max": max(doc_tokens), "doc_tokens_mean": statistics.fmean(doc_tokens),
-            "prompt_tokens_total": n_tokens, "shared_prefix_tokens": len(group.shared),
-            "token_lists_identical": same_tokens, "repeats": args.repeats, "warmup": 1,
-            "card_batch": args.card_batch, "batch_tokens": args.batch_tokens,
-            "rerankd_micro_batch_rows": [len(ix) for ix, _ in mbs],
-            "timing_scope": "text in, scores out: tokenization + padding + forward + scoring",
+            "model": str(model_dir), "shape": "Qwen3-Reranker-0.6B (random weights)", "device": "cpu",
+            "cpu": _cpu_name(), "cpu_count": os.cpu_count(), "cpu_fast_bf16": cpu_has_fast_bf16(),
+            "torch": torch.__version__, "transformers": __import__("transformers").__version__,
+            "python": platform.python_version(), "pairs": len(docs), "doc_tokens": args.doc_tokens,
+            "doc_tokens_min": min(request.doc_tokens), "doc_tokens_max": max(request.doc_tokens),
+            "doc_tokens_mean": statistics.fmean(request.doc_tokens), "prompt_tokens_total": n_tokens,
+            "shared_prefix_tokens": len(group.shared), "baseline_token_lists_identical": token_check,
+            "repeats": args.repeats, "repeats_completed": min(len(t) for t in times.values()), "interleaved": True, "card_batch": args.card_batch,
+            "batch_tokens": args.batch_tokens, "load_average_at_end": os.getloadavg(),
+            "timing_scope": "text in, scores out: tokenization + batching + forward + scoring",
+            "noise": "2 vCPUs shared with other agents' test runs; compare rows of one file only",
         },
         "rows": rows,
         "table_markdown": table,

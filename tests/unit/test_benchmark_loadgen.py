@@ -1,0 +1,69 @@
+"""Load drivers against a stub rerank server: request counts, schedules and error accounting."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+from rerankd.benchmark.loadgen import poisson_schedule, run_closed_loop, run_open_loop
+from rerankd.benchmark.workload import Request, Workload, parse_length_spec
+
+WORKLOAD = Workload(2, parse_length_spec("8"), 0, [Request("q", ["a", "b"], [8, 8]), Request("r", ["c", "d"], [8, 8])])
+
+
+@pytest.fixture
+async def stub() -> AsyncIterator[tuple[str, list[dict]]]:
+    """A rerank endpoint that records bodies, answers 200 with usage, and 503 for the query "fail"."""
+    seen: list[dict] = []
+    app = FastAPI()
+
+    @app.post("/v1/rerank")
+    async def rerank(body: dict) -> JSONResponse:
+        seen.append(body)
+        await asyncio.sleep(0.02)
+        if body["query"] == "fail":
+            return JSONResponse({"error": "busy"}, status_code=503)
+        return JSONResponse({"results": [], "usage": {"prompt_tokens": 100, "total_tokens": 100}})
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    yield f"http://127.0.0.1:{port}", seen
+    server.should_exit = True
+    await task
+
+
+async def test_closed_loop_stops_at_max_requests_even_with_a_long_duration(stub: tuple[str, list[dict]]) -> None:
+    url, seen = stub
+    result = await run_closed_loop(url, WORKLOAD, concurrency=2, duration_s=600, max_requests=3)
+    assert len(result.samples) == len(seen) == 3
+    assert all(s.ok and s.tokens == 100 and s.pairs == 2 for s in result.samples)
+    assert {b["query"] for b in seen} == {"q", "r"}  # clients cycle through the workload's requests
+    assert result.wall_s < 5
+
+
+async def test_closed_loop_runs_for_its_duration(stub: tuple[str, list[dict]]) -> None:
+    url, _ = stub
+    result = await run_closed_loop(url, WORKLOAD, concurrency=1, duration_s=0.3)
+    assert 3 <= len(result.samples) <= 20 and result.wall_s >= 0.3
+
+
+async def test_open_loop_sends_on_schedule_and_counts_errors(stub: tuple[str, list[dict]]) -> None:
+    url, seen = stub
+    failing = Workload(2, WORKLOAD.lengths, 0, [Request("fail", ["x", "y"], [8, 8])])
+    result = await run_open_loop(url, failing, qps=40, duration_s=0.5, seed=3)
+    schedule = poisson_schedule(40, 0.5, seed=3)
+    assert len(result.samples) == len(seen) == len(schedule)
+    assert sorted(s.scheduled_s for s in result.samples) == pytest.approx(schedule)
+    assert result.errors == {"503": len(schedule)}
+    assert result.target_qps == 40 and result.wall_s >= 0.5
