@@ -51,6 +51,7 @@ from rerankd.benchmark.reference import (
     compare_scores,
     engine_scores,
     micro_batches,
+    mkldnn_bf16_matmuls,
     naive_batches,
     padded_tokens,
 )
@@ -75,16 +76,6 @@ class _FullVocabBody(torch.nn.Module):
         return out
 
 
-@contextlib.contextmanager
-def _mkldnn_bf16() -> Any:
-    """fp32 tensors, but oneDNN multiplies them with bf16 inputs and fp32 accumulation."""
-    matmul = torch.backends.mkldnn.matmul
-    old = matmul.fp32_precision
-    matmul.fp32_precision = "bf16"
-    try:
-        yield
-    finally:
-        matmul.fp32_precision = old
 
 
 class Variant:
@@ -132,7 +123,7 @@ class Variant:
         if "autocast" in self.opts:
             ctx = torch.autocast("cpu", dtype=torch.bfloat16)
         elif "mkldnn-bf16" in self.opts:
-            ctx = _mkldnn_bf16()
+            ctx = mkldnn_bf16_matmuls()
         try:
             with ctx:
                 return engine_scores(

@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from rerankd.benchmark.reference import NO_ID, YES_ID, CardRecipe, compare_scores, engine_scores
+from rerankd.benchmark.reference import NO_ID, YES_ID, CardRecipe, compare_scores, engine_scores, mkldnn_bf16_matmuls
 from rerankd.benchmark.workload import make_workload
 from rerankd.engine.backends.torch_backend import TorchBackend
 from rerankd.engine.prompt import PromptBuilder
@@ -58,15 +58,6 @@ def _backend(model: str, dtype: str, prefix_reuse: bool = True) -> TorchBackend:
                         dtype=dtype, prefix_reuse=prefix_reuse)
 
 
-@contextlib.contextmanager
-def _mkldnn_bf16() -> Any:
-    matmul = torch.backends.mkldnn.matmul
-    old = matmul.fp32_precision
-    matmul.fp32_precision = "bf16"
-    try:
-        yield
-    finally:
-        matmul.fp32_precision = old
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -127,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
             scores[name] = run(name, autocast_scores)
         elif name == "mkldnn-bf16":
             def mkldnn_scores() -> list[float]:
-                with _mkldnn_bf16():
+                with mkldnn_bf16_matmuls():
                     return engine_scores(fp32, builder, query, docs, max_batch_tokens=args.batch_tokens)
             scores[name] = run(name, mkldnn_scores)
         else:
@@ -150,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     layers: dict[str, list[float]] = {}
     hidden: dict[str, list[Any]] = {}
     contexts = {"fp32": (fp32, contextlib.nullcontext), "autocast": (fp32, lambda: torch.autocast("cpu", dtype=torch.bfloat16)),
-                "mkldnn-bf16": (fp32, _mkldnn_bf16)}
+                "mkldnn-bf16": (fp32, mkldnn_bf16_matmuls)}
     if bf16 is not None:
         contexts["bf16"] = (bf16, contextlib.nullcontext)
     with torch.inference_mode():

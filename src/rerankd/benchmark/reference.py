@@ -14,10 +14,11 @@ scripts in ``bench/`` must time the very same baseline code, and tests import it
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -307,3 +308,17 @@ def compare_scores(ref: Sequence[float], other: Sequence[float], k: int = 10) ->
         f"top{k}_identical_order": _top(ref, k) == _top(other, k),
         f"top{k}_overlap": len(set(_top(ref, k)) & set(_top(other, k))),
     }
+
+
+@contextlib.contextmanager
+def mkldnn_bf16_matmuls() -> Iterator[None]:
+    """fp32 tensors, but oneDNN multiplies them with bf16 inputs and fp32 accumulation (where the build allows)."""
+    import torch
+
+    matmul = torch.backends.mkldnn.matmul
+    old = matmul.fp32_precision
+    matmul.fp32_precision = "bf16"
+    try:
+        yield
+    finally:
+        matmul.fp32_precision = old
