@@ -52,7 +52,7 @@ def create_gateway_app(settings: GatewaySettings) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         state = await open_gateway_state(settings, metrics)
         holder["state"] = state
-        healthy = sum(1 for u in state.pool.upstreams if u.available)
+        healthy = state.pool.available_count()
         log.info("gateway ready: %d/%d replicas healthy", healthy, len(state.pool.upstreams))
         try:
             yield
@@ -91,8 +91,8 @@ def create_gateway_app(settings: GatewaySettings) -> FastAPI:
 
     @app.get("/ready", summary="200 when at least one replica can take a request, else 503")
     async def ready() -> JSONResponse:
-        upstreams = state_of().pool.upstreams
-        healthy = sum(1 for u in upstreams if u.available)
+        pool = state_of().pool
+        upstreams, healthy = pool.upstreams, pool.available_count()
         if not healthy:
             return error_response(503, f"no replica is available (0 of {len(upstreams)} healthy)", retry_after=2,
                                   error_type="not_ready")
@@ -102,7 +102,7 @@ def create_gateway_app(settings: GatewaySettings) -> FastAPI:
     async def info() -> dict[str, Any]:
         state = state_of()
         return {"version": __version__, "role": "gateway", "replicas": len(state.pool.upstreams),
-                "healthy_replicas": sum(1 for u in state.pool.upstreams if u.available),
+                "healthy_replicas": state.pool.available_count(),
                 "max_documents": settings.max_documents, "max_body_bytes": settings.max_body_bytes,
                 "split_threshold": settings.split_threshold, "shared_limits": settings.redis_url is not None,
                 "jwt": settings.jwt_enabled}

@@ -51,10 +51,9 @@ class Authenticator:
         self._jwt_rpm = jwt_rpm
         self._jwt_tpm = jwt_tpm
         self._cache_seconds = key_cache_seconds
-        self._cache: dict[str, tuple[float, Identity]] = {}  # key hash -> (expires, identity)
-        # Last verified identity per key hash, kept past expiry: used only while the database is unreachable,
-        # so a PostgreSQL outage does not lock out every caller the gateway already knows.
-        self._last_good: dict[str, Identity] = {}
+        # Key hash -> (verified at, identity). Fresh for ``key_cache_seconds``; past that, an entry is still
+        # used while the database is unreachable, so an outage does not lock out callers the gateway knows.
+        self._verified: dict[str, tuple[float, Identity]] = {}
 
     async def identify(self, authorization: str | None, *, request_id: str = "") -> Identity:
         """The caller's identity; :class:`UnauthorizedError` naming what is wrong otherwise."""
@@ -90,40 +89,33 @@ class Authenticator:
 
     def forget_keys(self) -> None:
         """Drop cached key verifications (after a revocation) so the change applies to the next request."""
-        self._cache.clear()
-        self._last_good.clear()
+        self._verified.clear()
 
     async def _identify_key(self, token: str, request_id: str) -> Identity:
         digest = hash_key(token)
         now = time.monotonic()
-        cached = self._cache.get(digest)
-        if cached is not None and cached[0] > now:
-            return cached[1]
+        known = self._verified.get(digest)
+        if known is not None and now - known[0] < self._cache_seconds:
+            return known[1]
         try:
             record = await self._keys.verify(token)
         except Exception as exc:  # database down: known keys keep working, unknown ones are told to retry
-            stale = self._last_good.get(digest)
             self._metrics.auth_failures_total.labels(reason="key_store_unavailable").inc()
             log.warning("key store unavailable (%s); %s", type(exc).__name__,
-                        "using the last verification" if stale else "cannot verify an unseen key",
+                        "using the last verification" if known else "cannot verify an unseen key",
                         extra={"request_id": request_id})
-            if stale is not None:
-                return stale
+            if known is not None:
+                return known[1]
             raise NotReadyError("cannot verify the API key right now (key store unavailable); retry shortly",
                                 retry_after=5) from None
         if record is None:
-            self._cache.pop(digest, None)
-            self._last_good.pop(digest, None)
+            self._verified.pop(digest, None)
             raise self._refuse("invalid_key", "invalid or revoked API key", request_id)
         identity = Identity(key_id=record.id, name=record.name, kind="key", is_admin=record.is_admin,
                             rpm=record.rpm, tpm=record.tpm)
-        if len(self._last_good) > 10_000:  # bounded: a flood of distinct valid keys cannot grow it forever
-            self._last_good.clear()
-        self._last_good[digest] = identity
-        if self._cache_seconds > 0:
-            if len(self._cache) > 10_000:
-                self._cache.clear()
-            self._cache[digest] = (now + self._cache_seconds, identity)
+        if len(self._verified) > 10_000:  # bounded: a flood of distinct valid keys cannot grow it forever
+            self._verified.clear()
+        self._verified[digest] = (now, identity)
         return identity
 
     def _refuse(self, reason: str, message: str, request_id: str) -> UnauthorizedError:

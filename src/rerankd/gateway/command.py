@@ -133,11 +133,9 @@ async def _store(database_url: str) -> Any:
 
 
 async def _audit(engine: Any, action: str, target: str) -> None:
-    from rerankd.gateway.db import AuditEvent
+    from rerankd.gateway.db import record_audit
 
-    async with engine.begin() as conn:
-        await conn.execute(AuditEvent.__table__.insert().values(
-            actor=f"cli:{getpass.getuser()}", action=action, target=target))
+    await record_audit(engine, f"cli:{getpass.getuser()}", action, target)
 
 
 @keys.command("create")

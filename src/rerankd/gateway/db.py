@@ -20,7 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["ApiKey", "AuditEvent", "Base", "UsageRecord", "create_engine_for", "init_schema", "utcnow"]
+__all__ = ["ApiKey", "AuditEvent", "Base", "UsageRecord", "create_engine_for", "init_schema", "record_audit",
+           "utcnow"]
 
 # Plain driver names mapped to the asyncio driver we ship (the `gateway` extra installs both).
 _ASYNC_DRIVERS = {
@@ -163,3 +164,11 @@ class AuditEvent(Base):
     target: Mapped[str | None] = mapped_column(String(256), nullable=True)
     request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     client: Mapped[str | None] = mapped_column(String(128), nullable=True)
+
+
+async def record_audit(engine: AsyncEngine, actor: str, action: str, target: str | None,
+                       request_id: str | None = None, client: str | None = None) -> None:
+    """Commit one audit event now (admin actions are rare; the admin wants it stored before the answer)."""
+    async with engine.begin() as conn:
+        await conn.execute(AuditEvent.__table__.insert().values(
+            actor=actor, action=action, target=target, request_id=request_id, client=client))

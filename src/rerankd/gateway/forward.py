@@ -151,8 +151,7 @@ class Forwarder:
         """One try. Returns (reply, problem, retry reason): reason None means the reply is final."""
         headers = {"content-type": "application/json", "x-request-id": request_id, **self._auth}
         started = time.perf_counter()
-        async with self.pool.lease(upstream):
-            self.metrics.upstream_inflight.labels(upstream=upstream.url).set(upstream.outstanding)
+        async with self.pool.lease(upstream):  # in flight counts come from the leases at scrape time
             try:
                 async with self.client.request(method, upstream.url + path, data=body or None, headers=headers,
                                                timeout=aiohttp.ClientTimeout(total=timeout)) as response:
@@ -167,8 +166,6 @@ class Forwarder:
                 upstream.breaker.record_failure()
                 self._observe(upstream, outcome, started)
                 return None, f"{type(exc).__name__}: {exc}", outcome
-            finally:
-                self.metrics.upstream_inflight.labels(upstream=upstream.url).set(upstream.outstanding - 1)
         status = response.status
         reply = UpstreamReply(
             status=status, body=content, upstream=upstream.url, attempts=attempt,

@@ -116,6 +116,10 @@ class UpstreamPool:
         """Every current upstream, in configuration order (discovered ones in resolver order)."""
         return [u for s in self._sources for u in s.upstreams]
 
+    def available_count(self) -> int:
+        """Upstreams that could take a request now (healthy, breaker not open)."""
+        return sum(1 for u in self.upstreams if u.available)
+
     def _new_upstream(self, url: str, source: str) -> Upstream:
         upstream = Upstream(url=url, breaker=self._breaker_factory(), source=source)
         if self._on_new_upstream is not None:

@@ -161,8 +161,7 @@ def scoring_router(proxy: ScoringProxy, state_of: Callable[[], GatewayState]) ->
 
     async def rerank(request: Request, body: RerankRequest, identity: Identity = Caller) -> Response:
         async def send(state: GatewayState, request_id: str) -> UpstreamReply:
-            available = sum(1 for u in state.pool.upstreams if u.available)
-            plan = plan_split(body, state.settings.split_threshold, available)
+            plan = plan_split(body, state.settings.split_threshold, state.pool.available_count())
             if plan is None:
                 return await state.forwarder.send(request.url.path, await request.body(), request_id)
             state.metrics.split_requests_total.inc()

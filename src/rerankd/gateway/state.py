@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from rerankd.gateway.auth import Authenticator
 from rerankd.gateway.breaker import BreakerState, CircuitBreaker
-from rerankd.gateway.db import AuditEvent, create_engine_for, init_schema
+from rerankd.gateway.db import create_engine_for, init_schema, record_audit
 from rerankd.gateway.forward import Forwarder, RetryBudget
 from rerankd.gateway.jwt_auth import JwtSettings, JwtVerifier
 from rerankd.gateway.keys import KeyStore
@@ -70,10 +70,8 @@ class GatewayState:
 
     async def audit(self, actor: str, action: str, target: str | None, request_id: str | None,
                     client: str | None) -> None:
-        """Write one audit event now (admin actions are rare; the admin wants it committed before 2xx)."""
-        async with self.engine.begin() as conn:
-            await conn.execute(AuditEvent.__table__.insert().values(
-                actor=actor, action=action, target=target, request_id=request_id, client=client))
+        """Write one audit event now and log it."""
+        await record_audit(self.engine, actor, action, target, request_id, client)
         log.info("audit", extra={"actor": actor, "action": action, "target": target, "request_id": request_id})
 
     def refresh_metrics(self) -> None:
@@ -81,7 +79,7 @@ class GatewayState:
         m = self.metrics
         upstreams = self.pool.upstreams
         m.upstreams.set(len(upstreams))
-        m.healthy_upstreams.set(sum(1 for u in upstreams if u.available))
+        m.healthy_upstreams.set(self.pool.available_count())
         current = {u.url for u in upstreams}
         for url in self._labelled - current:  # replicas gone from DNS: drop their series
             for gauge in (m.upstream_up, m.upstream_inflight):
