@@ -38,7 +38,8 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @contextmanager
-def serving_in_thread(app: object, port: int, ready: Callable[[], bool], timeout: float, what: str) -> Iterator[str]:
+def serving_in_thread(app: object, port: int, ready: Callable[[], bool] = lambda: True, timeout: float = 15.0,
+                      what: str = "ASGI test server") -> Iterator[str]:
     """Run an ASGI ``app`` under uvicorn in a daemon thread; yield its base URL once ``ready()`` holds."""
     import uvicorn
 
@@ -176,10 +177,12 @@ class Fleet:
     def urls(self) -> list[str]:
         return [r.url for r in self.replicas]
 
-    def restart(self, index: int) -> None:
+    def restart(self, index: int, sig: int = signal.SIGKILL) -> int | None:
+        """Stop replica ``index`` with ``sig``, start it again on its port, wait until ready; the old exit status."""
         old = self.replicas[index]
-        old.stop(signal.SIGKILL)
+        status = old.stop(sig)
         self.replicas[index] = spawn_replica(self.model_dir, self.log_dir, port=old.port).wait_ready()
+        return status
 
     def ensure_all_up(self) -> None:
         for i, replica in enumerate(self.replicas):

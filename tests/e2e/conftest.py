@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import free_port, running_gateway, running_server
+from conftest import free_port, running_gateway, running_server, serving_in_thread
 
 # Gradio (imported lazily, below) must not phone home from a test run; CI has no network for it anyway.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -65,23 +64,8 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 @contextmanager
 def running_asgi(app: Any) -> Iterator[str]:
     """Serve any ASGI app under uvicorn in a thread on a free port; yield its base URL once it listens."""
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="off", timeout_graceful_shutdown=1))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("ASGI test server did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serving_in_thread(app, free_port()) as url:
+        yield url
 
 
 @contextmanager

@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import random
-import socket
-import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, ExitStack
 from dataclasses import dataclass
 
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
+from conftest import free_port, serving_in_thread
 from rerankd.gateway.breaker import BreakerState, CircuitBreaker
 from rerankd.gateway.pool import UpstreamPool
 
@@ -36,41 +34,23 @@ class FakeReplica:
     ready: bool = True
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start_replica() -> tuple[FakeReplica, uvicorn.Server, threading.Thread]:
-    port = _free_port()
-    replica = FakeReplica(url=f"http://127.0.0.1:{port}", port=port)
-
+def _replica_app(replica: FakeReplica) -> Starlette:
     async def ready(request: Request) -> PlainTextResponse:
         return PlainTextResponse("ok", 200) if replica.ready else PlainTextResponse("not ready", 503)
 
-    app = Starlette(routes=[Route("/ready", ready)])
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("fake replica did not start")
-        time.sleep(0.01)
-    return replica, server, thread
+    return Starlette(routes=[Route("/ready", ready)])
 
 
 @pytest.fixture(scope="module")
 def replicas() -> Iterator[list[FakeReplica]]:
-    started = [_start_replica() for _ in range(3)]
-    try:
-        yield [r for r, _, _ in started]
-    finally:
-        for _, server, _ in started:
-            server.should_exit = True
-        for _, _, thread in started:
-            thread.join(timeout=10)
+    with ExitStack() as stack:
+        started = []
+        for _ in range(3):
+            port = free_port()
+            replica = FakeReplica(url=f"http://127.0.0.1:{port}", port=port)
+            stack.enter_context(serving_in_thread(_replica_app(replica), port))
+            started.append(replica)
+        yield started
 
 
 @pytest.fixture
@@ -119,7 +99,7 @@ async def test_health_check_ejects_a_503_replica_and_readmits_it(
 
 
 async def test_unreachable_replica_is_unhealthy(open_pool: PoolFactory) -> None:
-    pool = await open_pool([f"http://127.0.0.1:{_free_port()}"], health_timeout=0.5)
+    pool = await open_pool([f"http://127.0.0.1:{free_port()}"], health_timeout=0.5)
     assert not pool.upstreams[0].healthy
     assert pool.upstreams[0].last_error
     assert pool.pick() is None

@@ -233,9 +233,8 @@ def test_rolling_restart_of_every_replica(fleet: Fleet, tmp_path: Path, sqlite_u
 
     def roll() -> None:
         for i in range(len(fleet.replicas)):
-            replica = fleet.replicas[i]
-            assert replica.stop(signal.SIGTERM) is not None  # graceful: finishes what it has, then exits
-            fleet.replicas[i] = Proc(replica.args, replica.port, replica.log_path, replica.env).start().wait_ready()
+            # graceful: finishes what it has, then exits (and is started again, waited ready)
+            assert fleet.restart(i, signal.SIGTERM) is not None
             time.sleep(1.0)  # let the gateway's health check see it back before the next one goes
 
     try:

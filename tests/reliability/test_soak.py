@@ -19,7 +19,7 @@ import httpx
 import psutil
 import pytest
 
-from conftest import Fleet, Proc, spawn_gateway
+from conftest import Fleet, spawn_gateway
 from loadgen import record, run_load
 
 SOAK_SECONDS = float(os.environ.get("RERANKD_SOAK_SECONDS", "60"))
@@ -93,12 +93,7 @@ def test_soak_with_rolling_replica_restarts(fleet: Fleet, tmp_path: Path) -> Non
                         peak[name] = max(peak.get(name, 0.0), value)
 
         def restart(index: int) -> Any:
-            def action() -> None:
-                replica = fleet.replicas[index]
-                replica.stop(signal.SIGTERM)
-                fleet.replicas[index] = Proc(replica.args, replica.port, replica.log_path, replica.env).start()
-                fleet.replicas[index].wait_ready()
-            return action
+            return lambda: fleet.restart(index, signal.SIGTERM)
 
         every = 60.0 if SOAK_SECONDS >= 120 else SOAK_SECONDS / 3
         actions = [(every * (n + 1), f"restart replica {n % 3}", restart(n % 3))
