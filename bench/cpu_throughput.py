@@ -16,7 +16,7 @@ Variants (``--variants``, comma-separated):
   ``naive`` (card-style fixed batches of ``--card-batch`` rows in request order), ``no-prefix``,
   ``tokens=N`` (token budget), ``threads=N``, ``fp32``, ``autocast`` (fp32 weights and residual stream,
   bf16 autocast), ``mkldnn-bf16`` (fp32 model, oneDNN bf16 matmuls), ``eager`` (eager attention),
-  ``compile`` (torch.compile, dynamic shapes). ``card:threads=N`` works too.
+  ``compile`` (torch.compile, dynamic shapes). ``card:threads=N`` and ``card:fp32`` work too.
 
 Usage::
 
@@ -90,7 +90,8 @@ class Variant:
         self.args = args
         model = args.model
         if kind == "card":
-            self.scorer: Any = CardRecipe(model, dtype="bfloat16", max_length=MAX_LEN)
+            card_dtype = "float32" if "fp32" in self.opts else "bfloat16"
+            self.scorer: Any = CardRecipe(model, dtype=card_dtype, max_length=MAX_LEN)
         elif kind == "cross-encoder":
             cls_dir = build_sequence_classifier(model, Path(tempfile.gettempdir()) / "rerankd-seq-cls" / Path(model).name)
             self.scorer = CrossEncoderBaseline(cls_dir, dtype="bfloat16", max_length=MAX_LEN)

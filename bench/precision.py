@@ -40,7 +40,8 @@ from typing import Any
 import torch
 
 from rerankd.benchmark.reference import NO_ID, YES_ID, CardRecipe, compare_scores, engine_scores, mkldnn_bf16_matmuls
-from rerankd.benchmark.workload import make_workload
+from rerankd.benchmark.report import write_result
+from rerankd.benchmark.workload import one_request
 from rerankd.engine.backends.torch_backend import TorchBackend
 from rerankd.engine.prompt import PromptBuilder
 
@@ -72,11 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default=str(HERE / "results" / "precision.json"))
     args = p.parse_args(argv)
     torch.set_num_threads(os.cpu_count() or 1)
-
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    request = make_workload(tokenizer, args.docs, args.doc_tokens, seed=0, variants=1).requests[0]
+    tokenizer, request = one_request(args.model, args.docs, args.doc_tokens)
     query, docs = request.query, request.documents
     builder = PromptBuilder(tokenizer, MAX_LEN)
     seconds: dict[str, float] = {}
@@ -194,10 +191,7 @@ def main(argv: list[str] | None = None) -> None:
         "scale": scale,
         "table_markdown": table,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -205,3 +205,29 @@ async def test_record_never_blocks_and_drops_past_the_bound(db: Database) -> Non
     assert ledger.lag_seconds() > 0
     assert await ledger.close() == 0
     assert await count_rows(ledger.engine) == 5
+
+
+async def test_rows_read_back_exactly_as_recorded(db: Database) -> None:
+    """The batch INSERT is plain driver SQL with hand-built parameters: every column, the UTC timestamp to
+    the microsecond (given in another zone) and NULLs must come back through the ORM as they went in."""
+    engine = db.open()
+    ledger = UsageLedger(engine)
+    ledger.start()
+    east = timezone(timedelta(hours=8))
+    sent = [entry("r1", created_at=datetime(2026, 3, 4, 23, 59, 58, 123456, tzinfo=east), status=499),
+            UsageEntry(request_id="r2", key_id=None, model="m", documents=1, tokens=0, latency_ms=0.25,
+                       status=401, route="/rerank", upstream=None)]
+    for row in sent:
+        ledger.record(row)
+    await ledger.close()
+    async with engine.connect() as conn:
+        got = {r["request_id"]: r for r in (await conn.execute(select(UsageRecord.__table__))).mappings()}
+    for want in sent:
+        row = got[want.request_id]
+        columns = ("key_id", "model", "documents", "tokens", "latency_ms", "status", "route", "upstream")
+        assert tuple(row[c] for c in columns) == tuple(getattr(want, c) for c in columns)
+        assert row["created_at"] == want.created_at  # aware UTC on both databases, to the microsecond
+    assert got["r1"]["created_at"].tzinfo is not None and got["r1"]["created_at"].hour == 15
+    # The day bucket of billing sees the UTC date (15:59 UTC on the 4th, not the 5th in UTC+8).
+    days = await UsageLedger(engine).usage_by_day(None)
+    assert any(str(d["day"]) == "2026-03-04" for d in days)

@@ -43,3 +43,20 @@ def test_dtype_auto_is_explicit_elsewhere() -> None:
     assert resolve_dtype("float32", "cpu") is torch.float32
     assert resolve_dtype("bfloat16", "cpu") is torch.bfloat16
     assert resolve_dtype("auto", "cpu") in (torch.float32, torch.bfloat16)
+
+
+@pytest.mark.parametrize("native_bf16", [False, True])
+def test_bf16_on_a_cpu_without_native_bf16_warns(tiny_model_dir: Path, native_bf16: bool,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    import rerankd.engine.backends.torch_backend as module
+
+    monkeypatch.setattr(module, "cpu_has_fast_bf16", lambda: native_bf16)
+    with caplog.at_level("WARNING", logger=module.__name__):
+        backend = TorchBackend(tiny_model_dir, yes_token_id=9693, no_token_id=2152, max_model_len=2048,
+                               device="cpu", dtype="bfloat16")
+    assert backend.info.dtype == "bfloat16"  # the operator's choice stands; only the advice differs
+    warned = [r.getMessage() for r in caplog.records if "emulated" in r.getMessage()]
+    assert bool(warned) is not native_bf16
+    if warned:
+        assert "--dtype auto" in warned[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -122,3 +123,12 @@ def plot_rows(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "re
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def write_result(path: str | Path, result: dict[str, Any]) -> Path:
+    """Write a benchmark's JSON result (its command included), creating the folder; say where."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return out

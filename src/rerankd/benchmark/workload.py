@@ -198,3 +198,9 @@ def load_tokenizer(model: str | None = None) -> Any:
     from rerankd.devtools.random_model import qwen_tokenizer_dir
 
     return AutoTokenizer.from_pretrained(str(qwen_tokenizer_dir()))
+
+
+def one_request(model: str, n_docs: int, lengths: LengthSpec | str, seed: int = 0) -> tuple[Any, Request]:
+    """The tokenizer of ``model`` and one deterministic request: what the single-request CPU scripts time."""
+    tokenizer = load_tokenizer(model)
+    return tokenizer, make_workload(tokenizer, n_docs, lengths, seed=seed, variants=1).requests[0]

@@ -25,6 +25,7 @@ from rerankd.gateway.proxy import ScoringProxy, scoring_router
 from rerankd.gateway.settings import GatewaySettings
 from rerankd.gateway.state import GatewayState, open_gateway_state
 from rerankd.observability.gateway_metrics import GatewayMetrics
+from rerankd.runtime import freeze_startup_heap
 from rerankd.server.errors import ERROR_RESPONSES, error_response, install_error_handlers
 from rerankd.server.middleware import ServerMiddleware, request_id_of
 
@@ -52,6 +53,7 @@ def create_gateway_app(settings: GatewaySettings) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         state = await open_gateway_state(settings, metrics)
         holder["state"] = state
+        freeze_startup_heap()
         healthy = state.pool.available_count()
         log.info("gateway ready: %d/%d replicas healthy", healthy, len(state.pool.upstreams))
         try:

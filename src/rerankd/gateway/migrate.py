@@ -41,7 +41,7 @@ def head_revision() -> str:
     return head
 
 
-def _translated_schema(engine: AsyncEngine) -> str | None:
+def translated_schema(engine: AsyncEngine) -> str | None:
     """The schema that ``schema_translate_map`` sends unqualified tables to (tests isolate themselves so)."""
     translate = engine.get_execution_options().get("schema_translate_map") or {}
     return translate.get(None)
@@ -49,7 +49,7 @@ def _translated_schema(engine: AsyncEngine) -> str | None:
 
 async def upgrade_to_head(engine: AsyncEngine) -> None:
     """Apply every migration not yet applied."""
-    schema = _translated_schema(engine)
+    schema = translated_schema(engine)
 
     def run(sync_connection: Any) -> None:
         if sync_connection.dialect.name == "postgresql":
@@ -71,7 +71,7 @@ async def upgrade_to_head(engine: AsyncEngine) -> None:
 
 async def current_revision(engine: AsyncEngine) -> str | None:
     """The revision the database is at (None before the first migration)."""
-    schema = _translated_schema(engine)
+    schema = translated_schema(engine)
     async with engine.connect() as connection:
         return await connection.run_sync(
             lambda c: MigrationContext.configure(c, opts={"version_table_schema": schema}).get_current_revision()

@@ -27,13 +27,12 @@ from rerankd.gateway.ratelimit import Decision
 from rerankd.gateway.split import merge_rerank_parts, plan_split
 from rerankd.gateway.state import GatewayState
 from rerankd.protocol import RerankRequest, RerankResponse, ScoreRequest, ScoreResponse, TEIRankItem, TEIRerankRequest
-from rerankd.server.disconnect import unless_disconnected
+from rerankd.server.disconnect import CLIENT_CLOSED_STATUS, ClientDisconnectedError, unless_disconnected
 from rerankd.server.middleware import request_id_of
 
 __all__ = ["ScoringProxy", "scoring_router"]
 
 _JSON = "application/json"
-_CLIENT_CLOSED = 499  # nginx's code for "client went away": recorded, never sent
 
 
 class ScoringProxy:
@@ -73,8 +72,8 @@ class ScoringProxy:
         except RerankdError as exc:
             status = exc.status_code
             raise
-        except asyncio.CancelledError:
-            status = _CLIENT_CLOSED
+        except (ClientDisconnectedError, asyncio.CancelledError):
+            status = CLIENT_CLOSED_STATUS
             raise
         finally:
             latency_ms = (time.perf_counter() - started) * 1000

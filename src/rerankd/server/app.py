@@ -39,6 +39,7 @@ from rerankd.protocol import (
     build_score_response,
     build_tei_response,
 )
+from rerankd.runtime import freeze_startup_heap
 from rerankd.server.disconnect import unless_disconnected
 from rerankd.server.errors import ERROR_RESPONSES, install_error_handlers
 from rerankd.server.middleware import ServerMiddleware, request_id_of
@@ -99,6 +100,7 @@ def create_server_app(settings: ServerSettings, *, engine_loader: EngineLoader |
             info = engine.info
             metrics.build_info.info({"version": __version__, "model": settings.model_name,
                                      "backend": info.name, "device": info.device, "dtype": info.dtype})
+            freeze_startup_heap()  # the model's and libraries' objects: never garbage, no need to rescan
             metrics.model_ready.set(1)
             log.info("model loaded in %.1fs: backend=%s device=%s dtype=%s max_model_len=%d",
                      time.perf_counter() - started, info.name, info.device, info.dtype, info.max_model_len)

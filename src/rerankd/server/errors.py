@@ -13,11 +13,12 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rerankd.errors import RerankdError
 from rerankd.protocol import ErrorBody
+from rerankd.server.disconnect import CLIENT_CLOSED_STATUS, ClientDisconnectedError
 
 __all__ = ["ERROR_RESPONSES", "error_response", "install_error_handlers"]
 
@@ -100,6 +101,12 @@ def install_error_handlers(app: FastAPI) -> None:
             # FastAPI's words for undecodable bytes or JSON nested past the parser's recursion limit.
             message = "the body could not be parsed: send a JSON object in UTF-8, nested at most a few hundred levels"
         return error_response(exc.status_code, message, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(ClientDisconnectedError)
+    async def _client_gone(request: Request, _: ClientDisconnectedError) -> Response:
+        log.info("client closed the connection before its answer was ready; work cancelled",
+                 extra={"route": request.url.path})
+        return Response(status_code=CLIENT_CLOSED_STATUS)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -13,6 +13,7 @@ Three things make it faster than the model card's loop while giving the same num
 
 from __future__ import annotations
 
+import inspect
 import logging
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,10 @@ class TorchBackend:
         self._torch = torch
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
+        if self.device == "cpu" and self.dtype == torch.bfloat16 and not cpu_has_fast_bf16():
+            log.warning("bfloat16 on a CPU without AVX-512 BF16 or AMX is emulated: the model's bf16 linear layers "
+                        "ran 3.3-4x slower than float32 on a Xeon without them "
+                        "(bench/results/cpu_matmul_dtypes.json); --dtype auto picks float32 on this CPU")
         self.prefix_reuse = prefix_reuse
         self.chunk_tokens = chunk_tokens
         model = AutoModelForCausalLM.from_pretrained(
@@ -89,6 +94,9 @@ class TorchBackend:
         # The one row of the output layer that matters: score = h · (w_yes − w_no).
         self.w_diff = (head[yes_token_id].float() - head[no_token_id].float()).to(self.device)
         self.body = model.model.to(self.device)
+        # transformers 5.x renamed the KV-cache argument and output field `past_key_values` → `cache`
+        # (the old name warns and goes away in 5.40); use whichever this version's forward takes.
+        self._cache_kwarg = "cache" if "cache" in inspect.signature(self.body.forward).parameters else "past_key_values"
         self._model = model
         self.info = BackendInfo(
             name="torch", device=self.device, dtype=str(self.dtype).removeprefix("torch."),
@@ -140,8 +148,8 @@ class TorchBackend:
             positions = base[:, None] + torch.arange(start, end, device=self.device)[None, :]
             use_cache = keep_cache or end < width or cache is not None
             out = self.body(input_ids=ids[:, start:end], attention_mask=mask, position_ids=positions,
-                            past_key_values=cache, use_cache=use_cache)
-            cache = out.past_key_values if use_cache else None
+                            use_cache=use_cache, **{self._cache_kwarg: cache})
+            cache = getattr(out, self._cache_kwarg) if use_cache else None
             hidden = out.last_hidden_state
             if last is None:
                 last = hidden.new_zeros((rows, hidden.shape[-1]))
