@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
 import torch
 
+from rerankd.benchmark.report import cpu_name
 from rerankd.engine.backends.torch_backend import cpu_has_fast_bf16
 
 HERE = Path(__file__).resolve().parent
@@ -44,8 +44,7 @@ def main() -> None:
     p.add_argument("--out", default=str(HERE / "results" / "cpu_matmul_dtypes.json"))
     args = p.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    cpu = cpu_name()
     rows = []
     for name, (n_in, n_out) in SHAPES.items():
         fp32 = _gflops(args.tokens, n_in, n_out, torch.float32, args.repeats)

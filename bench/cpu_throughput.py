@@ -55,6 +55,7 @@ from rerankd.benchmark.reference import (
     naive_batches,
     padded_tokens,
 )
+from rerankd.benchmark.report import cpu_name
 from rerankd.benchmark.workload import make_workload
 from rerankd.engine.backends.torch_backend import TorchBackend, cpu_has_fast_bf16
 from rerankd.engine.prompt import PromptBuilder
@@ -242,7 +243,7 @@ def _report(args: argparse.Namespace, argv: list[str] | None, specs: list[str], 
         "command": command.strip(),
         "setup": {
             "model": str(model_dir), "shape": "Qwen3-Reranker-0.6B (random weights)", "device": "cpu",
-            "cpu": _cpu_name(), "cpu_count": os.cpu_count(), "cpu_fast_bf16": cpu_has_fast_bf16(),
+            "cpu": cpu_name(), "cpu_count": os.cpu_count(), "cpu_fast_bf16": cpu_has_fast_bf16(),
             "torch": torch.__version__, "transformers": __import__("transformers").__version__,
             "python": platform.python_version(), "pairs": len(docs), "doc_tokens": args.doc_tokens,
             "doc_tokens_min": min(request.doc_tokens), "doc_tokens_max": max(request.doc_tokens),
@@ -260,16 +261,6 @@ def _report(args: argparse.Namespace, argv: list[str] | None, specs: list[str], 
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import platform
 import shlex
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 import httpx
@@ -24,24 +24,18 @@ from rerankd.cli import env_option
 
 __all__ = ["bench"]
 
+T = TypeVar("T", int, float)
 
-def _int_list(text: str) -> list[int]:
+
+def _positive_list(text: str, kind: type[T], example: str) -> list[T]:
+    """A flag's comma-separated positive values (``16,64`` docs, ``0.5,2`` QPS), or a usage error naming the fix."""
+    noun = "integers" if kind is int else "numbers"
     try:
-        values = [int(x) for x in text.split(",") if x.strip()]
+        values = [kind(x) for x in text.split(",") if x.strip()]
     except ValueError as exc:
-        raise click.BadParameter(f"{text!r}: want comma-separated integers, e.g. 16,64") from exc
+        raise click.BadParameter(f"{text!r}: want comma-separated {noun}, e.g. {example}") from exc
     if not values or any(v <= 0 for v in values):
-        raise click.BadParameter(f"{text!r}: want positive integers")
-    return values
-
-
-def _float_list(text: str) -> list[float]:
-    try:
-        values = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError as exc:
-        raise click.BadParameter(f"{text!r}: want comma-separated numbers, e.g. 0.5,2") from exc
-    if not values or any(v <= 0 for v in values):
-        raise click.BadParameter(f"{text!r}: want positive numbers")
+        raise click.BadParameter(f"{text!r}: want positive {noun}")
     return values
 
 
@@ -81,9 +75,9 @@ def bench(**opts: Any) -> None:
     from rerankd.benchmark.report import markdown_table, plot_rows, summarize
     from rerankd.benchmark.workload import load_tokenizer, make_workload
 
-    docs_list = _int_list(opts["docs"])
-    concurrency = _int_list(opts["concurrency"])
-    qps_list = _float_list(opts["qps"])
+    docs_list = _positive_list(opts["docs"], int, "16,64")
+    concurrency = _positive_list(opts["concurrency"], int, "16,64")
+    qps_list = _positive_list(opts["qps"], float, "0.5,2")
     if opts["baselines"] and not opts["model"]:
         raise click.UsageError("--baseline needs --model DIR (the weights the baselines run)")
     url = opts["url"].rstrip("/")

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import platform
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from rerankd.benchmark.loadgen import LoadResult
 
-__all__ = ["markdown_table", "percentile", "plot_rows", "summarize"]
+__all__ = ["cpu_name", "markdown_table", "percentile", "plot_rows", "summarize", "write_result"]
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -132,3 +133,14 @@ def write_result(path: str | Path, result: dict[str, Any]) -> Path:
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
     return out
+
+
+def cpu_name() -> str:
+    """The CPU model as ``/proc/cpuinfo`` names it (``platform.processor()`` is often empty on Linux)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()

@@ -61,12 +61,6 @@ class UsageEntry:
         return (self.request_id, self.key_id, self.model, self.documents, self.tokens, self.latency_ms,
                 self.status, self.upstream, self.route, when)
 
-    def _row(self) -> dict[str, Any]:
-        return {"request_id": self.request_id, "key_id": self.key_id, "model": self.model,
-                "documents": self.documents, "tokens": self.tokens, "latency_ms": self.latency_ms,
-                "status": self.status, "upstream": self.upstream, "route": self.route,
-                "created_at": self.created_at}
-
 
 class UsageLedger:
     """Buffers :class:`UsageEntry` rows and writes them to ``usage_records`` from a background task.
@@ -244,7 +238,8 @@ class UsageLedger:
         dialect = self.engine.dialect
         if dialect.name not in ("sqlite", "postgresql"):
             async with self.engine.begin() as conn:
-                await conn.execute(insert(UsageRecord), [entry._row() for entry in batch])
+                rows = [dict(zip(_VALUE_ORDER, entry._values(sqlite_time=False), strict=True)) for entry in batch]
+                await conn.execute(insert(UsageRecord), rows)
             return
         where = (dialect.name, translated_schema(self.engine))
         sql = self._driver_sql.get(where)
