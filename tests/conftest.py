@@ -22,6 +22,19 @@ from rerankd.devtools.random_model import build_random_model
 from rerankd.gateway.settings import GatewaySettings
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Under ``CI=true`` a skipped test fails: CI installs every tool and checks PostgreSQL and Redis answer,
+    so a skip there ("PostgreSQL unreachable", "redis-server is not installed") means a test silently did
+    not run, not that it does not apply."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if os.environ.get("CI") == "true" and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI=true, where every service and tool must be present: {reason}"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
