@@ -11,12 +11,15 @@ Variants (``--variants``, comma-separated):
 * ``card`` — the model card recipe (full LM head, left padding, batches of ``--card-batch``), bf16.
 * ``cross-encoder`` — sentence-transformers CrossEncoder on the same weights as a one-logit classifier.
 * ``rerankd`` — PromptBuilder + batcher split (length-sorted, ``--batch-tokens``) + TorchBackend
-  (w_yes − w_no row, shared-prefix reuse, SDPA), bf16.
+  (w_yes − w_no row, shared-prefix reuse, fused forward with compiled element-wise kernels), bf16.
 * ``rerankd:OPT[:OPT…]`` — the same with options: ``full-vocab`` (compute the whole LM head, as the card),
   ``naive`` (card-style fixed batches of ``--card-batch`` rows in request order), ``no-prefix``,
   ``tokens=N`` (token budget), ``threads=N``, ``fp32``, ``autocast`` (fp32 weights and residual stream,
   bf16 autocast), ``mkldnn-bf16`` (fp32 model, oneDNN bf16 matmuls), ``eager`` (eager attention),
-  ``compile`` (torch.compile, dynamic shapes). ``card:threads=N`` and ``card:fp32`` work too.
+  ``compile`` (torch.compile of the whole transformers body, dynamic shapes), ``no-fused`` (transformers'
+  forward instead of the fused one with compiled element-wise kernels, ``--compile off``). ``full-vocab``,
+  ``eager``, ``autocast``, ``mkldnn-bf16`` and ``compile`` patch transformers' modules, so they run its
+  forward too (compare them with ``rerankd:no-fused``). ``card:threads=N`` and ``card:fp32`` work too.
 
 Usage::
 
@@ -98,10 +101,12 @@ class Variant:
             self.scorer = CrossEncoderBaseline(cls_dir, dtype="bfloat16", max_length=MAX_LEN)
         elif kind == "rerankd":
             dtype = "float32" if {"fp32", "autocast", "mkldnn-bf16"} & set(self.opts) else "bfloat16"
-            key = (dtype, "compile" in self.opts)
+            # Options that patch transformers' modules need its forward, not the fused one.
+            fused = not ({"no-fused", "compile", "full-vocab", "eager", "autocast", "mkldnn-bf16"} & set(self.opts))
+            key = (dtype, "compile" in self.opts, fused)
             if key not in shared:  # one loaded model per dtype; flags below are switched per call
                 backend = TorchBackend(model, yes_token_id=YES_ID, no_token_id=NO_ID, max_model_len=MAX_LEN,
-                                       device="cpu", dtype=dtype)
+                                       device="cpu", dtype=dtype, compile="on" if fused else "off")
                 if "compile" in self.opts:
                     backend.body = torch.compile(backend.body, dynamic=True)
                 shared[key] = backend

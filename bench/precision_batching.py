@@ -7,6 +7,8 @@ of the two computations. This script compares the *raw* score ``logit_yes − lo
 * ``fp32`` — rerankd's fp32 path without prefix reuse (the reference), and ``fp32-prefix`` (must be ~0).
 * ``bf16-prefix-B`` / ``bf16-noprefix-B`` — rerankd bf16 with and without shared-prefix reuse, token
   budget ``B`` per micro-batch (8192 = the server default, 2700 ≈ the card's 8-row batches, 400 = one row).
+* ``fused-bf16-prefix-B`` / ``fused-fp32`` — the same through the fused forward with compiled
+  element-wise kernels (``--compile on``, the CPU default); the ``bf16-*`` rows use transformers' forward.
 * ``card-bf16`` — the model card's computation (full causal LM, left padding, 8 rows per batch), raw score
   taken from its bf16 logits before the softmax.
 
@@ -50,9 +52,9 @@ def main(argv: list[str] | None = None) -> None:
     group = PromptBuilder(tokenizer, MAX_LEN).build(request.query, request.documents)
     n = len(group.tails)
 
-    def backend(dtype: str) -> TorchBackend:
+    def backend(dtype: str, compile: str = "off") -> TorchBackend:
         return TorchBackend(args.model, yes_token_id=YES_ID, no_token_id=NO_ID, max_model_len=MAX_LEN,
-                            device="cpu", dtype=dtype)
+                            device="cpu", dtype=dtype, compile=compile)
 
     def rerankd_raw(scorer: TorchBackend, budget: int, prefix: bool) -> list[float]:
         scorer.prefix_reuse = prefix
@@ -81,6 +83,13 @@ def main(argv: list[str] | None = None) -> None:
         run(f"bf16-prefix-{budget}", lambda b=budget: rerankd_raw(bf16, b, prefix=True))
         run(f"bf16-noprefix-{budget}", lambda b=budget: rerankd_raw(bf16, b, prefix=False))
     bf16.close()
+    fused = backend("bfloat16", compile="on")
+    for budget in budgets:
+        run(f"fused-bf16-prefix-{budget}", lambda b=budget: rerankd_raw(fused, b, prefix=True))
+    fused.close()
+    fused32 = backend("float32", compile="on")
+    run("fused-fp32", lambda: rerankd_raw(fused32, 8192, prefix=True))
+    fused32.close()
 
     card = CardRecipe(args.model, dtype="bfloat16", max_length=MAX_LEN)
     prompts = [group.shared + t for t in group.tails]

@@ -17,6 +17,11 @@ RUN /opt/rerankd/bin/pip wheel --no-deps --wheel-dir /tmp/wheels /src \
  && /opt/rerankd/bin/pip install --constraint /tmp/constraints.txt "$(ls /tmp/wheels/rerankd-*.whl)" torch==2.13.0
 
 FROM ${PYTHON_IMAGE} AS runtime
+# g++: torch.compile (inductor) builds the fused element-wise CPU kernels with it at start-up (`--compile
+# auto`); without it the server still runs, on transformers' forward, 1.3-1.7x slower on CPU.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends g++ \
+ && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 rerankd \
  && useradd --system --uid 10001 --gid rerankd --create-home --home-dir /home/rerankd rerankd \
  && mkdir -p /models && chown rerankd:rerankd /models

@@ -97,6 +97,9 @@ def cli() -> None:
             help="Require `Authorization: Bearer KEY` on every route but /health, /ready, /metrics.")
 @env_option("--prefix-reuse/--no-prefix-reuse", default=True,
             help="Run the shared system+query prefix once per request (torch backend).")
+@env_option("--compile", type=click.Choice(["auto", "on", "off"]), default="auto",
+            help="torch backend: fused forward with torch.compile'd element-wise kernels (needs g++). "
+                 "auto = on for CPU when it compiles here, else transformers' forward.")
 @env_option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
 @env_option("--log-format", type=click.Choice(["auto", "json", "text"]), default="auto")
 @env_option("--log-file", default=None, help="Also write logs to this file, rotated at 50 MB.")

@@ -29,6 +29,7 @@ class ServerSettings(BaseModel):
     port: int = 8000
     api_key: str | None = Field(None, repr=False)
     prefix_reuse: bool = True
+    compile: str = "auto"
     log_level: str = "info"
 
     @property

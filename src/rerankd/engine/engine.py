@@ -35,6 +35,7 @@ class EngineConfig:
     max_batch_tokens: int = 16384
     max_queue: int = 256
     prefix_reuse: bool = True
+    compile: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ def _make_backend(config: EngineConfig, path: Path, tokenizer: Any, max_len: int
     if name == "torch":
         from rerankd.engine.backends.torch_backend import TorchBackend
 
-        return TorchBackend(path, prefix_reuse=config.prefix_reuse, **kwargs)
+        return TorchBackend(path, prefix_reuse=config.prefix_reuse, compile=config.compile, **kwargs)
     raise ValueError(f"unknown backend {config.backend!r}: use auto, torch or vllm")
 
 

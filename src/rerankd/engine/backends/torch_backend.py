@@ -1,6 +1,6 @@
 """The transformers/PyTorch backend: CPU and CUDA, the embedded default.
 
-Three things make it faster than the model card's loop while giving the same numbers:
+Four things make it faster than the model card's loop while giving the same numbers:
 
 * Only the ``w_yes - w_no`` row of the output layer is used: the final hidden state at the last real
   token is dotted with it in float32. The card computes 151,669 logits for every position.
@@ -9,6 +9,8 @@ Three things make it faster than the model card's loop while giving the same num
   tails run. Attention is causal, so this is exact, not an approximation.
 * Rows are right-padded and the last real token is gathered by length, so padding never moves the
   token that is scored.
+* On the CPU (``compile="auto"``), the decoder runs :class:`FusedQwen3Forward`: the same weights, with
+  each run of element-wise ops compiled into one kernel (see that module for the profile behind it).
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from typing import Any
 
 from rerankd.engine.backends.base import BackendInfo, TokenGroup, split_by_group
 
-__all__ = ["TorchBackend", "resolve_device", "resolve_dtype"]
+__all__ = ["COMPILE_CHOICES", "TorchBackend", "resolve_device", "resolve_dtype"]
+
+COMPILE_CHOICES = ("auto", "on", "off")
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +77,7 @@ class TorchBackend:
         dtype: str = "auto",
         prefix_reuse: bool = True,
         chunk_tokens: int = 2048,
+        compile: str = "auto",
     ) -> None:
         import torch
         from transformers import AutoModelForCausalLM
@@ -98,10 +103,41 @@ class TorchBackend:
         # (the old name warns and goes away in 5.40); use whichever this version's forward takes.
         self._cache_kwarg = "cache" if "cache" in inspect.signature(self.body.forward).parameters else "past_key_values"
         self._model = model
+        self._fused = self._fused_forward(compile)
         self.info = BackendInfo(
             name="torch", device=self.device, dtype=str(self.dtype).removeprefix("torch."),
             max_model_len=max_model_len,
         )
+        if self._fused is not None:
+            self._warm_up()
+
+    def _fused_forward(self, compile: str) -> Any:
+        """The compiled forward when ``compile`` asks for it (``on``) or allows it here (``auto``: CPU only)."""
+        if compile not in COMPILE_CHOICES:
+            raise ValueError(f"compile must be one of {', '.join(COMPILE_CHOICES)}, not {compile!r}")
+        if compile == "off" or (compile == "auto" and self.device != "cpu"):
+            return None
+        from rerankd.engine.backends.qwen3_forward import FusedQwen3Forward, compile_supported
+
+        problem = compile_supported()
+        if problem is None:
+            try:
+                return FusedQwen3Forward(self.body, compile_kernels=True)
+            except ValueError as exc:
+                problem = str(exc)
+        if compile == "on":
+            raise ValueError(f"--compile on: torch.compile cannot be used here ({problem}); use --compile off")
+        log.warning("compiled kernels unavailable (%s): using transformers' forward (1.6x slower on an AMX CPU, "
+                    "bench/results/cpu_throughput_amx.json); install a C++ compiler (g++) to enable them", problem)
+        return None
+
+    def _warm_up(self) -> None:
+        """Compile the kernels now, for the shapes a server meets (1 and several rows, with and without a
+        cached prefix), so that the first clients do not wait on inductor."""
+        prefix = list(range(100, 100 + _MIN_REUSED_PREFIX_TOKENS + 8))
+        self.score([TokenGroup(prefix, [[7, 8, 9], [7, 8, 9, 10, 11]])])  # prefix once, 2 tails after it
+        self.score([TokenGroup(prefix, [[7, 8, 9, 10]])])  # one plain row
+        self.score([TokenGroup([1, 2], [[7, 8, 9], [7, 8]])])  # several plain rows
 
     def score(self, groups: list[TokenGroup]) -> list[list[float]]:
         """Raw scores (``logit_yes - logit_no``) for every tail, grouped as given."""
@@ -144,13 +180,17 @@ class TorchBackend:
         cache = past
         for start in range(0, width, self.chunk_tokens):
             end = min(width, start + self.chunk_tokens)
-            mask = own_mask[:, :end] if past_mask is None else torch.cat([past_mask, own_mask[:, :end]], dim=1)
             positions = base[:, None] + torch.arange(start, end, device=self.device)[None, :]
             use_cache = keep_cache or end < width or cache is not None
-            out = self.body(input_ids=ids[:, start:end], attention_mask=mask, position_ids=positions,
-                            use_cache=use_cache, **{self._cache_kwarg: cache})
-            cache = getattr(out, self._cache_kwarg) if use_cache else None
-            hidden = out.last_hidden_state
+            if self._fused is not None:
+                mask = self._chunk_mask(own_mask, past_mask, start, end)
+                hidden, cache = self._fused(ids[:, start:end], positions, mask, past=cache, keep_cache=use_cache)
+            else:
+                mask = own_mask[:, :end] if past_mask is None else torch.cat([past_mask, own_mask[:, :end]], dim=1)
+                out = self.body(input_ids=ids[:, start:end], attention_mask=mask, position_ids=positions,
+                                use_cache=use_cache, **{self._cache_kwarg: cache})
+                cache = getattr(out, self._cache_kwarg) if use_cache else None
+                hidden = out.last_hidden_state
             if last is None:
                 last = hidden.new_zeros((rows, hidden.shape[-1]))
             here = (last_index >= start) & (last_index < end)
@@ -158,6 +198,22 @@ class TorchBackend:
                 idx = here.nonzero(as_tuple=True)[0]
                 last[idx] = hidden[idx, last_index[idx] - start]
         return last, cache
+
+    def _chunk_mask(self, own_mask: Any, past_mask: Any, start: int, end: int) -> Any:
+        """Boolean (rows, 1, chunk, keys) mask for the fused forward, or None where causal alone is exact.
+
+        Rows are right-padded, so with no cached keys a real token never attends to padding under the
+        causal rule alone: the common case needs no dense mask (SDPA skips the upper triangle then).
+        """
+        torch = self._torch
+        if past_mask is None and start == 0:
+            return None
+        queries = torch.arange(start, end, device=self.device)
+        keys = torch.arange(end, device=self.device)
+        allowed = own_mask[:, None, :end].bool() & (keys[None, :] <= queries[:, None])[None]
+        if past_mask is not None:
+            allowed = torch.cat([past_mask[:, None, :].bool().expand(-1, end - start, -1), allowed], dim=2)
+        return allowed[:, None]
 
     def _scores(self, last: Any) -> list[float]:
         return (last.float() @ self.w_diff).tolist()
@@ -175,7 +231,10 @@ class TorchBackend:
         row_group = torch.tensor(
             [gi for gi, g in enumerate(groups) for _ in g.tails], dtype=torch.long, device=self.device
         )
-        cache.batch_select_indices(row_group)
+        if self._fused is not None:
+            cache = [(k.index_select(0, row_group), v.index_select(0, row_group)) for k, v in cache]
+        else:
+            cache.batch_select_indices(row_group)
         tail_ids, _, tail_lengths = self._pad_right([t for g in groups for t in g.tails])
         last, _ = self._forward(
             tail_ids, tail_lengths, past=cache, past_mask=prefix_mask[row_group],
@@ -184,6 +243,7 @@ class TorchBackend:
         return self._scores(last)
 
     def close(self) -> None:
+        self._fused = None
         self.body = None
         self._model = None
         if self.device.startswith("cuda"):

@@ -1,0 +1,193 @@
+"""A Qwen3 decoder forward written for scoring, with the element-wise work fused by ``torch.compile``.
+
+Why not transformers' forward: on a CPU whose matrix units are fast (AMX: the 0.6B model's bf16 linear
+layers run at 2.5-3.1 TFLOP/s on 2 cores, 7x fp32, ``bench/results/cpu_matmul_dtypes_amx.json``), the
+GEMMs stop being the cost. A profile of transformers' forward (8 x 330 tokens, bf16) spends 38 % in
+``aten::mm``, 17 % in attention and ~45 % in element-wise passes over memory: RMSNorm's up-cast, square,
+mean, scale and down-cast, RoPE's slices and concatenation, SiLU, residual adds, each its own pass. Here
+each run of element-wise ops between two matrix products is one function, compiled once (dynamic shapes,
+so no recompiles per batch) into a single vectorised loop:
+
+* ``rms_norm`` (input norm of layer 0)
+* ``qk_norm_rope``: q/k RMSNorm over the head dim + rotary embedding, one pass each
+* ``add_rms_norm``: residual add + the next RMSNorm (post-attention, and next layer's input norm)
+* ``silu_mul``: the MLP's SiLU(gate) x up
+
+Matrix products stay ``F.linear`` (oneDNN/AMX) and attention stays PyTorch's SDPA. With no cache and no
+chunking the causal mask alone is exact (rows are right-padded: a real token never sees padding), so
+SDPA runs ``is_causal`` and skips the upper triangle instead of applying a dense mask.
+
+The cache is a plain list of per-layer (key, value) tensors, so the shared-prefix KV can be gathered
+to rows with one ``index_select`` and extended chunk by chunk for long documents.
+
+Un-compiled (``compile_kernels=False``) the same functions give transformers' numbers exactly
+(tests compare them); compiled, inductor keeps intermediates in fp32 across a fused region instead of
+rounding each op to bf16, so bf16 results move by rounding-sized amounts (nearer to fp32, not farther:
+``bench/precision_batching.py``).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["FusedQwen3Forward", "KVCache", "compile_supported"]
+
+log = logging.getLogger(__name__)
+
+# Per layer: (keys, values), each (rows, kv_heads, positions, head_dim).
+KVCache = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Qwen3RMSNorm's arithmetic, op for op: statistics in fp32, scaled back in the input dtype."""
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return _rms(x, weight, eps)
+
+
+def qk_norm_rope(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor,
+                 cos: torch.Tensor, sin: torch.Tensor, head_dim: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, T, heads*dim) projections → normed, rotated (rows, heads, T, dim) queries and keys."""
+    rows, width = q.shape[0], q.shape[1]
+    q = _rms(q.view(rows, width, -1, head_dim), q_weight, eps).transpose(1, 2)
+    k = _rms(k.view(rows, width, -1, head_dim), k_weight, eps).transpose(1, 2)
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    return _rope(q, cos, sin), _rope(k, cos, sin)
+
+
+def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
+                 eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Residual add, then the next norm: returns (new residual stream, its normed copy)."""
+    total = residual + x
+    return total, _rms(total, weight, eps)
+
+
+def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    return F.silu(gate) * up
+
+
+@dataclass(frozen=True)
+class _Kernels:
+    rms_norm: Callable[..., torch.Tensor]
+    qk_norm_rope: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    add_rms_norm: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    silu_mul: Callable[..., torch.Tensor]
+
+
+_EAGER = _Kernels(rms_norm, qk_norm_rope, add_rms_norm, silu_mul)
+
+
+@functools.cache
+def _compiled_kernels() -> _Kernels:
+    """One set per process: every loaded model shares the compiled code (it depends on dtype, not weights)."""
+    return _Kernels(*(torch.compile(fn, dynamic=True) for fn in (rms_norm, qk_norm_rope, add_rms_norm, silu_mul)))
+
+
+@functools.cache
+def compile_supported() -> str | None:
+    """None when ``torch.compile`` can build CPU kernels here, else the reason (no C++ compiler...)."""
+    try:
+        probe = torch.compile(silu_mul, dynamic=True)
+        x = torch.ones(2, 3)
+        if not torch.allclose(probe(x, x), silu_mul(x, x)):
+            return "compiled probe gave different numbers"
+    except Exception as exc:
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return None
+
+
+@dataclass(frozen=True)
+class _Layer:
+    input_norm: torch.Tensor
+    post_norm: torch.Tensor
+    q: torch.nn.Linear
+    k: torch.nn.Linear
+    v: torch.nn.Linear
+    o: torch.nn.Linear
+    q_norm: torch.Tensor
+    k_norm: torch.Tensor
+    gate: torch.nn.Linear
+    up: torch.nn.Linear
+    down: torch.nn.Linear
+
+
+class FusedQwen3Forward:
+    """Runs a transformers ``Qwen3Model`` (its weights, not its forward) and returns last-token states.
+
+    Raises ``ValueError`` for configurations this forward does not implement (sliding-window layers),
+    so the caller can keep transformers' forward for them.
+    """
+
+    def __init__(self, body: Any, *, compile_kernels: bool) -> None:
+        config = body.config
+        if getattr(config, "use_sliding_window", False) or any(
+                t != "full_attention" for t in getattr(config, "layer_types", None) or ["full_attention"]):
+            raise ValueError("sliding-window attention is not implemented by the fused forward")
+        self.body = body
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        self.eps = config.rms_norm_eps
+        self.scale = self.head_dim ** -0.5
+        self.kernels = _compiled_kernels() if compile_kernels else _EAGER
+        self.layers = [
+            _Layer(input_norm=layer.input_layernorm.weight, post_norm=layer.post_attention_layernorm.weight,
+                   q=layer.self_attn.q_proj, k=layer.self_attn.k_proj, v=layer.self_attn.v_proj,
+                   o=layer.self_attn.o_proj, q_norm=layer.self_attn.q_norm.weight,
+                   k_norm=layer.self_attn.k_norm.weight, gate=layer.mlp.gate_proj, up=layer.mlp.up_proj,
+                   down=layer.mlp.down_proj)
+            for layer in body.layers
+        ]
+
+    def __call__(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None,
+                 past: KVCache | None = None, keep_cache: bool = False) -> tuple[torch.Tensor, KVCache | None]:
+        """One chunk of right-padded rows. Returns final-normed hidden states (rows, T, hidden) and the cache
+        (``past`` itself, extended, when given and ``keep_cache``).
+
+        ``mask`` is boolean (rows, 1, T, past + T), True where a query may attend; None means plain causal
+        attention over this chunk alone (no past), which SDPA computes without a dense mask.
+        """
+        k_ = self.kernels
+        rows, width = ids.shape
+        hidden = self.body.embed_tokens(ids)
+        cos, sin = self.body.rotary_emb(hidden, positions)
+        residual = hidden
+        x = k_.rms_norm(hidden, self.layers[0].input_norm, self.eps)
+        # Extended in place, layer by layer: each layer's old keys/values are freed as soon as the longer
+        # ones exist, so a long document chunked over a growing cache never holds two copies of it.
+        cache = past if past is not None else []
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            q, k = k_.qk_norm_rope(layer.q(x), layer.k(x), layer.q_norm, layer.k_norm, cos, sin,
+                                   self.head_dim, self.eps)
+            v = layer.v(x).view(rows, width, -1, self.head_dim).transpose(1, 2)
+            if past is not None:
+                k = torch.cat([past[i][0], k], dim=2)
+                v = torch.cat([past[i][1], v], dim=2)
+                if keep_cache:
+                    cache[i] = (k, v)
+            elif keep_cache:
+                cache.append((k, v))
+            attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                                      scale=self.scale, enable_gqa=True)
+            out = layer.o(attended.transpose(1, 2).reshape(rows, width, -1))
+            residual, x = k_.add_rms_norm(out, residual, layer.post_norm, self.eps)
+            out = layer.down(k_.silu_mul(layer.gate(x), layer.up(x)))
+            next_norm = self.body.norm.weight if i == last else self.layers[i + 1].input_norm
+            residual, x = k_.add_rms_norm(out, residual, next_norm, self.eps)
+        return x, (cache if keep_cache else None)

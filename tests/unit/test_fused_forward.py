@@ -1,0 +1,114 @@
+"""The fused Qwen3 forward (compiled element-wise kernels) scores like transformers' forward, and
+``--compile`` falls back or fails the way the README says."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from rerankd.engine.backends import qwen3_forward
+from rerankd.engine.backends.base import TokenGroup
+from rerankd.engine.backends.qwen3_forward import FusedQwen3Forward
+from rerankd.engine.backends.torch_backend import TorchBackend
+from rerankd.engine.prompt import PromptBuilder
+
+YES, NO = 9693, 2152
+
+
+@pytest.fixture(scope="module")
+def groups(tiny_model_dir: Path) -> list[TokenGroup]:
+    builder = PromptBuilder(AutoTokenizer.from_pretrained(tiny_model_dir), 2048)
+    a = builder.build("first query about cats", ["cats purr", "dogs bark loudly " * 50, "短文本", "cats purr"])
+    b = builder.build("second, different and longer query", ["a document " * 120, "x"], instruction="Find code")
+    return [TokenGroup(a.shared, a.tails), TokenGroup(b.shared, b.tails)]
+
+
+def backend(model_dir: Path, compile: str, dtype: str = "float32") -> TorchBackend:
+    return TorchBackend(model_dir, yes_token_id=YES, no_token_id=NO, max_model_len=2048, device="cpu", dtype=dtype,
+                        compile=compile)
+
+
+def flat_scores(engine: TorchBackend, groups: list[TokenGroup], *, prefix_reuse: bool,
+                chunk_tokens: int) -> list[float]:
+    engine.prefix_reuse, engine.chunk_tokens = prefix_reuse, chunk_tokens
+    return [x for g in engine.score(groups) for x in g]
+
+
+# Plain rows; the shared prefix's KV gathered to rows (a dense mask over it); columns in chunks of 7
+# (the cache grows chunk by chunk); both at once.
+PATHS = [(False, 100_000), (True, 100_000), (False, 7), (True, 7)]
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model_dir: Path, groups: list[TokenGroup]) -> dict[tuple[bool, int], list[float]]:
+    """transformers' own forward, fp32, on every path."""
+    plain = backend(tiny_model_dir, "off")
+    assert plain._fused is None
+    return {path: flat_scores(plain, groups, prefix_reuse=path[0], chunk_tokens=path[1]) for path in PATHS}
+
+
+def test_uncompiled_fused_forward_does_transformers_arithmetic(tiny_model_dir: Path, groups: list[TokenGroup],
+                                                               reference: dict) -> None:
+    """The hand-written forward, kernels not compiled: the same numbers up to fp32 summation order."""
+    engine = backend(tiny_model_dir, "off")
+    engine._fused = FusedQwen3Forward(engine.body, compile_kernels=False)
+    for path in PATHS:
+        got = flat_scores(engine, groups, prefix_reuse=path[0], chunk_tokens=path[1])
+        assert max(abs(x - y) for x, y in zip(reference[path], got, strict=True)) < 1e-5, path
+    assert max(reference[PATHS[0]]) - min(reference[PATHS[0]]) > 0.1  # scores differ: the check has teeth
+
+
+def test_compiled_forward_scores_like_transformers(tiny_model_dir: Path, groups: list[TokenGroup],
+                                                  reference: dict) -> None:
+    engine = backend(tiny_model_dir, "on")
+    assert isinstance(engine._fused, FusedQwen3Forward)
+    for path in PATHS:
+        got = flat_scores(engine, groups, prefix_reuse=path[0], chunk_tokens=path[1])
+        assert max(abs(x - y) for x, y in zip(reference[path], got, strict=True)) < 1e-4, path
+        assert got[0] == got[3]  # duplicate documents in one batch: identical scores
+
+
+def test_compiled_bf16_ranks_like_fp32(tiny_model_dir: Path, groups: list[TokenGroup], reference: dict) -> None:
+    got = flat_scores(backend(tiny_model_dir, "on", dtype="bfloat16"), groups, prefix_reuse=True,
+                      chunk_tokens=100_000)
+    want = reference[(True, 100_000)]
+    assert max(abs(x - y) for x, y in zip(want, got, strict=True)) < 0.05 * (max(want) - min(want))
+
+
+def test_warm_up_leaves_nothing_to_compile_for_new_batch_shapes(tiny_model_dir: Path, groups: list[TokenGroup]) -> None:
+    """Kernels are compiled with dynamic shapes at start-up: new row counts and widths reuse them."""
+    from torch._dynamo.utils import counters
+
+    engine = backend(tiny_model_dir, "on")
+    compiled = counters["stats"]["unique_graphs"]
+    flat_scores(engine, groups, prefix_reuse=True, chunk_tokens=100_000)
+    flat_scores(engine, groups[:1], prefix_reuse=False, chunk_tokens=100_000)
+    flat_scores(engine, [TokenGroup(groups[1].shared, groups[1].tails[:1])], prefix_reuse=True, chunk_tokens=100_000)
+    assert counters["stats"]["unique_graphs"] == compiled
+
+
+def test_compile_on_without_a_compiler_is_a_clear_error(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(qwen3_forward, "compile_supported", lambda: "InvalidCxxCompiler: no working C++ compiler found")
+    expected = r"--compile on: torch.compile cannot be used here .*no working C\+\+.*--compile off"
+    with pytest.raises(ValueError, match=expected):
+        backend(tiny_model_dir, "on")
+    with caplog.at_level("WARNING"):
+        engine = backend(tiny_model_dir, "auto")
+    assert engine._fused is None  # auto falls back to transformers' forward and still scores
+    assert any("compiled kernels unavailable" in r.getMessage() and "g++" in r.getMessage() for r in caplog.records)
+    assert len(engine.score([TokenGroup([1, 2, 3], [[4, 5], [6]])])[0]) == 2
+
+
+def test_compile_choice_is_checked(tiny_model_dir: Path) -> None:
+    with pytest.raises(ValueError, match="compile must be one of auto, on, off"):
+        backend(tiny_model_dir, "yes")
+
+
+def test_sliding_window_models_keep_transformers_forward(tiny_model_dir: Path) -> None:
+    engine = backend(tiny_model_dir, "off")
+    engine.body.config.use_sliding_window = True
+    with pytest.raises(ValueError, match="sliding-window"):
+        FusedQwen3Forward(engine.body, compile_kernels=False)
