@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -30,6 +29,8 @@ import time
 from pathlib import Path
 
 import httpx
+
+from rerankd.benchmark.report import cpu_name
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN = "bench-admin-key"
@@ -211,7 +212,7 @@ def main() -> None:
     added_open = {q: round(results["gateway"]["open_loop"][q] - results["direct"]["open_loop"][q], 3)
                   for q in ("p50_ms", "p90_ms", "p99_ms")}
     report = {"command": "python bench/gateway_overhead.py " + " ".join(sys.argv[1:]),
-              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+              "machine": f"{cpu_name()}, {os.cpu_count()} cores",
               "results": results, "gateway_added_latency_ms_at_1_connection": added,
               f"gateway_added_latency_ms_at_{args.rate:g}_rps_open_loop": added_open}
     args.out.parent.mkdir(parents=True, exist_ok=True)
