@@ -121,8 +121,8 @@ def load_engine(config: EngineConfig, metrics: ServerMetrics | None = None) -> R
                     config.max_model_len, own_limit, max_len)
     backend = _make_backend(config, path, tokenizer, max_len)
     builder = PromptBuilder(tokenizer, max_len)
-    batcher = DynamicBatcher(
-        backend, max_batch_tokens=max(config.max_batch_tokens, max_len), max_queue=config.max_queue,
-        metrics=metrics,
-    )
+    # The budget as configured: the batcher always admits a batch's first row, so a prompt longer than the
+    # budget still runs (alone, its memory bounded by the backend's chunking), and no floor is needed.
+    batcher = DynamicBatcher(backend, max_batch_tokens=config.max_batch_tokens, max_queue=config.max_queue,
+                             metrics=metrics)
     return RerankEngine(builder, batcher, backend.info, metrics)
