@@ -29,7 +29,6 @@ rounding each op to bf16, so bf16 results move by rounding-sized amounts (nearer
 from __future__ import annotations
 
 import functools
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -39,13 +38,11 @@ import torch.nn.functional as F
 
 __all__ = ["FusedQwen3Forward", "KVCache", "compile_supported"]
 
-log = logging.getLogger(__name__)
-
 # Per layer: (keys, values), each (rows, kv_heads, positions, head_dim).
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
 
 
-def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """Qwen3RMSNorm's arithmetic, op for op: statistics in fp32, scaled back in the input dtype."""
     xf = x.float()
     xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
@@ -58,16 +55,12 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
     return x * cos + rotated * sin
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    return _rms(x, weight, eps)
-
-
 def qk_norm_rope(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor,
                  cos: torch.Tensor, sin: torch.Tensor, head_dim: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(rows, T, heads*dim) projections → normed, rotated (rows, heads, T, dim) queries and keys."""
     rows, width = q.shape[0], q.shape[1]
-    q = _rms(q.view(rows, width, -1, head_dim), q_weight, eps).transpose(1, 2)
-    k = _rms(k.view(rows, width, -1, head_dim), k_weight, eps).transpose(1, 2)
+    q = rms_norm(q.view(rows, width, -1, head_dim), q_weight, eps).transpose(1, 2)
+    k = rms_norm(k.view(rows, width, -1, head_dim), k_weight, eps).transpose(1, 2)
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
     return _rope(q, cos, sin), _rope(k, cos, sin)
 
@@ -76,7 +69,7 @@ def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
                  eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Residual add, then the next norm: returns (new residual stream, its normed copy)."""
     total = residual + x
-    return total, _rms(total, weight, eps)
+    return total, rms_norm(total, weight, eps)
 
 
 def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
@@ -97,16 +90,15 @@ _EAGER = _Kernels(rms_norm, qk_norm_rope, add_rms_norm, silu_mul)
 @functools.cache
 def _compiled_kernels() -> _Kernels:
     """One set per process: every loaded model shares the compiled code (it depends on dtype, not weights)."""
-    return _Kernels(*(torch.compile(fn, dynamic=True) for fn in (rms_norm, qk_norm_rope, add_rms_norm, silu_mul)))
+    return _Kernels(**{name: torch.compile(fn, dynamic=True) for name, fn in vars(_EAGER).items()})
 
 
 @functools.cache
 def compile_supported() -> str | None:
     """None when ``torch.compile`` can build CPU kernels here, else the reason (no C++ compiler...)."""
     try:
-        probe = torch.compile(silu_mul, dynamic=True)
         x = torch.ones(2, 3)
-        if not torch.allclose(probe(x, x), silu_mul(x, x)):
+        if not torch.allclose(_compiled_kernels().silu_mul(x, x), silu_mul(x, x)):
             return "compiled probe gave different numbers"
     except Exception as exc:
         return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
