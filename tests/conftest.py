@@ -41,6 +41,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def metric_value(url: str, name: str) -> float:
+    """An unlabelled sample from ``url``'s /metrics (``rerankd_pairs_total``, ``…_count``); 0.0 when absent."""
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model directory with the real Qwen3 tokenizer and tiny random weights (built once per run)."""

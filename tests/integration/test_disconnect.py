@@ -12,16 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import free_port, running_gateway, running_server, serving_in_thread
+from conftest import free_port, metric_value, running_gateway, running_server, serving_in_thread
 from rerankd.config import ServerSettings
 from rerankd.gateway.settings import GatewaySettings
-
-
-def _pairs_total(url: str) -> float:
-    for line in httpx.get(f"{url}/metrics").text.splitlines():
-        if line.startswith("rerankd_pairs_total "):
-            return float(line.split()[-1])
-    return 0.0
 
 
 def test_disconnected_client_work_is_dropped(tiny_model_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -35,7 +28,7 @@ def test_disconnected_client_work_is_dropped(tiny_model_dir: Path, caplog: pytes
         async with httpx.AsyncClient(timeout=120) as client:
             call = asyncio.ensure_future(client.post(f"{url}/v1/rerank", json={"query": "q", "documents": docs}))
             deadline = time.monotonic() + 60
-            while await asyncio.to_thread(_pairs_total, url) == 0:
+            while await asyncio.to_thread(metric_value, url, "rerankd_pairs_total") == 0:
                 assert time.monotonic() < deadline and not call.done(), "scoring never started"
                 await asyncio.sleep(0.05)
             call.cancel()
@@ -45,9 +38,9 @@ def test_disconnected_client_work_is_dropped(tiny_model_dir: Path, caplog: pytes
     with running_server(settings) as url:
         asyncio.run(abandon(url))
         asyncio.run(asyncio.sleep(2.0))
-        first = _pairs_total(url)
+        first = metric_value(url, "rerankd_pairs_total")
         asyncio.run(asyncio.sleep(1.0))
-        assert _pairs_total(url) == first  # nothing more is being computed
+        assert metric_value(url, "rerankd_pairs_total") == first  # nothing more is being computed
         assert first < len(docs)
         metrics = httpx.get(f"{url}/metrics").text
         assert "rerankd_cancelled_requests_total 1.0" in metrics

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import running_server
+from conftest import metric_value, running_server
 from rerankd.config import ServerSettings
 
 QUERY = "what is the capital of France?"
@@ -222,11 +222,6 @@ def test_error_bodies_never_carry_stack_traces(server_url: str) -> None:
     assert "Traceback" not in r.text and "File \"" not in r.text
 
 
-def _metric(url: str, name: str) -> float:
-    line = next(ln for ln in httpx.get(f"{url}/metrics").text.splitlines() if ln.startswith(name + " "))
-    return float(line.split()[-1])
-
-
 def test_max_batch_tokens_is_the_budget_the_batcher_uses(tiny_model_dir: Path) -> None:
     """--max-batch-tokens below the model's length limit still cuts batches (it used to be raised to that
     limit, 32k, so every request ran as one batch whatever the flag said); scores do not depend on it."""
@@ -238,7 +233,7 @@ def test_max_batch_tokens_is_the_budget_the_batcher_uses(tiny_model_dir: Path) -
             answer = httpx.post(f"{url}/v1/rerank", json={"query": "which document", "documents": docs}, timeout=60)
             assert answer.status_code == 200
             scores[budget] = {r["index"]: r["relevance_score"] for r in answer.json()["results"]}
-            batches[budget] = _metric(url, "rerankd_batch_size_count")
+            batches[budget] = metric_value(url, "rerankd_batch_size_count")
     assert batches[100_000] == 1
     assert batches[400] >= 4
     assert max(abs(scores[400][i] - scores[100_000][i]) for i in range(len(docs))) < 1e-5
