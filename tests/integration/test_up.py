@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -111,3 +112,22 @@ def test_up_serves_through_the_gateway_restarts_a_dead_replica_and_stops_cleanly
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_signal_landing_while_the_stop_event_is_locked_does_not_hang() -> None:
+    """A second Ctrl-C can arrive while the main thread holds the stop event's lock (inside ``wait()`` or the
+    first handler's ``set()``). Setting the event in the handler itself then blocked forever on that lock."""
+    from rerankd.deployment.up import stop_on_signals
+
+    stop = threading.Event()
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        handler = stop_on_signals(stop)
+        assert signal.getsignal(signal.SIGINT) is handler and signal.getsignal(signal.SIGTERM) is handler
+        with stop._cond:  # type: ignore[attr-defined]  # this thread holds the lock, as in Event.wait/set
+            handler(signal.SIGINT, None)  # must return at once
+            assert not stop.is_set()  # the helper thread waits for the lock...
+        assert stop.wait(5)  # ...and sets the event once it is free
+    finally:
+        signal.signal(signal.SIGINT, before[0])
+        signal.signal(signal.SIGTERM, before[1])

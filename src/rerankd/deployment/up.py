@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,24 @@ def _first_api_key(database_url: str, key_file: Path) -> str:
             await engine.dispose()
 
     return _secret_file(key_file, lambda: asyncio.run(create()))
+
+
+def stop_on_signals(stop: threading.Event) -> Callable[[int, Any], None]:
+    """Make SIGTERM and SIGINT set ``stop``; return the handler.
+
+    Why the handler hands ``stop.set()`` to a thread: a Python signal handler runs in the main thread between
+    two bytecodes, possibly while that thread holds ``stop``'s internal, non-reentrant lock (inside
+    ``stop.wait()``, or inside an earlier handler's ``stop.set()``). Setting the event right there waits for a
+    lock its own thread holds: forever. A second Ctrl-C, or ``timeout`` forwarding a signal the process had
+    already got, hung ``rerankd up`` that way with every child still running.
+    """
+    def on_signal(_signum: int, _frame: Any) -> None:
+        if not stop.is_set():
+            threading.Thread(target=stop.set, name="rerankd-up-stop", daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return on_signal
 
 
 def _wait_ready(children: list[tuple[Child, str]], timeout: float, stop: threading.Event) -> bool:
@@ -159,12 +178,7 @@ def up(model: str, replicas: int, host: str, gateway_port: int, ui_port: int, wi
 
     supervisor = Supervisor(children)
     stop = threading.Event()
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop_on_signals(stop)
     click.echo(f"rerankd up: {replicas} replica(s) of {name}, gateway, {'UI' if with_ui else 'no UI'}; "
                f"logs in {logs}", err=True)
     supervisor.start()
