@@ -8,6 +8,9 @@ other processes on the shared cores spreads over all rows instead of hitting one
 
 Variants (``--variants``, comma-separated):
 
+``--malloc tcmalloc`` re-runs the script under tcmalloc (every variant then shares it: the allocator is
+per process); the default, ``system``, is glibc's malloc, what a plain ``python`` running the card gets.
+
 * ``card`` — the model card recipe (full LM head, left padding, batches of ``--card-batch``), bf16.
 * ``cross-encoder`` — sentence-transformers CrossEncoder on the same weights as a one-logit classifier.
 * ``rerankd`` — PromptBuilder + batcher split (length-sorted, ``--batch-tokens``) + TorchBackend
@@ -17,7 +20,8 @@ Variants (``--variants``, comma-separated):
   ``tokens=N`` (token budget), ``threads=N``, ``fp32``, ``autocast`` (fp32 weights and residual stream,
   bf16 autocast), ``mkldnn-bf16`` (fp32 model, oneDNN bf16 matmuls), ``eager`` (eager attention),
   ``compile`` (torch.compile of the whole transformers body, dynamic shapes), ``no-fused`` (transformers'
-  forward instead of the fused one with compiled element-wise kernels, ``--compile off``). ``full-vocab``,
+  forward instead of the fused one with compiled element-wise kernels, ``--compile off``), ``all-positions``
+  (the fused forward's last layer over every token, then the last one picked, instead of only the last tokens). ``full-vocab``,
   ``eager``, ``autocast``, ``mkldnn-bf16`` and ``compile`` patch transformers' modules, so they run its
   forward too (compare them with ``rerankd:no-fused``). ``card:threads=N`` and ``card:fp32`` work too.
 
@@ -45,6 +49,7 @@ from typing import Any
 
 import torch
 
+from rerankd.allocator import MALLOC_CHOICES, loaded_allocator, use_allocator
 from rerankd.benchmark.reference import (
     NO_ID,
     YES_ID,
@@ -80,6 +85,18 @@ class _FullVocabBody(torch.nn.Module):
         return out
 
 
+
+
+class _AllPositions:
+    """The fused forward without ``select``: its last layer runs every token (the "before" of that change)."""
+
+    def __init__(self, fused: Any) -> None:
+        self.fused = fused
+
+    def __call__(self, ids: Any, positions: Any, mask: Any, past: Any = None, keep_cache: bool = False,
+                 select: Any = None) -> Any:
+        hidden, cache = self.fused(ids, positions, mask, past=past, keep_cache=keep_cache)
+        return hidden[select[0], select[1]], cache
 
 
 class Variant:
@@ -120,8 +137,10 @@ class Variant:
         if self.kind in ("card", "cross-encoder"):
             return self.scorer.score(query, docs, batch=self.args.card_batch)
         backend = self.scorer
-        body = backend.body
+        body, fused = backend.body, backend._fused
         backend.prefix_reuse = "no-prefix" not in self.opts
+        if "all-positions" in self.opts:
+            backend._fused = _AllPositions(fused)
         if "full-vocab" in self.opts:
             backend.body = _FullVocabBody(body, backend._model.get_output_embeddings())
         if "eager" in self.opts:
@@ -139,7 +158,7 @@ class Variant:
                     naive_rows=self.args.card_batch if "naive" in self.opts else None,
                 )
         finally:
-            backend.body = body
+            backend.body, backend._fused = body, fused
             backend.prefix_reuse = True
             if "eager" in self.opts:
                 backend._model.set_attn_implementation("sdpa")
@@ -169,8 +188,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--card-batch", type=int, default=8)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--malloc", choices=MALLOC_CHOICES, default="system",
+                   help="re-run this script under tcmalloc/jemalloc (as `rerankd serve --malloc` does); the "
+                        "allocator is per process, so every variant of one run shares it")
     p.add_argument("--out", default=str(HERE / "results" / "cpu_throughput.json"))
     args = p.parse_args(argv)
+    use_allocator(args.malloc)  # may re-execute this script with the library preloaded
 
     model_dir = Path(args.model)
     if not (model_dir / "config.json").exists():
@@ -249,6 +272,7 @@ def _report(args: argparse.Namespace, argv: list[str] | None, specs: list[str], 
         "setup": {
             "model": str(model_dir), "shape": "Qwen3-Reranker-0.6B (random weights)", "device": "cpu",
             "cpu": cpu_name(), "cpu_count": os.cpu_count(), "cpu_fast_bf16": cpu_has_fast_bf16(),
+            "malloc": loaded_allocator() or "system (glibc)",
             "torch": torch.__version__, "transformers": __import__("transformers").__version__,
             "python": platform.python_version(), "pairs": len(docs), "doc_tokens": args.doc_tokens,
             "doc_tokens_min": min(request.doc_tokens), "doc_tokens_max": max(request.doc_tokens),

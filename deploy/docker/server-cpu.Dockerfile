@@ -19,8 +19,10 @@ RUN /opt/rerankd/bin/pip wheel --no-deps --wheel-dir /tmp/wheels /src \
 FROM ${PYTHON_IMAGE} AS runtime
 # g++: torch.compile (inductor) builds the fused element-wise CPU kernels with it at start-up (`--compile
 # auto`); without it the server still runs, on transformers' forward (1.6x slower on an AMX CPU).
+# libtcmalloc-minimal4: `--malloc auto` re-executes the server under tcmalloc; glibc's mmap/munmap of every
+# large activation costs page faults that slowed the CPU forward by ~20% (bench/results/cpu_allocator_amx.json).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends g++ \
+ && apt-get install -y --no-install-recommends g++ libtcmalloc-minimal4 \
  && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 rerankd \
  && useradd --system --uid 10001 --gid rerankd --create-home --home-dir /home/rerankd rerankd \

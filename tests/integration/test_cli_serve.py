@@ -33,12 +33,31 @@ def test_serve_reads_env_vars_logs_startup_and_serves(tiny_model_dir: Path, tmp_
             time.sleep(0.2)
         r = httpx.post(f"http://127.0.0.1:{port}/v1/rerank", json={"query": "q", "documents": ["a", "b"]})
         assert r.status_code == 200 and r.json()["model"] == "env-named"
+        # --malloc auto: the same process (PID) re-executed itself with tcmalloc preloaded (.ci/run installs it).
+        assert "libtcmalloc" in Path(f"/proc/{proc.pid}/maps").read_text()
     finally:
         proc.terminate()
         proc.wait(timeout=30)
     text = log_path.read_text()
     assert f"http://127.0.0.1:{port}" in text
     assert "model loaded" in text
+    assert "malloc: tcmalloc" in text
+
+
+def test_serve_malloc_system_does_not_reexec_and_malloc_tcmalloc_does(tiny_model_dir: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    probe = ("import sys; from rerankd.cli import main; sys.argv = ['rerankd', 'serve', '--malloc', sys.argv[1], "
+             "'--model', '/nonexistent/model-dir']; main()")
+    # The model path is bad on purpose: serve exits 2 right after choosing the allocator, which it logs.
+    system = subprocess.run([sys.executable, "-c", probe, "system"], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert system.returncode == 2 and "re-executing" not in system.stderr and "--model PATH" in system.stderr
+    tc = subprocess.run([sys.executable, "-c", probe, "tcmalloc"], env=env, capture_output=True, text=True,
+                        timeout=120)
+    assert tc.returncode == 2 and "re-executing under tcmalloc" in tc.stderr and "--model PATH" in tc.stderr
+    gpu = subprocess.run([sys.executable, "-c", probe.replace("'--model'", "'--device', 'cuda', '--model'"), "auto"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert gpu.returncode == 2 and "re-executing" not in gpu.stderr  # auto leaves GPU servers' allocator alone
 
 
 def test_serve_without_model_names_model_path(tmp_path: Path) -> None:

@@ -86,7 +86,32 @@ def test_warm_up_leaves_nothing_to_compile_for_new_batch_shapes(tiny_model_dir: 
     flat_scores(engine, groups, prefix_reuse=True, chunk_tokens=100_000)
     flat_scores(engine, groups[:1], prefix_reuse=False, chunk_tokens=100_000)
     flat_scores(engine, [TokenGroup(groups[1].shared, groups[1].tails[:1])], prefix_reuse=True, chunk_tokens=100_000)
+    flat_scores(engine, groups, prefix_reuse=True, chunk_tokens=7)  # chunks where no row ends, or only some
     assert counters["stats"]["unique_graphs"] == compiled
+
+
+def test_selected_positions_skip_the_last_layer_for_the_rest_and_equal_the_full_output(tiny_model_dir: Path) -> None:
+    """``select``: the last layer runs only the wanted (row, column) tokens; their states equal the full run's."""
+    import torch
+
+    engine = backend(tiny_model_dir, "off")
+    fused = FusedQwen3Forward(engine.body, compile_kernels=False)
+    ids = torch.randint(10, 1000, (3, 9))
+    positions = torch.arange(9)[None].expand(3, -1)
+    with torch.inference_mode():
+        want = engine.body(input_ids=ids, position_ids=positions).last_hidden_state  # transformers, causal
+        full, _ = fused(ids, positions, None)
+        rows, cols = torch.tensor([0, 2, 1]), torch.tensor([8, 3, 0])
+        picked, _ = fused(ids, positions, None, select=(rows, cols))
+        # No row ends in this chunk: nothing comes back, and the cache is still complete.
+        none, cache = fused(ids, positions, None, keep_cache=True, select=(rows[:0], cols[:0]))
+        _, full_cache = fused(ids, positions, None, keep_cache=True)
+    assert (full - want).abs().max() < 1e-5
+    assert picked.shape == (3, full.shape[-1]) and (picked - full[rows, cols]).abs().max() < 1e-5
+    assert none.shape == (0, full.shape[-1])
+    assert len(cache) == len(full_cache)
+    for (k, v), (full_k, full_v) in zip(cache, full_cache, strict=True):
+        assert torch.equal(k, full_k) and torch.equal(v, full_v)
 
 
 def test_compile_on_without_a_compiler_is_a_clear_error(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch,

@@ -56,13 +56,19 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
 
 
 def qk_norm_rope(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor,
-                 cos: torch.Tensor, sin: torch.Tensor, head_dim: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rows, T, heads*dim) projections → normed, rotated (rows, heads, T, dim) queries and keys."""
-    rows, width = q.shape[0], q.shape[1]
-    q = rms_norm(q.view(rows, width, -1, head_dim), q_weight, eps).transpose(1, 2)
-    k = rms_norm(k.view(rows, width, -1, head_dim), k_weight, eps).transpose(1, 2)
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    return _rope(q, cos, sin), _rope(k, cos, sin)
+                 cos: torch.Tensor, sin: torch.Tensor, head_dim: int, eps: float,
+                 k_cos: torch.Tensor | None = None,
+                 k_sin: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, T, heads*dim) projections → normed, rotated (rows, heads, T, dim) queries and keys.
+
+    ``k_cos``/``k_sin``: the keys' rotary tables when the queries are other positions than the keys
+    (the last layer's selected queries); by default both use ``cos``/``sin``.
+    """
+    q = rms_norm(q.view(q.shape[0], q.shape[1], -1, head_dim), q_weight, eps).transpose(1, 2)
+    k = rms_norm(k.view(k.shape[0], k.shape[1], -1, head_dim), k_weight, eps).transpose(1, 2)
+    k_cos = cos if k_cos is None else k_cos
+    k_sin = sin if k_sin is None else k_sin
+    return _rope(q, cos.unsqueeze(1), sin.unsqueeze(1)), _rope(k, k_cos.unsqueeze(1), k_sin.unsqueeze(1))
 
 
 def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
@@ -147,12 +153,19 @@ class FusedQwen3Forward:
         ]
 
     def __call__(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None,
-                 past: KVCache | None = None, keep_cache: bool = False) -> tuple[torch.Tensor, KVCache | None]:
-        """One chunk of right-padded rows. Returns final-normed hidden states (rows, T, hidden) and the cache
-        (``past`` itself, extended, when given and ``keep_cache``).
+                 past: KVCache | None = None, keep_cache: bool = False,
+                 select: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, KVCache | None]:
+        """One chunk of right-padded rows. Returns final-normed hidden states and the cache (``past``
+        itself, extended, when given and ``keep_cache``).
 
         ``mask`` is boolean (rows, 1, T, past + T), True where a query may attend; None means plain causal
         attention over this chunk alone (no past), which SDPA computes without a dense mask.
+
+        ``select`` = (row indices, column indices): the only positions whose output is wanted (a scorer needs
+        one token per row). The hidden states come back as (len(rows), hidden), and the last layer runs its
+        keys and values for every token (the attention over them needs them) but its queries, attention,
+        output projection and MLP for the selected tokens only: 1/28 of the 0.6B model's work, skipped.
+        Without ``select``: (rows, T, hidden).
         """
         k_ = self.kernels
         rows, width = ids.shape
@@ -165,21 +178,70 @@ class FusedQwen3Forward:
         cache = past if past is not None else []
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
+            if i == last and select is not None:
+                return self._selected_last_layer(layer, x, residual, cos, sin, mask, past, cache, keep_cache,
+                                                 select), (cache if keep_cache else None)
             q, k = k_.qk_norm_rope(layer.q(x), layer.k(x), layer.q_norm, layer.k_norm, cos, sin,
                                    self.head_dim, self.eps)
             v = layer.v(x).view(rows, width, -1, self.head_dim).transpose(1, 2)
-            if past is not None:
-                k = torch.cat([past[i][0], k], dim=2)
-                v = torch.cat([past[i][1], v], dim=2)
-                if keep_cache:
-                    cache[i] = (k, v)
-            elif keep_cache:
-                cache.append((k, v))
+            k, v = self._extend_cache(i, k, v, past, cache, keep_cache)
             attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
                                                       scale=self.scale, enable_gqa=True)
             out = layer.o(attended.transpose(1, 2).reshape(rows, width, -1))
-            residual, x = k_.add_rms_norm(out, residual, layer.post_norm, self.eps)
-            out = layer.down(k_.silu_mul(layer.gate(x), layer.up(x)))
-            next_norm = self.body.norm.weight if i == last else self.layers[i + 1].input_norm
-            residual, x = k_.add_rms_norm(out, residual, next_norm, self.eps)
+            residual, x = self._mlp(i, layer, out, residual)
         return x, (cache if keep_cache else None)
+
+    @staticmethod
+    def _extend_cache(i: int, k: torch.Tensor, v: torch.Tensor, past: KVCache | None, cache: KVCache,
+                      keep_cache: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer ``i``'s keys/values after the cached ones; stored in ``cache`` when it is kept."""
+        if past is not None:
+            k = torch.cat([past[i][0], k], dim=2)
+            v = torch.cat([past[i][1], v], dim=2)
+            if keep_cache:
+                cache[i] = (k, v)
+        elif keep_cache:
+            cache.append((k, v))
+        return k, v
+
+    def _mlp(self, i: int, layer: _Layer, attn_out: torch.Tensor,
+             residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Residual add, post-attention norm, MLP, residual add and the next norm (the final one after the
+        last layer): returns (residual stream, normed input of what comes next)."""
+        k_ = self.kernels
+        residual, x = k_.add_rms_norm(attn_out, residual, layer.post_norm, self.eps)
+        out = layer.down(k_.silu_mul(layer.gate(x), layer.up(x)))
+        next_norm = self.body.norm.weight if i == len(self.layers) - 1 else self.layers[i + 1].input_norm
+        return k_.add_rms_norm(out, residual, next_norm, self.eps)
+
+    def _selected_last_layer(self, layer: _Layer, x: torch.Tensor, residual: torch.Tensor, cos: torch.Tensor,
+                             sin: torch.Tensor, mask: torch.Tensor | None, past: KVCache | None, cache: KVCache,
+                             keep_cache: bool, select: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """The last layer for the selected (row, column) positions only; keys/values for all (see __call__)."""
+        k_ = self.kernels
+        rows, width = x.shape[:2]
+        at_rows, at_cols = select
+        i = len(self.layers) - 1
+        if at_rows.numel() == 0:
+            # No row ends in this chunk (a long document continues): only the keys/values are needed. Query
+            # column 0 of every row as a stand-in, so the kernel sees the shapes it was compiled for.
+            q_rows, q_cols = torch.arange(rows, device=x.device), torch.zeros(rows, dtype=torch.long, device=x.device)
+        else:
+            q_rows, q_cols = at_rows, at_cols
+        # One kernel call normalises and rotates the selected queries and all keys.
+        q_sel, k = k_.qk_norm_rope(layer.q(x[q_rows, q_cols][:, None]), layer.k(x), layer.q_norm, layer.k_norm,
+                                   cos[q_rows, q_cols][:, None], sin[q_rows, q_cols][:, None], self.head_dim,
+                                   self.eps, cos, sin)
+        v = layer.v(x).view(rows, width, -1, self.head_dim).transpose(1, 2)
+        k, v = self._extend_cache(i, k, v, past, cache, keep_cache)
+        if at_rows.numel() == 0:
+            return x.new_zeros((0, x.shape[-1]))
+        if mask is None:  # causal over this chunk alone: keys up to the query's column
+            allowed = (torch.arange(width, device=x.device)[None, :] <= at_cols[:, None])[:, None, None]
+        else:
+            allowed = mask[at_rows, :, at_cols][:, :, None]
+        attended = F.scaled_dot_product_attention(q_sel, k[at_rows], v[at_rows], attn_mask=allowed,
+                                                  scale=self.scale, enable_gqa=True)
+        out = layer.o(attended.transpose(1, 2).reshape(len(at_rows), 1, -1))
+        _, final = self._mlp(i, layer, out, residual[at_rows, at_cols][:, None])
+        return final[:, 0]
