@@ -21,7 +21,8 @@ per process); the default, ``system``, is glibc's malloc, what a plain ``python`
   bf16 autocast), ``mkldnn-bf16`` (fp32 model, oneDNN bf16 matmuls), ``eager`` (eager attention),
   ``compile`` (torch.compile of the whole transformers body, dynamic shapes), ``no-fused`` (transformers'
   forward instead of the fused one with compiled element-wise kernels, ``--compile off``), ``all-positions``
-  (the fused forward's last layer over every token, then the last one picked, instead of only the last tokens). ``full-vocab``,
+  (the fused forward's last layer over every token, then the last one picked, instead of only the last tokens),
+  ``no-split`` (one masked attention call after a cache even for long chunks, instead of the split one). ``full-vocab``,
   ``eager``, ``autocast``, ``mkldnn-bf16`` and ``compile`` patch transformers' modules, so they run its
   forward too (compare them with ``rerankd:no-fused``). ``card:threads=N`` and ``card:fp32`` work too.
 
@@ -141,6 +142,9 @@ class Variant:
         backend.prefix_reuse = "no-prefix" not in self.opts
         if "all-positions" in self.opts:
             backend._fused = _AllPositions(fused)
+        split_min = getattr(fused, "split_min_columns", None)
+        if "no-split" in self.opts:
+            fused.split_min_columns = 1 << 30
         if "full-vocab" in self.opts:
             backend.body = _FullVocabBody(body, backend._model.get_output_embeddings())
         if "eager" in self.opts:
@@ -159,6 +163,8 @@ class Variant:
                 )
         finally:
             backend.body, backend._fused = body, fused
+            if split_min is not None:
+                fused.split_min_columns = split_min
             backend.prefix_reuse = True
             if "eager" in self.opts:
                 backend._model.set_attn_implementation("sdpa")

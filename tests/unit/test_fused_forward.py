@@ -70,6 +70,19 @@ def test_compiled_forward_scores_like_transformers(tiny_model_dir: Path, groups:
         assert got[0] == got[3]  # duplicate documents in one batch: identical scores
 
 
+@pytest.mark.parametrize("compile", ["off", "on"])
+def test_split_attention_after_a_cache_scores_like_transformers(tiny_model_dir: Path, groups: list[TokenGroup],
+                                                                reference: dict, compile: str) -> None:
+    """Chunks after a cache (shared prefix, earlier chunks) as two flash calls merged by log-sum-exp: the
+    same numbers as one masked call. Forced on for every chunk here (long chunks only, in production)."""
+    engine = backend(tiny_model_dir, "off")
+    engine._fused = FusedQwen3Forward(engine.body, compile_kernels=compile == "on")
+    engine._fused.split_min_columns = 1
+    for path in PATHS:
+        got = flat_scores(engine, groups, prefix_reuse=path[0], chunk_tokens=path[1])
+        assert max(abs(x - y) for x, y in zip(reference[path], got, strict=True)) < 1e-4, path
+
+
 def test_compiled_bf16_ranks_like_fp32(tiny_model_dir: Path, groups: list[TokenGroup], reference: dict) -> None:
     got = flat_scores(backend(tiny_model_dir, "on", dtype="bfloat16"), groups, prefix_reuse=True,
                       chunk_tokens=100_000)
@@ -87,6 +100,9 @@ def test_warm_up_leaves_nothing_to_compile_for_new_batch_shapes(tiny_model_dir: 
     flat_scores(engine, groups[:1], prefix_reuse=False, chunk_tokens=100_000)
     flat_scores(engine, [TokenGroup(groups[1].shared, groups[1].tails[:1])], prefix_reuse=True, chunk_tokens=100_000)
     flat_scores(engine, groups, prefix_reuse=True, chunk_tokens=7)  # chunks where no row ends, or only some
+    engine._fused.split_min_columns = 1  # every chunk after a cache takes the split attention
+    flat_scores(engine, groups, prefix_reuse=True, chunk_tokens=7)
+    flat_scores(engine, [TokenGroup(groups[1].shared, groups[1].tails[:1])], prefix_reuse=True, chunk_tokens=7)
     assert counters["stats"]["unique_graphs"] == compiled
 
 

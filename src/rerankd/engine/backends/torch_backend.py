@@ -139,12 +139,15 @@ class TorchBackend:
         self.score([TokenGroup(prefix, [[7, 8, 9, 10]])])  # one plain row
         self.score([TokenGroup([1, 2], [[7, 8, 9], [7, 8]])])  # several plain rows
         # Long documents run in column chunks, where one row of several may end in a chunk (the last layer's
-        # selected queries then number 1 beside 2+ rows: a shape class of its own for the compiler).
+        # selected queries then number 1 beside 2+ rows: a shape class of its own for the compiler), and
+        # chunks of >= split_min_columns after a cache take the split attention: force it on tiny chunks.
         chunk_tokens, self.chunk_tokens = self.chunk_tokens, 4
+        split_min, self._fused.split_min_columns = self._fused.split_min_columns, 1
         try:
             self.score([TokenGroup(prefix, [[7, 8, 9], [7, 8, 9, 10, 11, 12]])])
+            self.score([TokenGroup(prefix, [[7, 8, 9, 10, 11, 12]])])  # one row, chunked
         finally:
-            self.chunk_tokens = chunk_tokens
+            self.chunk_tokens, self._fused.split_min_columns = chunk_tokens, split_min
 
     def score(self, groups: list[TokenGroup]) -> list[list[float]]:
         """Raw scores (``logit_yes - logit_no``) for every tail, grouped as given."""
@@ -191,8 +194,8 @@ class TorchBackend:
             use_cache = keep_cache or end < width or cache is not None
             idx = ((last_index >= start) & (last_index < end)).nonzero(as_tuple=True)[0]  # rows ending here
             if self._fused is not None:
-                mask = self._chunk_mask(own_mask, past_mask, start, end)
-                picked, cache = self._fused(ids[:, start:end], positions, mask, past=cache, keep_cache=use_cache,
+                visible = self._cached_keys_visible(own_mask, past_mask, start) if cache is not None else None
+                picked, cache = self._fused(ids[:, start:end], positions, visible, past=cache, keep_cache=use_cache,
                                             select=(idx, last_index[idx] - start))
             else:
                 mask = own_mask[:, :end] if past_mask is None else torch.cat([past_mask, own_mask[:, :end]], dim=1)
@@ -206,21 +209,12 @@ class TorchBackend:
                 last[idx] = picked
         return last, cache
 
-    def _chunk_mask(self, own_mask: Any, past_mask: Any, start: int, end: int) -> Any:
-        """Boolean (rows, 1, chunk, keys) mask for the fused forward, or None where causal alone is exact.
-
-        Rows are right-padded, so with no cached keys a real token never attends to padding under the
-        causal rule alone: the common case needs no dense mask (SDPA skips the upper triangle then).
-        """
+    def _cached_keys_visible(self, own_mask: Any, past_mask: Any, start: int) -> Any:
+        """(rows, cached positions) boolean for the fused forward: the shared prefix's real tokens (its padding
+        hidden), then this row's earlier chunks. Within a chunk the fused forward applies causality itself."""
         torch = self._torch
-        if past_mask is None and start == 0:
-            return None
-        queries = torch.arange(start, end, device=self.device)
-        keys = torch.arange(end, device=self.device)
-        allowed = own_mask[:, None, :end].bool() & (keys[None, :] <= queries[:, None])[None]
-        if past_mask is not None:
-            allowed = torch.cat([past_mask[:, None, :].bool().expand(-1, end - start, -1), allowed], dim=2)
-        return allowed[:, None]
+        own = own_mask[:, :start].bool()
+        return own if past_mask is None else torch.cat([past_mask.bool(), own], dim=1)
 
     def _scores(self, last: Any) -> list[float]:
         return (last.float() @ self.w_diff).tolist()
