@@ -15,6 +15,8 @@ from typing import Any
 import click
 
 from rerankd import __version__
+from rerankd.allocator import MALLOC_CHOICES
+from rerankd.engine.backends.torch_backend import COMPILE_CHOICES
 
 __all__ = ["main"]
 
@@ -97,10 +99,10 @@ def cli() -> None:
             help="Require `Authorization: Bearer KEY` on every route but /health, /ready, /metrics.")
 @env_option("--prefix-reuse/--no-prefix-reuse", default=True,
             help="Run the shared system+query prefix once per request (torch backend).")
-@env_option("--compile", type=click.Choice(["auto", "on", "off"]), default="auto",
+@env_option("--compile", type=click.Choice(COMPILE_CHOICES), default="auto",
             help="torch backend: fused forward with torch.compile'd element-wise kernels (needs g++). "
                  "auto = on for CPU when it compiles here, else transformers' forward.")
-@env_option("--malloc", type=click.Choice(["auto", "tcmalloc", "jemalloc", "system"]), default="auto",
+@env_option("--malloc", type=click.Choice(MALLOC_CHOICES), default="auto",
             help="Memory allocator: the process re-executes itself with tcmalloc/jemalloc preloaded (glibc's page "
                  "faults slow the CPU forward ~20%). auto = tcmalloc, else jemalloc, else glibc with a warning; "
                  "no change with --backend vllm or --device cuda.")

@@ -12,6 +12,7 @@ so no recompiles per batch) into a single vectorised loop:
 * ``qk_norm_rope``: q/k RMSNorm over the head dim + rotary embedding, one pass each
 * ``add_rms_norm``: residual add + the next RMSNorm (post-attention, and next layer's input norm)
 * ``silu_mul``: the MLP's SiLU(gate) x up
+* ``merge_attention``: two partial attentions combined by their log-sum-exps (split attention, below)
 
 Matrix products stay ``F.linear`` (oneDNN/AMX) and attention stays PyTorch's SDPA. With no cache and no
 chunking the causal mask alone is exact (rows are right-padded: a real token never sees padding), so
@@ -190,8 +191,14 @@ class FusedQwen3Forward:
         cos, sin = self.body.rotary_emb(hidden, positions)
         residual = hidden
         x = k_.rms_norm(hidden, self.layers[0].input_norm, self.eps)
+        # Per chunk, not per layer: with a cache, a dense boolean mask for one SDPA call, or for long chunks
+        # (split attention) an additive bias hiding the cached keys a row may not see.
         split = past is not None and width >= self.split_min_columns
-        mask = None if past is None or split else self._dense_mask(past_visible, width)
+        if past is None:
+            mask = None
+        else:
+            assert past_visible is not None, "past_visible is required with a cache"
+            mask = self._padding_bias(past_visible, width, x.dtype) if split else self._dense_mask(past_visible, width)
         # Extended in place, layer by layer: each layer's old keys/values are freed as soon as the longer
         # ones exist, so a long document chunked over a growing cache never holds two copies of it.
         cache = past if past is not None else []
@@ -204,8 +211,8 @@ class FusedQwen3Forward:
                                    self.head_dim, self.eps)
             v = layer.v(x).view(rows, width, -1, self.head_dim).transpose(1, 2)
             if split:
-                assert past is not None and past_visible is not None
-                attended = self._split_attention(q, past[i][0], past[i][1], k, v, past_visible)
+                assert past is not None and mask is not None
+                attended = self._split_attention(q, past[i][0], past[i][1], k, v, mask)
                 self._extend_cache(i, k, v, past, cache, keep_cache)
             else:
                 k, v = self._extend_cache(i, k, v, past, cache, keep_cache)
@@ -216,16 +223,22 @@ class FusedQwen3Forward:
         return x, (cache if keep_cache else None)
 
     @staticmethod
-    def _dense_mask(past_visible: torch.Tensor | None, width: int) -> torch.Tensor:
+    def _dense_mask(past_visible: torch.Tensor, width: int) -> torch.Tensor:
         """(rows, 1, T, past + T) boolean: the visible cached keys, then causal over the chunk."""
-        assert past_visible is not None, "past_visible is required with a cache"
         rows = past_visible.shape[0]
         causal = torch.ones(width, width, dtype=torch.bool, device=past_visible.device).tril()
         return torch.cat([past_visible[:, None, :].expand(rows, width, -1),
                           causal[None].expand(rows, -1, -1)], dim=2)[:, None]
 
+    @staticmethod
+    def _padding_bias(past_visible: torch.Tensor, width: int, dtype: torch.dtype) -> torch.Tensor:
+        """(rows, 1, T, past) additive bias for the cached part of split attention: -inf on hidden keys."""
+        bias = torch.zeros(past_visible.shape, dtype=dtype, device=past_visible.device)
+        bias.masked_fill_(~past_visible, float("-inf"))
+        return bias[:, None, None, :].expand(-1, 1, width, -1)
+
     def _split_attention(self, q: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor, k: torch.Tensor,
-                         v: torch.Tensor, past_visible: torch.Tensor) -> torch.Tensor:
+                         v: torch.Tensor, past_bias: torch.Tensor) -> torch.Tensor:
         """Attention over cached + own keys as two flash calls merged by their log-sum-exps.
 
         Why: with a cache in front, one SDPA call needs a dense mask, and the CPU flash kernel then computes
@@ -235,13 +248,9 @@ class FusedQwen3Forward:
         512 columns the two calls cost more than they save (22 → 29 ms), hence ``split_min_columns``.
         """
         group = q.shape[1] // k.shape[1]  # GQA: query head h reads key/value head h // group
-        rows, _, width, _ = q.shape
         flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-        hidden_keys = torch.zeros(past_visible.shape, dtype=q.dtype, device=q.device)
-        hidden_keys.masked_fill_(~past_visible, float("-inf"))
-        bias = hidden_keys[:, None, None, :].expand(rows, 1, width, -1)
         out_past, lse_past = flash(q, past_k.repeat_interleave(group, 1), past_v.repeat_interleave(group, 1), 0.0,
-                                   False, attn_mask=bias, scale=self.scale)[:2]
+                                   False, attn_mask=past_bias, scale=self.scale)[:2]
         out_own, lse_own = flash(q, k.repeat_interleave(group, 1), v.repeat_interleave(group, 1), 0.0, True,
                                  scale=self.scale)[:2]
         return self.kernels.merge_attention(out_past, lse_past, out_own, lse_own)
