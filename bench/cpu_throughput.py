@@ -50,7 +50,7 @@ from typing import Any
 
 import torch
 
-from rerankd.allocator import MALLOC_CHOICES, loaded_allocator, use_allocator
+from rerankd.allocator import add_malloc_option, loaded_allocator, use_allocator
 from rerankd.benchmark.reference import (
     NO_ID,
     YES_ID,
@@ -194,9 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--card-batch", type=int, default=8)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--malloc", choices=MALLOC_CHOICES, default="system",
-                   help="re-run this script under tcmalloc/jemalloc (as `rerankd serve --malloc` does); the "
-                        "allocator is per process, so every variant of one run shares it")
+    add_malloc_option(p)
     p.add_argument("--out", default=str(HERE / "results" / "cpu_throughput.json"))
     args = p.parse_args(argv)
     use_allocator(args.malloc)  # may re-execute this script with the library preloaded

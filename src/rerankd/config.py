@@ -30,6 +30,7 @@ class ServerSettings(BaseModel):
     api_key: str | None = Field(None, repr=False)
     prefix_reuse: bool = True
     compile: str = "auto"
+    gpu_memory_utilization: float | None = None
     log_level: str = "info"
 
     @property

@@ -59,7 +59,7 @@ def test_serve_script_runs_the_documented_vllm_command() -> None:
     script = (VLLM / "serve.sh").read_text()
     command = shlex.split(script[script.index("exec vllm serve"):].replace("\\\n", " "))
     assert command[1:3] == ["vllm", "serve"]
-    assert command[command.index("--task") + 1] == "score"
+    assert command[command.index("--runner") + 1] == "pooling"  # vLLM 0.32 rejects the older --task score
     overrides = json.loads(command[command.index("--hf-overrides") + 1])
     assert overrides == {"architectures": ["Qwen3ForSequenceClassification"],
                          "classifier_from_token": ["no", "yes"], "is_original_qwen3_reranker": True}

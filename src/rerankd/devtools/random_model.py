@@ -22,11 +22,17 @@ from typing import Any
 
 __all__ = ["SHAPES", "build_random_model", "qwen_tokenizer_dir"]
 
-# The real Qwen3-Reranker sizes (config.json of the released checkpoints) and a tiny test shape.
+# The real Qwen3-Reranker sizes (config.json of the released checkpoints) and two test shapes.
 SHAPES: dict[str, dict[str, Any]] = {
     "tiny": dict(
         hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
         head_dim=16, intermediate_size=128,
+    ),
+    # The smallest shape vLLM's CPU attention accepts (head_dim 16 is refused; 64 and up run): the vllm
+    # backend's tests on CPU.
+    "small": dict(
+        hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=64, intermediate_size=256,
     ),
     "0.6b": dict(
         hidden_size=1024, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,

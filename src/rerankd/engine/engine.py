@@ -36,6 +36,7 @@ class EngineConfig:
     max_queue: int = 256
     prefix_reuse: bool = True
     compile: str = "auto"
+    gpu_memory_utilization: float | None = None
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ def _make_backend(config: EngineConfig, path: Path, tokenizer: Any, max_len: int
     if name == "vllm":
         from rerankd.engine.backends.vllm_backend import VllmBackend
 
-        return VllmBackend(path, **kwargs)
+        return VllmBackend(path, gpu_memory_utilization=config.gpu_memory_utilization, **kwargs)
     if name == "torch":
         from rerankd.engine.backends.torch_backend import TorchBackend
 

@@ -72,6 +72,7 @@ def _engine_config(s: ServerSettings) -> EngineConfig:
     return EngineConfig(
         model=s.model, backend=s.backend, device=s.device, dtype=s.dtype, max_model_len=s.max_model_len,
         max_batch_tokens=s.max_batch_tokens, max_queue=s.max_queue, prefix_reuse=s.prefix_reuse, compile=s.compile,
+        gpu_memory_utilization=s.gpu_memory_utilization,
     )
 
 
