@@ -44,12 +44,14 @@ load() {  # load URL NAME [rerankd bench flags...]
     --duration "$DUR" --out "$OUT/${DEVICE}_${name}.json" "$@"
 }
 
-# On vLLM's CPU build, plain vLLM gets what its CPU guide asks for (the vllm backend sets the same for its
-# engine): tcmalloc and Intel's OpenMP preloaded, and every core (by default it keeps one for its front end).
+# On vLLM's CPU build, plain vLLM gets what its CPU guide asks for, computed by the function the vllm backend
+# uses for its own engine: tcmalloc and Intel's OpenMP preloaded, and every core (by default vLLM keeps one for
+# its front end).
 plain_env=()
 if [ "$DEVICE" = cpu ]; then
-  iomp="$(python -c 'import sys; print(sys.prefix)')/lib/libiomp5.so"
-  plain_env=(LD_PRELOAD="/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4:$iomp" VLLM_CPU_NUM_OF_RESERVED_CPU=0)
+  mapfile -t plain_env < <(python -c 'import os
+from rerankd.engine.backends.vllm_backend import cpu_engine_environment
+print("\n".join(f"{k}={v}" for k, v in cpu_engine_environment(os.environ).items()))')
 fi
 env "${plain_env[@]}" MODEL="$MODEL" HOST=127.0.0.1 PORT=8100 bash deploy/vllm/serve.sh --dtype bfloat16 \
   --gpu-memory-utilization "$VLLM_MEM" --max-model-len "$MAX_LEN" &

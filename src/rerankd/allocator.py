@@ -17,12 +17,13 @@ import argparse
 import ctypes.util
 import logging
 import os
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["MALLOC_CHOICES", "AllocatorError", "auto_applies", "find_library", "loaded_allocator", "preload_env",
-           "use_allocator"]
+__all__ = ["MALLOC_CHOICES", "AllocatorError", "add_malloc_option", "auto_applies", "find_library", "loaded_allocator",
+           "preload_entries", "preload_env", "use_allocator"]
 
 MALLOC_CHOICES = ("auto", "tcmalloc", "jemalloc", "system")
 
@@ -82,10 +83,15 @@ def find_library(name: str, search_dirs: Sequence[str] = _SEARCH_DIRS) -> Path |
     return None
 
 
+def preload_entries(value: str) -> list[str]:
+    """The libraries an ``LD_PRELOAD`` value names: the dynamic loader separates them by colons or whitespace."""
+    return [entry for entry in re.split(r"[:\s]+", value) if entry]
+
+
 def preload_env(name: str, library: Path, env: Mapping[str, str]) -> dict[str, str]:
     """``env`` with ``library`` first in ``LD_PRELOAD`` and the allocator's settings (user's win)."""
     out = dict(env)
-    out["LD_PRELOAD"] = " ".join([str(library), *out.get("LD_PRELOAD", "").split()])
+    out["LD_PRELOAD"] = " ".join([str(library), *preload_entries(out.get("LD_PRELOAD", ""))])
     if name == "jemalloc":
         out.setdefault("MALLOC_CONF", _JEMALLOC_CONF)
     else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rerankd.allocator import find_library
+from rerankd.allocator import find_library, preload_entries
 from rerankd.engine.backends.vllm_backend import CPU_BLOCK_SIZE, cpu_engine_environment
 
 
@@ -51,3 +51,15 @@ def test_cpu_block_size_shares_most_of_the_default_prefix(tiny_model_dir: Path) 
     assert shared < 128
     assert shared // CPU_BLOCK_SIZE * CPU_BLOCK_SIZE >= 0.75 * shared, (shared, CPU_BLOCK_SIZE)
     assert CPU_BLOCK_SIZE % 32 == 0  # vLLM's CPU attention wants multiples of 32
+
+
+def test_reads_ld_preload_the_way_the_loader_does(tmp_path: Path) -> None:
+    """The loader separates LD_PRELOAD entries by colons or whitespace (``rerankd serve --malloc`` writes spaces):
+    a tcmalloc named in either form is not added twice."""
+    prefix = _fake_prefix(tmp_path)
+    iomp = prefix / "lib" / "libiomp5.so"
+    assert preload_entries(" /a/libfoo.so:/b/libbar.so  /c/libtcmalloc_minimal.so.4 ") == [
+        "/a/libfoo.so", "/b/libbar.so", "/c/libtcmalloc_minimal.so.4"]
+    changes = cpu_engine_environment({"LD_PRELOAD": "/a/libfoo.so /c/libtcmalloc_minimal.so.4",
+                                      "VLLM_CPU_NUM_OF_RESERVED_CPU": "1"}, prefix=str(prefix))
+    assert changes == {"LD_PRELOAD": f"/a/libfoo.so:/c/libtcmalloc_minimal.so.4:{iomp}"}

@@ -79,15 +79,15 @@ def cpu_engine_environment(env: Mapping[str, str], prefix: str = sys.prefix) -> 
 
     Only what is missing is added: an operator's own setting of either is kept.
     """
-    from rerankd.allocator import find_library
+    from rerankd.allocator import find_library, preload_entries
 
     changes: dict[str, str] = {}
-    preload = [p for p in env.get("LD_PRELOAD", "").split(":") if p]
-    for library in (find_library("tcmalloc"), Path(prefix) / "lib" / "libiomp5.so"):
-        if library is not None and library.exists() and not any(Path(p).name == library.name for p in preload):
-            preload.append(str(library))
-    if preload != [p for p in env.get("LD_PRELOAD", "").split(":") if p]:
-        changes["LD_PRELOAD"] = ":".join(preload)
+    already = preload_entries(env.get("LD_PRELOAD", ""))
+    names = {Path(entry).name for entry in already}
+    missing = [str(library) for library in (find_library("tcmalloc"), Path(prefix) / "lib" / "libiomp5.so")
+               if library is not None and library.exists() and library.name not in names]
+    if missing:
+        changes["LD_PRELOAD"] = ":".join([*already, *missing])
     if "VLLM_CPU_NUM_OF_RESERVED_CPU" not in env and "VLLM_CPU_OMP_THREADS_BIND" not in env:
         changes["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
     return changes
