@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
-from collections.abc import Callable
 from typing import Any
 
 import click
@@ -17,18 +16,9 @@ import click
 from rerankd import __version__
 from rerankd.allocator import MALLOC_CHOICES
 from rerankd.engine.backends.torch_backend import COMPILE_CHOICES
+from rerankd.options import env_option
 
 __all__ = ["main"]
-
-
-def env_option(*names: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """A click option whose environment variable is ``RERANKD_`` + the long flag in upper snake case."""
-    # "--prefix-reuse/--no-prefix-reuse" names one flag: its variable is RERANKD_PREFIX_REUSE (true/false).
-    long_name = next(n for n in names if n.startswith("--")).split("/")[0]
-    kwargs.setdefault("envvar", "RERANKD_" + long_name[2:].replace("-", "_").upper())
-    kwargs.setdefault("show_envvar", True)
-    kwargs.setdefault("show_default", True)
-    return click.option(*names, **kwargs)
 
 
 # Commands that live in their own modules, imported only when invoked: `rerankd serve --help` must not

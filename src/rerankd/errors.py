@@ -1,7 +1,7 @@
 """One error type per failure kind, each carrying its HTTP status.
 
 Why: the engine and the gateway raise what went wrong in their own words; the HTTP layers map these
-to responses in exactly one function (``rerankd.server.errors.install_error_handlers``), so a status
+to responses in exactly one function (``rerankd.http.errors.install_error_handlers``), so a status
 code never depends on which handler happened to catch the exception.
 """
 

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import click
 import httpx
 
-from rerankd.cli import env_option
+from rerankd.options import env_option
 
 __all__ = ["bench"]
 

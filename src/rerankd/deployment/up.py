@@ -22,8 +22,8 @@ from typing import Any
 import click
 import httpx
 
-from rerankd.cli import env_option
 from rerankd.deployment.supervisor import Child, Supervisor
+from rerankd.options import env_option
 
 __all__ = ["up"]
 

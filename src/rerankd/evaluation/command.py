@@ -15,13 +15,13 @@ from typing import Any
 
 import click
 
-from rerankd.cli import env_option
 from rerankd.evaluation.beir import BeirDataset, DatasetError, load_beir
 from rerankd.evaluation.bm25 import LANGUAGES, detect_language
 from rerankd.evaluation.checkpoint import Checkpoint, run_key
 from rerankd.evaluation.report import build_report, format_report, write_json
 from rerankd.evaluation.rerank_client import RerankClient, RerankError, rerank_url
 from rerankd.evaluation.runner import FirstStage, RerankRun, bm25_first_stage, rerank_run
+from rerankd.options import env_option
 
 __all__ = ["eval_command"]
 

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from rerankd.http_headers import parse_retry_after
+from rerankd.http.headers import parse_retry_after
 
 __all__ = ["RerankClient", "RerankError", "rerank_url"]
 

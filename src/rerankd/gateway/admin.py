@@ -20,7 +20,7 @@ from rerankd.gateway.db import AuditEvent
 from rerankd.gateway.keys import ApiKeyRecord
 from rerankd.gateway.proxy import ScoringProxy
 from rerankd.gateway.state import GatewayState
-from rerankd.server.middleware import request_id_of
+from rerankd.http.middleware import request_id_of
 
 __all__ = ["admin_router"]
 

@@ -24,10 +24,10 @@ from rerankd.gateway.admin import admin_router
 from rerankd.gateway.proxy import ScoringProxy, scoring_router
 from rerankd.gateway.settings import GatewaySettings
 from rerankd.gateway.state import GatewayState, open_gateway_state
+from rerankd.http.errors import ERROR_RESPONSES, error_response, install_error_handlers
+from rerankd.http.middleware import ServerMiddleware, request_id_of
 from rerankd.observability.gateway_metrics import GatewayMetrics
 from rerankd.runtime import freeze_startup_heap
-from rerankd.server.errors import ERROR_RESPONSES, error_response, install_error_handlers
-from rerankd.server.middleware import ServerMiddleware, request_id_of
 
 __all__ = ["create_gateway_app"]
 

@@ -11,8 +11,8 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from rerankd.cli import env_option
 from rerankd.gateway.settings import GatewayConfigError, GatewaySettings, load_yaml_config
+from rerankd.options import env_option
 
 __all__ = ["gateway", "keys"]
 

@@ -26,9 +26,9 @@ from rerankd.gateway.ledger import UsageEntry
 from rerankd.gateway.ratelimit import Decision
 from rerankd.gateway.split import merge_rerank_parts, plan_split
 from rerankd.gateway.state import GatewayState
+from rerankd.http.disconnect import CLIENT_CLOSED_STATUS, ClientDisconnectedError, unless_disconnected
+from rerankd.http.middleware import request_id_of
 from rerankd.protocol import RerankRequest, RerankResponse, ScoreRequest, ScoreResponse, TEIRankItem, TEIRerankRequest
-from rerankd.server.disconnect import CLIENT_CLOSED_STATUS, ClientDisconnectedError, unless_disconnected
-from rerankd.server.middleware import request_id_of
 
 __all__ = ["ScoringProxy", "scoring_router"]
 

@@ -29,9 +29,9 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
-from rerankd.cli import env_option
 from rerankd.observability.alert_delivery import DeliveryError, Robot, RobotSender, redact_url
 from rerankd.observability.alert_format import Notification, dingtalk_message, wecom_message
+from rerankd.options import env_option
 
 __all__ = ["RelaySettings", "alert_relay", "create_relay_app"]
 

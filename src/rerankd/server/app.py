@@ -24,6 +24,9 @@ from rerankd import __version__
 from rerankd.config import ServerSettings
 from rerankd.engine.engine import EngineConfig, RerankEngine, ScoreOutcome, load_engine
 from rerankd.errors import ModelNotFoundError, NotReadyError, PayloadTooLargeError
+from rerankd.http.disconnect import unless_disconnected
+from rerankd.http.errors import ERROR_RESPONSES, install_error_handlers
+from rerankd.http.middleware import ServerMiddleware, request_id_of
 from rerankd.observability.metrics import ServerMetrics
 from rerankd.protocol import (
     ModelCard,
@@ -40,9 +43,6 @@ from rerankd.protocol import (
     build_tei_response,
 )
 from rerankd.runtime import freeze_startup_heap
-from rerankd.server.disconnect import unless_disconnected
-from rerankd.server.errors import ERROR_RESPONSES, install_error_handlers
-from rerankd.server.middleware import ServerMiddleware, request_id_of
 
 __all__ = ["create_server_app"]
 

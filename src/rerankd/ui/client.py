@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from rerankd.http_headers import parse_retry_after
+from rerankd.http.headers import parse_retry_after
 
 __all__ = [
     "RankedDocument",

@@ -9,7 +9,7 @@ import os
 
 import click
 
-from rerankd.cli import env_option
+from rerankd.options import env_option
 
 __all__ = ["ui"]
 

@@ -17,8 +17,8 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rerankd.errors import RerankdError
+from rerankd.http.disconnect import CLIENT_CLOSED_STATUS, ClientDisconnectedError
 from rerankd.protocol import ErrorBody
-from rerankd.server.disconnect import CLIENT_CLOSED_STATUS, ClientDisconnectedError
 
 __all__ = ["ERROR_RESPONSES", "error_response", "install_error_handlers"]
 
