@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -58,7 +58,7 @@ class Checkpoint:
                 lines.append(row)
         return lines
 
-    def done(self, run: str, candidates: dict[str, Sequence[str]]) -> dict[str, dict[str, float]]:
+    def done(self, run: str, candidates: Mapping[str, Sequence[str]]) -> dict[str, dict[str, float]]:
         """Scores already on file for ``run``: query id → {doc id → score}, only where the candidate list
         on file is exactly ``candidates[query_id]`` (same documents, same order)."""
         finished: dict[str, dict[str, float]] = {}

@@ -26,7 +26,7 @@ from rerankd.options import env_option
 __all__ = ["eval_command"]
 
 
-class _LinesParamType(click.ParamType):
+class _LinesParamType(click.ParamType):  # type: ignore[type-arg]
     """A string option given many times; its environment variable holds one value per line
     (click would split on whitespace, which cuts an instruction into words)."""
 

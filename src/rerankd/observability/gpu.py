@@ -107,6 +107,7 @@ class GpuCollector(Collector):
             GPU_METRIC_NAMES[2], "Fraction of the last sample period in which a kernel ran (0-1).", labels=_LABELS,
         )
         nvml = self._nvml
+        assert nvml is not None  # devices exist only once NVML has loaded
         for dev in devices:
             labels = [str(dev.index), dev.uuid, dev.model]
             try:

@@ -255,7 +255,7 @@ class VllmBackend:
         get_metrics = getattr(self._llm, "get_metrics", None)
         if not callable(get_metrics):
             return None
-        counts = {}
+        counts: dict[str, int] = {}
         for metric in get_metrics():
             if metric.name in ("vllm:prefix_cache_queries", "vllm:prefix_cache_hits"):
                 counts[metric.name] = counts.get(metric.name, 0) + int(getattr(metric, "value", 0))
