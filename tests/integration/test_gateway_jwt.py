@@ -7,6 +7,7 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import socket
 import threading
 import time
@@ -139,7 +140,8 @@ def jwks(rsa_a: SigningKey, ec_c: SigningKey) -> Iterator[JwksServer]:
 
 
 def jwks_settings(server: JwksServer, **overrides: Any) -> JwtSettings:
-    return JwtSettings(**{"jwks_url": server.url, "issuer": ISSUER, "audience": AUDIENCE, **overrides})
+    return JwtSettings(**{"jwks_url": server.url, "issuer": ISSUER, "audience": AUDIENCE,
+                          "allow_insecure_jwks_url": True, **overrides})
 
 
 @pytest.fixture
@@ -394,3 +396,84 @@ def test_settings_need_exactly_one_key_source() -> None:
         JwtSettings(jwks_url="https://idp.test/jwks.json", secret=SECRET)
     assert JwtSettings(jwks_url="https://idp.test/jwks.json").algorithms == ("RS256", "ES256")
     assert JwtSettings(secret=SECRET).algorithms == ("HS256",)
+
+
+# -- size and lifetime caps (hostile tokens and identity providers) -------------------------------------------
+
+
+def test_plain_http_jwks_refused_unless_allowed() -> None:
+    with pytest.raises(ValueError, match="plain http"):
+        JwtSettings(jwks_url="http://idp.test/jwks.json")
+    assert JwtSettings(jwks_url="http://idp.test/jwks.json", allow_insecure_jwks_url=True).jwks_url
+
+
+async def test_oversized_token_refused_before_parsing(verifier: JwtVerifier, jwks: JwksServer,
+                                                      rsa_a: SigningKey) -> None:
+    huge = rsa_a.sign(make_claims(pad="x" * 1_000_000))
+    await refused(verifier, huge, "longer than 8192 bytes")
+    assert jwks.fetches == 0  # refused on its length alone: no JWKS fetch, no base64 or JSON work
+
+
+@pytest.mark.parametrize("claims", [
+    {"exp": 10**20},
+    {"exp": int(time.time()) + 2 * 24 * 3600},
+    {"iat": int(time.time()) - 3 * 24 * 3600, "exp": int(time.time()) + 600},
+], ids=["exp-1e20", "exp-in-two-days", "issued-three-days-before-exp"])
+async def test_lifetime_over_the_cap_refused(verifier: JwtVerifier, rsa_a: SigningKey, claims: dict[str, Any]) -> None:
+    await refused(verifier, rsa_a.sign(make_claims(**claims)), "lifetime exceeds")
+
+
+async def test_string_exp_refused(verifier: JwtVerifier, rsa_a: SigningKey) -> None:
+    # PyJWT converts a numeric string with int(); a string is not a NumericDate (RFC 7519 §2).
+    await refused(verifier, rsa_a.sign(make_claims(exp=str(int(time.time()) + 600))), "must be a number")
+
+
+async def test_lifetime_cap_is_a_setting(jwks: JwksServer, rsa_a: SigningKey) -> None:
+    async with JwtVerifier(jwks_settings(jwks, max_lifetime_seconds=7 * 24 * 3600)) as v:
+        token = rsa_a.sign(make_claims(exp=int(time.time()) + 2 * 24 * 3600))
+        assert (await v.verify(token)).subject == "alice"
+
+
+async def test_jwks_with_too_many_keys_refused_with_one_log_line(
+        jwks: JwksServer, rsa_a: SigningKey, caplog: pytest.LogCaptureFixture) -> None:
+    jwks.keys = [{"kty": "RSA", "kid": f"junk-{i}", "n": "AQAB", "e": "AQAB"} for i in range(5000)]
+    with caplog.at_level(logging.DEBUG, logger="rerankd.gateway.jwt_auth"):
+        async with JwtVerifier(jwks_settings(jwks)) as v:
+            await refused(v, rsa_a.sign(), "unavailable")
+    lines = [r for r in caplog.records if r.name == "rerankd.gateway.jwt_auth"]
+    assert len(lines) == 1 and "over the limit of 100" in lines[0].getMessage()
+
+
+async def test_jwks_over_the_byte_cap_refused(jwks: JwksServer, rsa_a: SigningKey) -> None:
+    jwks.keys = [rsa_a.jwk(), {"kty": "RSA", "kid": "padding", "n": "A" * 2_000_000, "e": "AQAB"}]
+    async with JwtVerifier(jwks_settings(jwks)) as v:
+        await refused(v, rsa_a.sign(), "unavailable")
+    async with JwtVerifier(jwks_settings(jwks, max_jwks_bytes=4 * 1024 * 1024)) as v:
+        assert (await v.verify(rsa_a.sign())).subject == "alice"
+
+
+async def test_unusable_jwks_entries_log_one_line_per_fetch(
+        jwks: JwksServer, rsa_a: SigningKey, caplog: pytest.LogCaptureFixture) -> None:
+    jwks.keys = [rsa_a.jwk(), *({"kty": "oct", "k": "c2VjcmV0", "kid": f"hmac-{i}"} for i in range(20)),
+                 {"kty": "RSA", "kid": "broken", "n": "!!", "e": "AQAB"}]
+    with caplog.at_level(logging.DEBUG, logger="rerankd.gateway.jwt_auth"):
+        async with JwtVerifier(jwks_settings(jwks)) as v:
+            assert (await v.verify(rsa_a.sign())).subject == "alice"
+    lines = [r for r in caplog.records if r.name == "rerankd.gateway.jwt_auth"]
+    assert len(lines) == 1 and "1 usable keys, 21 skipped" in lines[0].getMessage()
+
+
+async def test_jwks_parse_runs_off_the_event_loop(jwks: JwksServer, rsa_a: SigningKey,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    loop_thread = threading.get_ident()
+    parsed_in: list[int] = []
+    original = JwtVerifier._parse_jwks
+
+    def recording(self: JwtVerifier, document: bytes) -> Any:
+        parsed_in.append(threading.get_ident())
+        return original(self, document)
+
+    monkeypatch.setattr(JwtVerifier, "_parse_jwks", recording)
+    async with JwtVerifier(jwks_settings(jwks)) as v:
+        await v.verify(rsa_a.sign())
+    assert parsed_in and loop_thread not in parsed_in

@@ -44,6 +44,16 @@ def _default(name: str) -> Any:
             help="Allowed JWT algorithm, repeatable (default RS256+ES256 for JWKS, HS256 for a secret).")
 @env_option("--jwt-rpm", type=click.IntRange(min=1), default=None, help="Requests/min per JWT subject.")
 @env_option("--jwt-tpm", type=click.IntRange(min=1), default=None, help="Tokens/min per JWT subject.")
+@env_option("--jwt-max-lifetime", type=click.FloatRange(min=1), default=_default("jwt_max_lifetime"),
+            help="Longest JWT lifetime accepted in seconds (exp - now, and exp - iat): no near-eternal tokens.")
+@env_option("--jwt-max-token-bytes", type=click.IntRange(min=256), default=_default("jwt_max_token_bytes"),
+            help="Longest JWT accepted; longer ones are refused before any parsing.")
+@env_option("--jwt-max-jwks-bytes", type=click.IntRange(min=1024), default=_default("jwt_max_jwks_bytes"),
+            help="Largest JWKS document read from --jwt-jwks-url.")
+@env_option("--jwt-max-jwks-keys", type=click.IntRange(min=1), default=_default("jwt_max_jwks_keys"),
+            help="Most keys a JWKS document may hold.")
+@env_option("--jwt-allow-http-jwks/--jwt-require-https-jwks", default=_default("jwt_allow_http_jwks"),
+            help="Accept a plain-http --jwt-jwks-url (keys fetched without TLS can be swapped on the way).")
 @env_option("--ratelimit-fail-open/--ratelimit-fail-closed", default=True,
             help="When Redis is unreachable: serve without limits (open) or answer 429 (closed).")
 @env_option("--split-threshold", type=click.IntRange(min=1), default=_default("split_threshold"),

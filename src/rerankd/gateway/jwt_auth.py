@@ -10,6 +10,13 @@ Why the JWKS cache refetches on an unknown ``kid``, but at most once per 10 s: a
 rotates keys starts signing with the new ``kid`` before our cache expires, so one early refetch saves a
 window of rejected logins; the rate limit keeps a stream of garbage ``kid`` values from turning every
 request into a request to the identity provider.
+
+Why every size is capped (token bytes, JWKS bytes and keys, token lifetime): a token or a JWKS document is
+input from outside. A 1 MB token costs base64 and JSON work on every request; a JWKS of 100,000 keys, parsed
+on the event loop, stalled every client for seconds; a token whose ``exp`` lies centuries ahead is a
+credential that can never be revoked by expiry. The JWKS is read with a byte cap, parsed in a worker thread,
+and each fetch logs one line whatever it held. A JWKS URL must be ``https`` (keys fetched in clear text can
+be swapped on the way) unless the operator allows ``http`` explicitly, as tests and a sidecar on loopback do.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import jwt
@@ -30,6 +37,9 @@ from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
 from cryptography.hazmat.primitives.asymmetric.ed448 import Ed448PublicKey
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+
+if TYPE_CHECKING:
+    from jwt.types import Options
 
 __all__ = [
     "UNKNOWN_KID_REFETCH_INTERVAL",
@@ -53,6 +63,7 @@ _RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512
 _EC_ALGORITHM_BY_CURVE = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512", "secp256k1": "ES256K"}
 _ASYMMETRIC_ALGORITHMS = _RSA_ALGORITHMS | frozenset(_EC_ALGORITHM_BY_CURVE.values()) | {"EdDSA"}
 _TRUE_STRINGS = frozenset({"true", "1", "yes"})
+_JWKS_READ_CHUNK = 64 * 1024
 
 # The clock used for cache ages and refetch rate limits; a module attribute so tests can move time on.
 _clock = time.monotonic
@@ -79,12 +90,22 @@ class JwtSettings:
     jwks_cache_seconds: float = 300
     required_claims: tuple[str, ...] = ("exp", "sub")
     admin_claim: str = "rerankd_admin"
+    max_token_bytes: int = 8192
+    max_lifetime_seconds: float = 24 * 3600
+    max_jwks_bytes: int = 1024 * 1024
+    max_jwks_keys: int = 100
+    allow_insecure_jwks_url: bool = False
 
     def __post_init__(self) -> None:
         if bool(self.jwks_url) == bool(self.secret):
             raise ValueError("JWT auth needs exactly one key source: a JWKS URL or a shared secret, not both")
         if self.jwks_url and not self.jwks_url.startswith(("https://", "http://")):
             raise ValueError(f"the JWKS URL must be http(s), got {self.jwks_url!r}")
+        if self.jwks_url and self.jwks_url.startswith("http://") and not self.allow_insecure_jwks_url:
+            raise ValueError(f"the JWKS URL {self.jwks_url!r} is plain http: signing keys fetched without TLS can be "
+                             "replaced on the way; use https, or allow it explicitly (--jwt-allow-http-jwks)")
+        if min(self.max_token_bytes, self.max_jwks_bytes, self.max_jwks_keys) < 1 or self.max_lifetime_seconds <= 0:
+            raise ValueError("max_token_bytes, max_jwks_bytes, max_jwks_keys and max_lifetime_seconds must be positive")
         algorithms = tuple(self.algorithms) or (("RS256", "ES256") if self.jwks_url else ("HS256",))
         allowed = _ASYMMETRIC_ALGORITHMS if self.jwks_url else _HMAC_ALGORITHMS
         refused = [alg for alg in algorithms if alg not in allowed]
@@ -203,6 +224,8 @@ class JwtVerifier:
         """The identity a valid token carries; :class:`JwtError` with a client-safe reason otherwise."""
         if not isinstance(token, str) or not token:
             raise JwtError("malformed token")
+        if len(token) > self.settings.max_token_bytes:
+            raise JwtError(f"token is longer than {self.settings.max_token_bytes} bytes")
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -220,6 +243,7 @@ class JwtVerifier:
 
         key = self.settings.secret if self.settings.secret else await self._jwks_key(kid, alg)
         claims = self._decode(token, key, alg)
+        self._check_lifetime(claims)
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject:
             # Usage and rate limits are kept per subject; an anonymous token would share one bucket.
@@ -229,8 +253,8 @@ class JwtVerifier:
 
     def _decode(self, token: str, key: Any, alg: str) -> dict[str, Any]:
         s = self.settings
-        options = {"require": list(s.required_claims), "verify_aud": s.audience is not None,
-                   "verify_iss": s.issuer is not None}
+        options: Options = {"require": list(s.required_claims), "verify_aud": s.audience is not None,
+                            "verify_iss": s.issuer is not None}
         try:
             return jwt.decode(token, key, algorithms=[alg], audience=s.audience, issuer=s.issuer,
                               leeway=s.leeway, options=options)
@@ -253,6 +277,21 @@ class JwtVerifier:
         except jwt.PyJWTError as exc:
             # Exception class names and PyJWT messages describe the check, never the token itself.
             raise JwtError(f"invalid token ({type(exc).__name__})") from None
+
+    def _check_lifetime(self, claims: Mapping[str, Any]) -> None:
+        """``exp`` must be a number no further ahead than ``max_lifetime_seconds`` (from now, and from ``iat``
+        when the token has one). PyJWT accepts a numeric string and any size of number; neither may pass."""
+        limit = self.settings.max_lifetime_seconds
+        exp = claims.get("exp")
+        if exp is None:
+            return  # only when the operator removed "exp" from required_claims
+        if isinstance(exp, bool) or not isinstance(exp, int | float):
+            raise JwtError("token 'exp' claim must be a number (seconds since the epoch)")
+        if exp - time.time() > limit + self.settings.leeway:
+            raise JwtError(f"token lifetime exceeds the gateway's limit of {limit:g} s ('exp' too far ahead)")
+        iat = claims.get("iat")
+        if isinstance(iat, int | float) and not isinstance(iat, bool) and exp - iat > limit + self.settings.leeway:
+            raise JwtError(f"token lifetime exceeds the gateway's limit of {limit:g} s ('exp' - 'iat')")
 
     def _is_admin(self, claims: Mapping[str, Any]) -> bool:
         return (_is_truthy(claims.get(self.settings.admin_claim))
@@ -299,9 +338,9 @@ class JwtVerifier:
     async def _fetch_locked(self) -> None:
         assert self._client is not None and self.settings.jwks_url is not None
         try:
-            response = await self._client.get(self.settings.jwks_url, headers={"Accept": "application/json"})
-            response.raise_for_status()
-            keys = self._parse_jwks(response.json())
+            document = await self._read_jwks()
+            # Parsing and key construction (RSA/EC math) off the event loop: requests keep flowing meanwhile.
+            keys, skipped = await asyncio.to_thread(self._parse_jwks, document)
         except (httpx.HTTPError, ValueError) as exc:
             self._generation += 1  # bumped only once the attempt is over, so waiters see it as done
             if self._keys:
@@ -315,20 +354,44 @@ class JwtVerifier:
         self._keys = keys
         self._expires_at = _clock() + self.settings.jwks_cache_seconds
         self._generation += 1
-        log.debug("JWKS from %s: %d usable keys", self.settings.jwks_url, len(keys))
+        level = logging.WARNING if skipped else logging.DEBUG
+        log.log(level, "JWKS from %s: %d usable keys, %d skipped", self.settings.jwks_url, len(keys), skipped)
 
-    def _parse_jwks(self, data: Any) -> list[_JwksKey]:
+    async def _read_jwks(self) -> bytes:
+        """The JWKS document's bytes, refused past ``max_jwks_bytes`` without reading the rest."""
+        assert self._client is not None and self.settings.jwks_url is not None
+        cap = self.settings.max_jwks_bytes
+        async with self._client.stream("GET", self.settings.jwks_url, headers={"Accept": "application/json"}) as resp:
+            resp.raise_for_status()
+            declared = resp.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > cap:
+                raise ValueError(f"the JWKS document is {declared} bytes, over the {cap}-byte limit")
+            body = bytearray()
+            async for chunk in resp.aiter_bytes(_JWKS_READ_CHUNK):
+                body += chunk
+                if len(body) > cap:
+                    raise ValueError(f"the JWKS document is over the {cap}-byte limit")
+        return bytes(body)
+
+    def _parse_jwks(self, document: bytes) -> tuple[list[_JwksKey], int]:
+        """Usable signing keys and how many entries were skipped; runs in a worker thread."""
+        data = json.loads(document)
         if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
             raise ValueError("the JWKS document has no 'keys' list")
+        if len(data["keys"]) > self.settings.max_jwks_keys:
+            raise ValueError(f"the JWKS document has {len(data['keys'])} keys, over the limit of "
+                             f"{self.settings.max_jwks_keys}")
         allowed = frozenset(self.settings.algorithms)
         keys: list[_JwksKey] = []
+        skipped = 0
         for entry in data["keys"]:
             if not isinstance(entry, dict) or entry.get("kty") == "oct" or entry.get("use", "sig") != "sig":
+                skipped += 1
                 continue  # symmetric keys never come from a JWKS here; encryption keys do not sign
             try:
                 jwk = jwt.PyJWK(entry)
-            except jwt.PyJWTError as exc:
-                log.warning("skipping unusable JWKS key %r: %s", entry.get("kid"), exc)
+            except jwt.PyJWTError:
+                skipped += 1
                 continue
             algorithms = _algorithms_for_key(jwk.key) & allowed
             declared = entry.get("alg")
@@ -337,6 +400,8 @@ class JwtVerifier:
             if algorithms:
                 kid = entry.get("kid")
                 keys.append(_JwksKey(kid=kid if isinstance(kid, str) else None, key=jwk.key, algorithms=algorithms))
+            else:
+                skipped += 1
         if not keys:
             raise ValueError("the JWKS document has no usable signing keys")
-        return keys
+        return keys, skipped

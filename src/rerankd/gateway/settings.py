@@ -45,6 +45,12 @@ class GatewaySettings(BaseModel):
     jwt_algorithms: list[str] = Field(default_factory=list)
     jwt_rpm: int | None = Field(None, ge=1, description="Requests/min for each JWT subject (default unlimited).")
     jwt_tpm: int | None = Field(None, ge=1, description="Tokens/min for each JWT subject (default unlimited).")
+    jwt_max_lifetime: float = Field(24 * 3600.0, gt=0,
+                                    description="Longest JWT lifetime accepted, seconds (exp - now and exp - iat).")
+    jwt_max_token_bytes: int = Field(8192, ge=256, description="Longest JWT accepted, bytes.")
+    jwt_max_jwks_bytes: int = Field(1024 * 1024, ge=1024, description="Largest JWKS document read, bytes.")
+    jwt_max_jwks_keys: int = Field(100, ge=1, description="Most keys a JWKS document may hold.")
+    jwt_allow_http_jwks: bool = Field(False, description="Accept a plain-http JWKS URL (a loopback sidecar, tests).")
     # Limits
     ratelimit_fail_open: bool = True
     key_cache_seconds: float = Field(5.0, ge=0, description="How long a verified key is trusted without the DB.")

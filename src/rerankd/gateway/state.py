@@ -116,7 +116,10 @@ async def open_gateway_state(settings: GatewaySettings, metrics: GatewayMetrics)
     if settings.jwt_enabled:
         jwt = JwtVerifier(JwtSettings(
             jwks_url=settings.jwt_jwks_url, secret=settings.jwt_secret, issuer=settings.jwt_issuer,
-            audience=settings.jwt_audience, algorithms=tuple(settings.jwt_algorithms)))
+            audience=settings.jwt_audience, algorithms=tuple(settings.jwt_algorithms),
+            max_lifetime_seconds=settings.jwt_max_lifetime, max_token_bytes=settings.jwt_max_token_bytes,
+            max_jwks_bytes=settings.jwt_max_jwks_bytes, max_jwks_keys=settings.jwt_max_jwks_keys,
+            allow_insecure_jwks_url=settings.jwt_allow_http_jwks))
     auth = Authenticator(keys, metrics, admin_key=settings.admin_key, jwt=jwt, jwt_rpm=settings.jwt_rpm,
                          jwt_tpm=settings.jwt_tpm, key_cache_seconds=settings.key_cache_seconds)
 
