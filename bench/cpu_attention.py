@@ -32,7 +32,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from rerankd.allocator import add_malloc_option, use_allocator
+from benchlib.cpu import add_malloc_option
+from rerankd.allocator import use_allocator
 from rerankd.benchmark.report import cpu_name
 from rerankd.engine.backends.qwen3_forward import FusedQwen3Forward, _compiled_kernels
 

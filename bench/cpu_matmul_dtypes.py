@@ -27,7 +27,8 @@ from pathlib import Path
 
 import torch
 
-from rerankd.allocator import add_malloc_option, use_allocator
+from benchlib.cpu import add_malloc_option
+from rerankd.allocator import use_allocator
 from rerankd.benchmark.report import cpu_name
 from rerankd.engine.backends.torch_backend import cpu_has_fast_bf16
 

@@ -50,20 +50,11 @@ from typing import Any
 
 import torch
 
-from rerankd.allocator import add_malloc_option, loaded_allocator, use_allocator
-from rerankd.benchmark.reference import (
-    NO_ID,
-    YES_ID,
-    CardRecipe,
-    CrossEncoderBaseline,
-    build_sequence_classifier,
-    compare_scores,
-    engine_scores,
-    micro_batches,
-    mkldnn_bf16_matmuls,
-    naive_batches,
-    padded_tokens,
-)
+from benchlib.agreement import compare_scores
+from benchlib.cpu import add_malloc_option, mkldnn_bf16_matmuls
+from benchlib.engine_path import engine_scores, micro_batches, naive_batches, padded_tokens
+from rerankd.allocator import loaded_allocator, use_allocator
+from rerankd.benchmark.reference import NO_ID, YES_ID, CardRecipe, CrossEncoderBaseline, build_sequence_classifier
 from rerankd.benchmark.report import cpu_name
 from rerankd.benchmark.workload import make_workload
 from rerankd.engine.backends.torch_backend import TorchBackend, cpu_has_fast_bf16

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from rerankd.benchmark.reference import CardRecipe, CrossEncoderBaseline, build_sequence_classifier, compare_scores
+from benchlib.agreement import compare_scores
+from rerankd.benchmark.reference import CardRecipe, CrossEncoderBaseline, build_sequence_classifier
 from rerankd.benchmark.workload import make_workload
 
 HERE = Path(__file__).resolve().parent

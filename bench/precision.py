@@ -39,7 +39,10 @@ from typing import Any
 
 import torch
 
-from rerankd.benchmark.reference import NO_ID, YES_ID, CardRecipe, compare_scores, engine_scores, mkldnn_bf16_matmuls
+from benchlib.agreement import compare_scores
+from benchlib.cpu import mkldnn_bf16_matmuls
+from benchlib.engine_path import engine_scores
+from rerankd.benchmark.reference import NO_ID, YES_ID, CardRecipe
 from rerankd.benchmark.report import write_result
 from rerankd.benchmark.workload import one_request
 from rerankd.engine.backends.torch_backend import TorchBackend

@@ -29,7 +29,8 @@ from pathlib import Path
 
 import torch
 
-from rerankd.benchmark.reference import NO_ID, YES_ID, CardRecipe, micro_batches
+from benchlib.engine_path import micro_batches
+from rerankd.benchmark.reference import NO_ID, YES_ID, CardRecipe
 from rerankd.benchmark.report import write_result
 from rerankd.benchmark.workload import one_request
 from rerankd.engine.backends.torch_backend import TorchBackend

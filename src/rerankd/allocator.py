@@ -13,7 +13,6 @@ same arguments) with the library in ``LD_PRELOAD`` before it imports torch. ``--
 
 from __future__ import annotations
 
-import argparse
 import ctypes.util
 import logging
 import os
@@ -22,7 +21,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["MALLOC_CHOICES", "AllocatorError", "add_malloc_option", "auto_applies", "find_library", "loaded_allocator",
+__all__ = ["MALLOC_CHOICES", "AllocatorError", "auto_applies", "find_library", "loaded_allocator",
            "preload_entries", "preload_env", "use_allocator"]
 
 MALLOC_CHOICES = ("auto", "tcmalloc", "jemalloc", "system")
@@ -99,14 +98,6 @@ def preload_env(name: str, library: Path, env: Mapping[str, str]) -> dict[str, s
         out.setdefault("TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD", str(1 << 40))
     out[_REEXEC_MARK] = name
     return out
-
-
-def add_malloc_option(parser: argparse.ArgumentParser) -> None:
-    """The benchmark scripts' ``--malloc``: the allocator they re-execute themselves under (``use_allocator``).
-    Default ``system``: what a plain ``python`` gets, so a baseline is timed as its users run it."""
-    parser.add_argument("--malloc", choices=MALLOC_CHOICES, default="system",
-                        help="re-run this script under tcmalloc/jemalloc (as `rerankd serve --malloc` does); the "
-                             "allocator is per process, so everything one run measures shares it")
 
 
 def use_allocator(choice: str, *, argv: Sequence[str] | None = None, search_dirs: Sequence[str] = _SEARCH_DIRS) -> str:

@@ -5,42 +5,21 @@
 * :class:`CrossEncoderBaseline` — sentence-transformers ``CrossEncoder`` on the same weights converted
   to a one-logit ``Qwen3ForSequenceClassification`` whose score row is ``w_yes − w_no``
   (:func:`build_sequence_classifier`); its sigmoid equals the card's softmax.
-* :func:`engine_scores` — rerankd's own path without HTTP: ``PromptBuilder`` → the batcher's
-  token-budget split → ``TorchBackend.score``.
 
-Why here and not in ``bench/``: the load driver (``rerankd bench --baseline``) and the offline
-scripts in ``bench/`` must time the very same baseline code, and tests import it.
+Why here and not in ``bench/``: the load driver (``rerankd bench --baseline``) times them at run time,
+and the offline scripts in ``bench/`` must time the very same baseline code. rerankd's own path without
+HTTP and the agreement metrics are used by those scripts only: ``bench/benchlib``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
-import statistics
-import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rerankd.engine.backends.base import TokenGroup
-from rerankd.engine.prompt import DEFAULT_INSTRUCTION, PREFIX, SUFFIX, PromptBuilder, format_pair
+from rerankd.engine.prompt import DEFAULT_INSTRUCTION, PREFIX, SUFFIX, format_pair
 
-__all__ = [
-    "NO_ID",
-    "YES_ID",
-    "CardRecipe",
-    "CrossEncoderBaseline",
-    "Timed",
-    "build_sequence_classifier",
-    "compare_scores",
-    "engine_scores",
-    "micro_batches",
-    "naive_batches",
-    "padded_tokens",
-    "spearman",
-    "time_calls",
-]
+__all__ = ["NO_ID", "YES_ID", "CardRecipe", "CrossEncoderBaseline", "build_sequence_classifier"]
 
 YES_ID = 9693
 NO_ID = 2152
@@ -180,145 +159,3 @@ class CrossEncoderBaseline:
 
     def close(self) -> None:
         self.model = None
-
-
-# ------------------------------------------------------------------------------------- rerankd path
-Batches = list[tuple[list[int], TokenGroup]]
-
-
-def micro_batches(shared: list[int], tails: list[list[int]], max_batch_tokens: int) -> Batches:
-    """The batcher's split for one request: tails sorted by length, cut where
-    ``rows × width + prefix`` would pass the budget (see ``DynamicBatcher._next_batch``)."""
-    order = sorted(range(len(tails)), key=lambda i: len(tails[i]))
-    batches: list[tuple[list[int], TokenGroup]] = []
-    taken: list[int] = []
-    width = 0
-    for idx in order:
-        new_width = max(width, len(tails[idx]) + len(shared))
-        cost = (len(taken) + 1) * new_width + len(shared)
-        if taken and cost > max_batch_tokens:
-            batches.append((taken, TokenGroup(shared, [tails[i] for i in taken])))
-            taken = []
-            new_width = len(tails[idx]) + len(shared)
-        taken.append(idx)
-        width = new_width
-    if taken:
-        batches.append((taken, TokenGroup(shared, [tails[i] for i in taken])))
-    return batches
-
-
-def naive_batches(shared: list[int], tails: list[list[int]], rows: int) -> Batches:
-    """Fixed ``rows`` per batch in request order, as the card does: the "before" of length sorting."""
-    return [
-        (list(range(i, min(i + rows, len(tails)))), TokenGroup(shared, tails[i : i + rows]))
-        for i in range(0, len(tails), rows)
-    ]
-
-
-def padded_tokens(batches: Batches) -> int:
-    """Tokens a right-padded forward actually computes (rows × widest row), prefix once per batch."""
-    total = 0
-    for _, g in batches:
-        total += len(g.tails) * max(len(t) for t in g.tails) + len(g.shared)
-    return total
-
-
-def engine_scores(backend: Any, builder: PromptBuilder, query: str, docs: Sequence[str], *,
-                  max_batch_tokens: int = 16384, naive_rows: int | None = None,
-                  instruction: str = DEFAULT_INSTRUCTION) -> list[float]:
-    """rerankd's scores (probabilities) for one request, tokenization included, without HTTP."""
-    group = builder.build(query, list(docs), instruction)
-    if naive_rows:
-        batches = naive_batches(group.shared, group.tails, naive_rows)
-    else:
-        batches = micro_batches(group.shared, group.tails, max_batch_tokens)
-    scores = [0.0] * len(docs)
-    for indices, tg in batches:
-        raw = backend.score([tg])[0]
-        for i, r in zip(indices, raw, strict=True):
-            scores[i] = 1.0 / (1.0 + math.exp(-r))
-    return scores
-
-
-# --------------------------------------------------------------------------------- timing, agreement
-@dataclass
-class Timed:
-    """Wall times of repeated calls and the last call's result."""
-
-    times_s: list[float]
-    result: Any
-
-    @property
-    def median_s(self) -> float:
-        return statistics.median(self.times_s)
-
-
-def time_calls(fn: Callable[[], Any], repeats: int, warmup: Callable[[], Any] | None = None,
-               log: Callable[[str], None] | None = None) -> Timed:
-    """Run ``warmup`` (or ``fn``) once untimed, then ``fn`` ``repeats`` times."""
-    t0 = time.perf_counter()
-    (warmup or fn)()
-    if log:
-        log(f"    warm-up {time.perf_counter() - t0:.1f}s")
-    times: list[float] = []
-    result: Any = None
-    for r in range(repeats):
-        t0 = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - t0)
-        if log:
-            log(f"    run {r + 1}/{repeats}: {times[-1]:.2f}s")
-    return Timed(times, result)
-
-
-def _ranks(xs: Sequence[float]) -> list[float]:
-    order = sorted(range(len(xs)), key=lambda i: xs[i])
-    r = [0.0] * len(xs)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and xs[order[j + 1]] == xs[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            r[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    return r
-
-
-def spearman(a: Sequence[float], b: Sequence[float]) -> float:
-    """Spearman rank correlation (average ranks for ties)."""
-    ra, rb = _ranks(a), _ranks(b)
-    ma, mb = statistics.fmean(ra), statistics.fmean(rb)
-    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb, strict=True))
-    va = math.sqrt(sum((x - ma) ** 2 for x in ra))
-    vb = math.sqrt(sum((y - mb) ** 2 for y in rb))
-    return cov / (va * vb) if va and vb else float("nan")
-
-
-def _top(xs: Sequence[float], k: int) -> list[int]:
-    return sorted(range(len(xs)), key=lambda i: (-xs[i], i))[:k]
-
-
-def compare_scores(ref: Sequence[float], other: Sequence[float], k: int = 10) -> dict[str, Any]:
-    """How far ``other`` is from ``ref``: max |Δ|, Spearman, and whether the ranking is the same."""
-    return {
-        "max_abs_delta_score": max(abs(x - y) for x, y in zip(ref, other, strict=True)),
-        "spearman": spearman(ref, other),
-        "ranking_identical": _top(ref, len(ref)) == _top(other, len(other)),
-        f"top{k}_identical_order": _top(ref, k) == _top(other, k),
-        f"top{k}_overlap": len(set(_top(ref, k)) & set(_top(other, k))),
-    }
-
-
-@contextlib.contextmanager
-def mkldnn_bf16_matmuls() -> Iterator[None]:
-    """fp32 tensors, but oneDNN multiplies them with bf16 inputs and fp32 accumulation (where the build allows)."""
-    import torch
-
-    matmul = torch.backends.mkldnn.matmul
-    old = matmul.fp32_precision
-    matmul.fp32_precision = "bf16"
-    try:
-        yield
-    finally:
-        matmul.fp32_precision = old

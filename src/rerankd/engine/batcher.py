@@ -1,9 +1,9 @@
 """Dynamic batching across concurrent requests, with a bounded queue.
 
 Why: a forward pass over 32 short pairs costs little more than one over 4, so pairs of concurrent
-requests are packed into the same micro-batch. Batches are cut by a token budget (padded rows ×
-width, plus each group's shared prefix once), and each request's documents are taken shortest first so
-rows of one batch have similar lengths and little padding.
+requests are packed into the same micro-batch. Where a batch is cut is :func:`rerankd.engine.batching.cut_batch`
+(a token budget over padded rows, each request's documents shortest first); this module owns the queue,
+the worker and what happens to each request's results.
 
 One worker task forms batches and hands them to a single-thread executor: the backend never runs two
 forwards at once and the event loop never blocks on the model. A request whose client went away is
@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from rerankd.engine.backends.base import ScoringBackend, TokenGroup
+from rerankd.engine.batching import WaitingRows, cut_batch, dispatch_order
 from rerankd.errors import NotReadyError, OverloadedError
 from rerankd.observability.metrics import ServerMetrics
 
@@ -38,19 +39,29 @@ class _Pending:
     future: asyncio.Future[list[float]]
     enqueued_at: float
     order: list[int] = field(init=False)
+    lengths: list[int] = field(init=False)
     next_tail: int = 0
     remaining: int = field(init=False)
     results: list[float] = field(init=False)
     cancelled: bool = False
 
     def __post_init__(self) -> None:
-        self.order = sorted(range(len(self.tails)), key=lambda i: len(self.tails[i]))
+        self.order = dispatch_order(self.tails)
+        self.lengths = [len(self.tails[i]) for i in self.order]
         self.remaining = len(self.tails)
         self.results = [0.0] * len(self.tails)
 
     @property
     def started(self) -> bool:
         return self.next_tail > 0
+
+    @property
+    def has_rows(self) -> bool:
+        """Whether rows of this request still wait for a batch."""
+        return not self.cancelled and self.next_tail < len(self.tails)
+
+    def waiting_rows(self) -> WaitingRows:
+        return WaitingRows(len(self.shared), self.lengths, self.next_tail)
 
 
 @dataclass
@@ -66,9 +77,9 @@ class DynamicBatcher:
         self,
         backend: ScoringBackend,
         *,
-        max_batch_tokens: int = 16384,
-        max_queue: int = 256,
-        metrics: ServerMetrics | None = None,
+        max_batch_tokens: int,
+        max_queue: int,
+        metrics: ServerMetrics,
     ) -> None:
         self.backend = backend
         self.max_batch_tokens = max_batch_tokens
@@ -100,7 +111,8 @@ class DynamicBatcher:
             p = self._queue.popleft()
             if not p.future.done():
                 p.future.set_exception(NotReadyError("server is shutting down", retry_after=1))
-        self._executor.shutdown(wait=True)
+        # Off the loop: a forward pass still running must not stall every other coroutine while it ends.
+        await asyncio.to_thread(self._executor.shutdown, wait=True)
 
     async def submit(self, shared: list[int], tails: list[list[int]]) -> list[float]:
         """Queue one request's prompts; return their raw scores in order.
@@ -122,49 +134,31 @@ class DynamicBatcher:
             return await asyncio.shield(pending.future)
         except asyncio.CancelledError:
             pending.cancelled = True
-            if self.metrics:
-                self.metrics.cancelled_requests_total.inc()
+            self.metrics.cancelled_requests_total.inc()
             raise
 
     def _set_queue_gauge(self) -> None:
-        if self.metrics:
-            self.metrics.queue_depth.set(self.waiting)
+        self.metrics.queue_depth.set(self.waiting)
 
     def _next_batch(self) -> list[_Slice]:
-        """Take pairs FIFO across requests until the next row would break the token budget."""
+        """Take the rows :func:`cut_batch` admits, FIFO across requests, and mark them dispatched."""
+        live = [p for p in self._queue if p.has_rows]
+        counts = cut_batch((p.waiting_rows() for p in live), self.max_batch_tokens)
         slices: list[_Slice] = []
-        rows = 0
-        width = 0
-        prefix_tokens = 0
-        for pending in self._queue:
-            if pending.cancelled or pending.next_tail >= len(pending.tails):
+        for pending, taken in zip(live, counts, strict=False):  # counts stop where the cut falls
+            if not taken:
                 continue
-            taken: list[int] = []
-            group_prefix = len(pending.shared)
-            while pending.next_tail < len(pending.tails):
-                idx = pending.order[pending.next_tail]
-                new_width = max(width, len(pending.tails[idx]) + group_prefix)
-                cost = (rows + 1) * new_width + prefix_tokens + (0 if taken else group_prefix)
-                if rows > 0 and cost > self.max_batch_tokens:
-                    break
-                if not pending.started and self.metrics:
-                    self.metrics.queue_time_seconds.observe(time.perf_counter() - pending.enqueued_at)
-                taken.append(idx)
-                pending.next_tail += 1
-                rows += 1
-                width = new_width
-            if taken:
-                prefix_tokens += group_prefix
-                slices.append(_Slice(pending, taken))
-            if pending.next_tail < len(pending.tails):
-                break  # budget reached inside this request
+            if not pending.started:
+                self.metrics.queue_time_seconds.observe(time.perf_counter() - pending.enqueued_at)
+            slices.append(_Slice(pending, pending.order[pending.next_tail : pending.next_tail + taken]))
+            pending.next_tail += taken
         return slices
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             self._drop_finished()
-            if not any(not p.cancelled and p.next_tail < len(p.tails) for p in self._queue):
+            if not any(p.has_rows for p in self._queue):
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
@@ -176,8 +170,7 @@ class DynamicBatcher:
                 scores = await loop.run_in_executor(self._executor, self.backend.score, groups)
             except Exception as exc:  # a backend failure fails its requests, never the worker
                 log.exception("forward pass failed")
-                if self.metrics:
-                    self.metrics.errors_total.labels(type="backend").inc()
+                self.metrics.errors_total.labels(type="backend").inc()
                 for s in slices:
                     if not s.pending.future.done():
                         s.pending.future.set_exception(exc)
@@ -198,8 +191,6 @@ class DynamicBatcher:
         )
 
     def _observe(self, groups: list[TokenGroup], seconds: float, n_requests: int) -> None:
-        if not self.metrics:
-            return
         m = self.metrics
         pairs = sum(len(g.tails) for g in groups)
         tokens = sum(g.tokens for g in groups)

@@ -110,8 +110,14 @@ def _make_backend(config: EngineConfig, path: Path, tokenizer: Any, max_len: int
 
 
 def load_engine(config: EngineConfig, metrics: ServerMetrics | None = None) -> RerankEngine:
-    """Resolve the model (local path or Hugging Face id), load tokenizer and backend. Blocking."""
+    """Resolve the model (local path or Hugging Face id), load tokenizer and backend. Blocking.
+
+    ``metrics``: the server's; without them (a script, a test) the engine records into a private set.
+    """
     from rerankd.engine.model_source import load_tokenizer, model_max_length, resolve_model
+
+    if metrics is None:
+        metrics = ServerMetrics()
 
     path = resolve_model(config.model)
     tokenizer = load_tokenizer(path)

@@ -1,10 +1,11 @@
-"""The batch splits benchmarks use mirror the batcher; agreement metrics catch ranking changes."""
+"""bench/benchlib: the benchmarks' batch splits are the batcher's cut; agreement metrics catch ranking changes."""
 
 from __future__ import annotations
 
 import pytest
 
-from rerankd.benchmark.reference import compare_scores, micro_batches, naive_batches, padded_tokens, spearman
+from benchlib.agreement import compare_scores, spearman
+from benchlib.engine_path import micro_batches, naive_batches, padded_tokens
 
 
 def test_micro_batches_sort_by_length_and_respect_the_budget() -> None:

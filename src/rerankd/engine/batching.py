@@ -1,0 +1,76 @@
+"""The micro-batch cut rule: which waiting rows the next forward pass takes.
+
+Why a pure function apart from the batcher: the rule decides a forward pass's padding and peak memory,
+so it must be testable without an event loop, and the offline benchmarks (``bench/``) must time the
+very batches the server forms, not a copy of the rule that can drift from it.
+
+The rule, in the order the server has always applied it:
+
+* Requests are served first in, first out. A request's rows are taken in :func:`dispatch_order`
+  (shortest tail first), so the rows of one batch have similar lengths and little padding.
+* A row is admitted while the batch it would make costs at most ``max_batch_tokens``: the padded rows,
+  ``rows × width`` with ``width`` the widest prompt (shared prefix + tail) so far, plus the shared prefix
+  of each earlier request in the batch once, plus the row's own request's prefix when it is that
+  request's first row of the batch.
+* The first row of a batch is always admitted, whatever it costs: a prompt longer than the budget
+  still runs, alone (the backend bounds its memory by chunking).
+* The cut may fall inside a request; its remaining rows open the next batch. A later request never
+  jumps ahead of an earlier one to fill the budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+__all__ = ["WaitingRows", "cut_batch", "dispatch_order"]
+
+
+def dispatch_order(tails: Sequence[Sequence[int]]) -> list[int]:
+    """The indices of ``tails``, shortest first (ties in request order): the order rows are dispatched."""
+    return sorted(range(len(tails)), key=lambda i: len(tails[i]))
+
+
+@dataclass(frozen=True)
+class WaitingRows:
+    """One request as the cut sees it: token counts only, nothing to compute."""
+
+    prefix: int
+    """Tokens of the shared prefix every row of the request starts with."""
+    lengths: Sequence[int]
+    """Every tail's length in tokens, in dispatch order."""
+    start: int = 0
+    """How many of ``lengths`` earlier batches took already."""
+
+    @property
+    def left(self) -> int:
+        return len(self.lengths) - self.start
+
+
+def cut_batch(queue: Iterable[WaitingRows], max_batch_tokens: int) -> list[int]:
+    """How many rows the next batch takes from each request of ``queue``, in queue order.
+
+    The answer stops at the request the cut falls in (or the queue's end): requests after it give no
+    row and are not read, so ``queue`` may be a lazy iterable. A request with no rows left gets 0 and
+    is passed over. What each request keeps for later is ``left`` minus its count.
+    """
+    counts: list[int] = []
+    rows = 0
+    width = 0
+    prefixes = 0  # the shared prefixes of the requests before the current one, once each
+    for request in queue:
+        taken = 0
+        while taken < request.left:
+            new_width = max(width, request.lengths[request.start + taken] + request.prefix)
+            cost = (rows + 1) * new_width + prefixes + (0 if taken else request.prefix)
+            if rows > 0 and cost > max_batch_tokens:
+                break
+            taken += 1
+            rows += 1
+            width = new_width
+        counts.append(taken)
+        if taken:
+            prefixes += request.prefix
+        if taken < request.left:
+            break  # the budget is reached inside this request
+    return counts

@@ -1,0 +1,297 @@
+"""DynamicBatcher and its cut rule: FIFO token-budgeted batches, cancellation, failures, back-pressure, shutdown.
+
+The backend is a recording fake (the one fake these tests allow: no model, no GPU). Everything else is
+real: the batcher's worker and executor thread, and a ``ServerMetrics`` with its own registry. Tests order
+events by what the fake saw and by the batcher's state, never by sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import pytest
+
+from benchlib.engine_path import micro_batches
+from rerankd.engine.backends.base import BackendInfo, ScoringBackend, TokenGroup
+from rerankd.engine.batcher import DynamicBatcher
+from rerankd.engine.batching import WaitingRows, cut_batch, dispatch_order
+from rerankd.errors import NotReadyError, OverloadedError
+from rerankd.observability.metrics import ServerMetrics
+
+DEADLINE_S = 10.0
+
+
+class RecordingBackend:
+    """Records every batch it is given and scores a tail as its first token, so a score names its document.
+
+    ``hold()`` makes forwards wait in the worker thread until ``release()``. A batch holding a group whose
+    shared prefix is ``poison`` raises, as a failed forward pass does.
+    """
+
+    info = BackendInfo(name="recording", device="cpu", dtype="float32", max_model_len=4096)
+
+    def __init__(self, poison: list[int] | None = None) -> None:
+        self.batches: list[list[TokenGroup]] = []
+        self.poison = poison
+        self._open = threading.Event()
+        self._open.set()
+        self._loop = asyncio.get_running_loop()
+        self._arrived: asyncio.Queue[list[TokenGroup]] = asyncio.Queue()
+
+    def hold(self) -> None:
+        self._open.clear()
+
+    def release(self) -> None:
+        self._open.set()
+
+    def score(self, groups: list[TokenGroup]) -> list[list[float]]:
+        self.batches.append(groups)
+        self._loop.call_soon_threadsafe(self._arrived.put_nowait, groups)
+        if not self._open.wait(timeout=DEADLINE_S):
+            raise TimeoutError("the test never released the backend")
+        if self.poison is not None and any(g.shared == self.poison for g in groups):
+            raise RuntimeError("forward pass failed")
+        return [[float(tail[0]) for tail in g.tails] for g in groups]
+
+    def close(self) -> None:
+        pass
+
+    async def next_batch(self) -> list[tuple[int, list[int]]]:
+        """The next batch to reach the backend, as soon as it does, in :func:`shape`."""
+        return shape(await asyncio.wait_for(self._arrived.get(), DEADLINE_S))
+
+    def seen(self) -> list[list[tuple[int, list[int]]]]:
+        return [shape(b) for b in self.batches]
+
+
+def shape(groups: list[TokenGroup]) -> list[tuple[int, list[int]]]:
+    """A batch as (request tag, document ids) per group: the tag is the prefix's token, an id a tail's."""
+    return [(g.shared[0], [tail[0] for tail in g.tails]) for g in groups]
+
+
+def request(tag: int, prefix: int, *docs: tuple[int, int]) -> tuple[list[int], list[list[int]]]:
+    """A request whose shared prefix is ``prefix`` tokens of ``tag``; each doc (id, length) is ``length`` × id."""
+    return [tag] * prefix, [[doc_id] * length for doc_id, length in docs]
+
+
+async def wait_until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + DEADLINE_S
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        await asyncio.sleep(0.001)
+
+
+@contextlib.asynccontextmanager
+async def running(backend: RecordingBackend, *, max_batch_tokens: int = 1000,
+                  max_queue: int = 16) -> AsyncIterator[DynamicBatcher]:
+    batcher = DynamicBatcher(backend, max_batch_tokens=max_batch_tokens, max_queue=max_queue, metrics=ServerMetrics())
+    batcher.start()
+    try:
+        yield batcher
+    finally:
+        backend.release()
+        await batcher.close()
+
+
+async def on_the_model(batcher: DynamicBatcher, backend: RecordingBackend,
+                       request: tuple[list[int], list[list[int]]]) -> asyncio.Task[list[float]]:
+    """Submit ``request`` with the backend held; return once its first batch is on the model."""
+    backend.hold()
+    task = asyncio.create_task(batcher.submit(*request))
+    await backend.next_batch()
+    return task
+
+
+async def queued(batcher: DynamicBatcher, request: tuple[list[int], list[list[int]]]) -> asyncio.Task[list[float]]:
+    """Submit ``request``; return once it waits in the queue."""
+    before = batcher.waiting
+    task = asyncio.create_task(batcher.submit(*request))
+    await wait_until(lambda: batcher.waiting == before + 1, "the request waits in the queue")
+    return task
+
+
+def sample(batcher: DynamicBatcher, name: str, **labels: str) -> float | None:
+    return batcher.metrics.registry.get_sample_value(name, labels)
+
+
+# ------------------------------------------------------------------------------------------- the cut rule
+def test_dispatch_order_is_shortest_first_and_stable() -> None:
+    assert dispatch_order([[0] * 5, [0], [0] * 3, [0]]) == [1, 3, 2, 0]
+
+
+def test_rows_are_admitted_while_padded_rows_fit_the_budget() -> None:
+    # width = prefix 2 + tail 3 = 5; costs: 5 + 2 (the prefix, counted on the first row), 2 × 5, 3 × 5, 4 × 5
+    rows = WaitingRows(prefix=2, lengths=[3, 3, 3, 3])
+    assert cut_batch([rows], 15) == [3]  # a batch costing exactly the budget is admitted
+    assert cut_batch([rows], 14) == [2]
+    assert cut_batch([rows], 20) == [4]
+
+
+def test_the_widest_row_sets_the_width_of_every_row() -> None:
+    rows = WaitingRows(prefix=0, lengths=[1, 1, 8])  # the third row makes the batch 3 rows × 8
+    assert cut_batch([rows], 23) == [2]
+    assert cut_batch([rows], 24) == [3]
+
+
+def test_the_first_row_is_admitted_whatever_it_costs() -> None:
+    assert cut_batch([WaitingRows(prefix=10, lengths=[100, 1])], 1) == [1]
+    # Only a batch's first row: a later request's first row is weighed like any other.
+    assert cut_batch([WaitingRows(0, [5]), WaitingRows(0, [100])], 10) == [1, 0]
+
+
+def test_each_request_adds_its_shared_prefix_once() -> None:
+    queue = [WaitingRows(prefix=4, lengths=[1]), WaitingRows(prefix=4, lengths=[1])]
+    # A: 1 × 5 + 4; with B: 2 × 5 + A's prefix 4 + B's prefix 4 = 18
+    assert cut_batch(queue, 18) == [1, 1]
+    assert cut_batch(queue, 17) == [1, 0]
+
+
+def test_a_later_request_never_jumps_ahead_to_fill_the_budget() -> None:
+    queue = [WaitingRows(0, [5]), WaitingRows(0, [100]), WaitingRows(0, [1])]
+    assert cut_batch(queue, 20) == [1, 0]  # the third request's row would fit, but waits behind the second
+
+
+def test_the_cut_continues_where_earlier_batches_stopped_and_reads_no_further() -> None:
+    def queue() -> Iterator[WaitingRows]:
+        yield WaitingRows(1, [2], start=1)  # every row already dispatched: passed over
+        yield WaitingRows(1, [2, 2, 2, 2], start=1)
+        raise AssertionError("read past the request the cut fell in")
+
+    assert cut_batch(queue(), 6) == [0, 2]  # rows 2 and 3 of the second request: 2 × 3, its prefix once
+
+
+# ---------------------------------------------------------------------------------------------- the batcher
+async def test_rows_go_shortest_first_and_scores_come_back_in_document_order() -> None:
+    backend = RecordingBackend()
+    async with running(backend) as batcher:
+        scores = await batcher.submit(*request(1, 2, (40, 5), (41, 1), (42, 3)))
+    assert scores == [40.0, 41.0, 42.0]
+    assert backend.seen() == [[(1, [41, 42, 40])]]
+    assert sample(batcher, "rerankd_pairs_total") == 3
+    assert sample(batcher, "rerankd_queue_time_seconds_count") == 1
+
+
+async def test_requests_are_served_first_in_first_out() -> None:
+    backend = RecordingBackend()
+    async with running(backend) as batcher:
+        a = await on_the_model(batcher, backend, request(1, 2, (10, 3)))
+        b = await queued(batcher, request(2, 2, (20, 3), (21, 3)))
+        c = await queued(batcher, request(3, 2, (30, 3)))
+        backend.release()
+        assert await a == [10.0] and await b == [20.0, 21.0] and await c == [30.0]
+    assert backend.seen() == [[(1, [10])], [(2, [20, 21]), (3, [30])]]
+    assert sample(batcher, "rerankd_batch_requests_count") == 2
+
+
+async def test_a_cut_inside_a_request_continues_in_the_next_batch() -> None:
+    backend = RecordingBackend()
+    # Every prompt is 5 tokens wide: 3 rows cost 15; the 4th row of `a` opens the next batch, which `b` joins.
+    async with running(backend, max_batch_tokens=15) as batcher:
+        plug = await on_the_model(batcher, backend, request(9, 2, (90, 3)))
+        a = await queued(batcher, request(1, 2, (10, 3), (11, 3), (12, 3), (13, 3)))
+        b = await queued(batcher, request(2, 2, (20, 3)))
+        backend.release()
+        assert await a == [10.0, 11.0, 12.0, 13.0] and await b == [20.0]
+        await plug
+    assert backend.seen() == [[(9, [90])], [(1, [10, 11, 12])], [(1, [13]), (2, [20])]]
+
+
+async def test_the_first_row_of_a_batch_runs_even_when_it_alone_exceeds_the_budget() -> None:
+    backend = RecordingBackend()
+    async with running(backend, max_batch_tokens=4) as batcher:
+        assert await batcher.submit(*request(1, 2, (10, 10), (11, 12))) == [10.0, 11.0]
+    assert backend.seen() == [[(1, [10])], [(1, [11])]]
+
+
+async def test_one_request_is_cut_as_the_benchmarks_cut_it() -> None:
+    shared, tails = request(1, 6, *[(10 + i, n) for i, n in enumerate((17, 3, 9, 30, 3, 12, 25, 8, 1, 40))])
+    backend = RecordingBackend()
+    async with running(backend, max_batch_tokens=90) as batcher:
+        await batcher.submit(shared, tails)
+    bench = [[(1, [tails[i][0] for i in indices])] for indices, _ in micro_batches(shared, tails, 90)]
+    assert backend.seen() == bench and len(bench) > 2
+
+
+async def test_a_cancelled_request_computes_nothing_more() -> None:
+    backend = RecordingBackend()
+    async with running(backend, max_batch_tokens=1) as batcher:  # one row per forward pass
+        a = await on_the_model(batcher, backend, request(1, 2, (10, 3), (11, 3), (12, 3), (13, 3)))
+        a.cancel()  # the client went away while its first row is on the model
+        with pytest.raises(asyncio.CancelledError):
+            await a
+        b = asyncio.create_task(batcher.submit(*request(2, 2, (20, 3))))
+        backend.release()
+        assert await b == [20.0]
+    # Had a's rows stayed queued, 11, 12 and 13 would have reached the backend before b's.
+    assert backend.seen() == [[(1, [10])], [(2, [20])]]
+    assert sample(batcher, "rerankd_cancelled_requests_total") == 1
+
+
+async def test_a_request_cancelled_while_waiting_never_reaches_the_backend() -> None:
+    backend = RecordingBackend()
+    async with running(backend) as batcher:
+        a = await on_the_model(batcher, backend, request(1, 2, (10, 3)))
+        b = await queued(batcher, request(2, 2, (20, 3)))
+        b.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await b
+        assert batcher.waiting == 0  # its place in the queue is free at once
+        c = asyncio.create_task(batcher.submit(*request(3, 2, (30, 3))))
+        backend.release()
+        assert await a == [10.0] and await c == [30.0]
+    assert backend.seen() == [[(1, [10])], [(3, [30])]]
+
+
+async def test_a_backend_error_fails_only_its_own_requests() -> None:
+    backend = RecordingBackend(poison=[1, 1])
+    async with running(backend, max_batch_tokens=1) as batcher:
+        a = await on_the_model(batcher, backend, request(1, 2, (10, 3), (11, 3)))
+        b = await queued(batcher, request(2, 2, (20, 3)))
+        backend.release()
+        with pytest.raises(RuntimeError, match="forward pass failed"):
+            await a
+        assert await b == [20.0]  # the worker survived the failure
+    assert backend.seen() == [[(1, [10])], [(2, [20])]]  # the failed request's second row was dropped
+    assert sample(batcher, "rerankd_errors_total", type="backend") == 1
+
+
+async def test_a_full_queue_answers_overloaded() -> None:
+    backend = RecordingBackend()
+    async with running(backend, max_queue=1) as batcher:
+        a = await on_the_model(batcher, backend, request(1, 2, (10, 3)))  # no longer waiting
+        b = await queued(batcher, request(2, 2, (20, 3)))
+        with pytest.raises(OverloadedError, match="queue is full") as refused:
+            await batcher.submit(*request(3, 2, (30, 3)))
+        assert refused.value.status_code == 503 and refused.value.retry_after
+        backend.release()
+        assert await a == [10.0] and await b == [20.0]
+    assert backend.seen() == [[(1, [10])], [(2, [20])]]
+
+
+async def test_close_fails_what_waits_and_refuses_new_requests() -> None:
+    backend = RecordingBackend()
+    async with running(backend) as batcher:
+        a = await on_the_model(batcher, backend, request(1, 2, (10, 3)))
+        b = await queued(batcher, request(2, 2, (20, 3)))
+        closing = asyncio.create_task(batcher.close())
+        for pending in (a, b):
+            with pytest.raises(NotReadyError, match="shutting down") as refused:
+                await pending
+            assert refused.value.status_code == 503
+        with pytest.raises(NotReadyError):
+            await batcher.submit(*request(3, 2, (30, 3)))
+        assert not closing.done()  # close waits for the forward pass still on the model, off the event loop
+        backend.release()
+        await asyncio.wait_for(closing, DEADLINE_S)
+    assert backend.seen() == [[(1, [10])]]
+
+
+def test_the_fake_is_a_scoring_backend() -> None:
+    async def build() -> RecordingBackend:
+        return RecordingBackend()
+
+    assert isinstance(asyncio.run(build()), ScoringBackend)
