@@ -2,10 +2,22 @@
 
 Why a buffer and a writer task: the response path must never wait for, or fail because of, the
 database. ``record`` only appends to an in-memory buffer; a background task inserts batches (one
-``INSERT`` per batch). A failed flush keeps its rows and is retried with backoff, so a database outage
-costs memory, not rows, up to ``max_pending`` rows; past that new rows are dropped and counted.
-Inserts skip rows whose ``request_id`` already exists, so re-sending a batch whose commit outcome
-was unknown is harmless.
+``INSERT`` per batch). Inserts skip rows whose ``request_id`` already exists, so re-sending a batch whose
+commit outcome was unknown is harmless.
+
+Why no row can block the others: ``record`` first bounds every value to its column (``ColumnLimits``, read
+from the table: strings cut to their length, integers clamped to the column's range, NaN/inf made finite),
+so the database has nothing to refuse. Should it refuse a batch anyway, the failure is classified:
+
+* database unavailable (connection refused or lost, locked or read-only, out of space): the rows stay
+  buffered and the batch is retried with backoff, so an outage costs memory, not rows, up to ``max_pending``
+  rows (past that new rows are dropped and counted);
+* rows refused (integrity or data errors, values no driver can encode): the batch is written one row at a
+  time and each refused row is set aside in ``usage_dead_letters`` with the database's reason, or, when even
+  that insert fails, appended to a JSON-lines file (``dead_letter_path``). The rows after it go on.
+
+At shutdown, rows the database never took (it was down until the end) are appended to the same file, so a
+row the client was answered for survives in the database, the dead-letter table or the file.
 """
 
 from __future__ import annotations
@@ -13,18 +25,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import logging
+import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Date, MetaData, case, cast, func, insert, select
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from rerankd.gateway.db import UsageRecord, utcnow
+from rerankd.gateway.column_limits import ColumnLimits
+from rerankd.gateway.db import UsageDeadLetter, UsageRecord, utcnow
 from rerankd.gateway.migrate import translated_schema
 
 __all__ = ["UsageEntry", "UsageLedger"]
@@ -36,6 +53,13 @@ _VALUE_ORDER = ("request_id", "key_id", "model", "documents", "tokens", "latency
 _COLUMNS = len(_VALUE_ORDER)  # bound parameters per row in the batch INSERT
 _MAX_BIND_PARAMS = 30_000  # under PostgreSQL's 32767 and SQLite's 32766 limits per statement
 _DROP_LOG_EVERY_S = 10.0
+_USAGE_LIMITS = ColumnLimits(UsageRecord.__table__)
+_DEAD_LETTER_LIMITS = ColumnLimits(UsageDeadLetter.__table__)
+# PostgreSQL SQLSTATE classes that say "the database cannot take writes now", not "this row is wrong":
+# connection (08), read-only standby / transaction state (25), serialization or deadlock (40), schema or
+# privileges (42: every row fails alike until it is fixed), resources (53), object in use (55),
+# shutdown or restart (57), system I/O (58), internal (XX). Data (22) and integrity (23) refuse one row.
+_PG_UNAVAILABLE_CLASSES = frozenset({"08", "25", "40", "42", "53", "55", "57", "58", "XX"})
 
 
 @dataclass(frozen=True)
@@ -61,17 +85,36 @@ class UsageEntry:
         return (self.request_id, self.key_id, self.model, self.documents, self.tokens, self.latency_ms,
                 self.status, self.upstream, self.route, when)
 
+    def fitted(self) -> tuple[UsageEntry, list[str]]:
+        """This entry with every value bounded to its ``usage_records`` column, and what had to change."""
+        fitted = _USAGE_LIMITS.fit({name: getattr(self, name) for name in _VALUE_ORDER})
+        return (UsageEntry(**fitted.values) if fitted.changes else self), fitted.changes
+
+    def as_json(self) -> str:
+        """The row as one line of ASCII JSON (for the dead-letter table and file)."""
+        values = {name: getattr(self, name) for name in _VALUE_ORDER}
+        try:
+            return json.dumps(values, default=str, sort_keys=True)
+        except (TypeError, ValueError):  # a value not even str() can print (an unbounded huge int)
+            return json.dumps({name: _printable(value) for name, value in values.items()}, sort_keys=True)
+
 
 class UsageLedger:
     """Buffers :class:`UsageEntry` rows and writes them to ``usage_records`` from a background task.
 
     Lifecycle: ``start()`` once the event loop runs, ``record()`` per request (from the loop's thread),
-    ``await close()`` at shutdown after the HTTP server stopped taking requests. ``engine`` may be
-    replaced at any time (e.g. after a failover); the next flush attempt uses the new one.
+    ``await close()`` at shutdown after the HTTP server stopped taking requests, then log ``summary()``.
+    ``engine`` may be replaced at any time (e.g. after a failover); the next flush attempt uses the new one.
+
+    ``dead_letter_path`` is the JSON-lines file of last resort (rows neither table would take). Default:
+    beside a SQLite database file (``ledger.db`` → ``ledger.db.dead-letter.jsonl``), else
+    ``rerankd-ledger-dead-letter.jsonl`` in the working directory; resolved at each write, so it follows
+    ``engine``.
     """
 
     def __init__(self, engine: AsyncEngine, *, batch_size: int = 200, flush_interval: float = 0.5,
-                 max_pending: int = 100_000, max_backoff: float = 30.0) -> None:
+                 max_pending: int = 100_000, max_backoff: float = 30.0,
+                 dead_letter_path: str | Path | None = None) -> None:
         if batch_size < 1 or flush_interval <= 0 or max_pending < 1 or max_backoff <= 0:
             raise ValueError("batch_size and max_pending must be >= 1; flush_interval and max_backoff > 0")
         self.engine = engine
@@ -79,27 +122,48 @@ class UsageLedger:
         self._flush_interval = flush_interval
         self._max_pending = max_pending
         self._max_backoff = max_backoff
-        # (monotonic time recorded, entry); only the writer removes from the left, and only after a commit.
+        self._dead_letter_path = Path(dead_letter_path) if dead_letter_path is not None else None
+        # (monotonic time recorded, entry); only the writer removes from the left, and only after the row
+        # was committed or set aside.
         self._buffer: deque[tuple[float, UsageEntry]] = deque()
         self._wakeup = asyncio.Event()  # a full batch is waiting, or we are stopping
         self._stopping = asyncio.Event()  # cuts backoff sleeps short at shutdown
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._saved_at_close = False
         self._last_drop_log = float("-inf")
+        self._last_bounded_log = float("-inf")
         self._driver_sql: dict[tuple[str, str | None], str] = {}  # (dialect, schema) → INSERT, compiled once
         self.dropped = 0
         """Rows refused because the buffer was full or the ledger closed."""
         self.flush_failures = 0
-        """Flush attempts that failed (each is retried; the rows stay buffered)."""
+        """Batch writes that failed (the database was unavailable, or refused a row of the batch)."""
         self.written = 0
         """Rows sent in committed batches (duplicates skipped by the database included)."""
+        self.bounded = 0
+        """Rows queued with a value cut or clamped to its column (written like any other row)."""
+        self.dead_lettered = 0
+        """Rows the database refused, set aside in ``usage_dead_letters`` or the dead-letter file."""
+        self.saved_to_file = 0
+        """Rows appended to the dead-letter file (refused rows no table took, rows unwritten at shutdown)."""
+        self.lost = 0
+        """Rows neither the database nor the dead-letter file took (each is logged in full at ERROR)."""
+        self.last_error: str | None = None
+        """Why the database was last unavailable (None until it was)."""
 
     def record(self, entry: UsageEntry) -> None:
-        """Queue one row for writing. Never blocks and never raises: usage must not break a response."""
+        """Queue one row for writing. Never blocks and never raises: usage must not break a response.
+
+        Every value is bounded to its column here, before it is queued, so no value can make the database
+        refuse the batch it lands in.
+        """
         try:
             if self._closed or len(self._buffer) >= self._max_pending:
                 self._drop()
                 return
+            entry, changes = entry.fitted()
+            if changes:
+                self._note_bounded(entry, changes)
             self._buffer.append((time.monotonic(), entry))
             if len(self._buffer) >= self._batch_size:
                 self._wakeup.set()
@@ -107,7 +171,7 @@ class UsageLedger:
             logger.exception("usage ledger: could not queue a row")
 
     def pending(self) -> int:
-        """Rows recorded but not yet committed to the database."""
+        """Rows recorded but not yet committed to the database (or set aside as dead letters)."""
         return len(self._buffer)
 
     def lag_seconds(self) -> float:
@@ -126,8 +190,9 @@ class UsageLedger:
     async def close(self, timeout: float = 10.0) -> int:
         """Stop the writer and flush what is left, retrying for up to ``timeout`` seconds.
 
-        Returns the number of rows that could not be written (0 after a clean shutdown); those are logged,
-        since shutdown cannot wait forever for a database that is down.
+        Returns the number of rows the database did not take (0 after a clean shutdown; rows set aside as
+        dead letters are not counted, they are stored). Those rows are appended to the dead-letter file,
+        since shutdown cannot wait forever for a database that is down; ``summary()`` says what happened.
         """
         self._closed = True
         self._stopping.set()
@@ -141,9 +206,38 @@ class UsageLedger:
             self._task = None
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._drain(deadline), max(0.0, deadline - time.monotonic()))
-        if self._buffer:
-            logger.error("usage ledger: %d rows could not be written before shutdown", len(self._buffer))
+        if self._buffer and not self._saved_at_close:
+            self._saved_at_close = True
+            reason = f"not written before shutdown: {self.last_error or 'no time left'}"
+            path = self._append_to_file([entry for _, entry in self._buffer], reason)
+            logger.error("usage ledger: %d rows could not be written to the database before shutdown (%s); %s",
+                         len(self._buffer), self.last_error or "no time left",
+                         f"saved to {path}" if path else "LOST (logged in full above)")
         return len(self._buffer)
+
+    def summary(self) -> str:
+        """One line for the shutdown log saying where every recorded row went (call after ``close()``).
+
+        It starts with "usage ledger flushed" only when every row is in the database or set aside there
+        as a dead letter; otherwise with "usage ledger NOT flushed".
+        """
+        unwritten = len(self._buffer)
+        unsafe = unwritten or self.dropped or self.lost
+        parts = [f"{self.written} rows written"]
+        if self.bounded:
+            parts.append(f"{self.bounded} rows with values cut to their columns")
+        if self.dead_lettered:
+            parts.append(f"{self.dead_lettered} rows refused by the database and set aside")
+        if unwritten:
+            parts.append(f"{unwritten} rows not written ({self.last_error or 'no time left'})")
+        if self.saved_to_file:
+            parts.append(f"{self.saved_to_file} rows saved to {self._dead_letter_file()}")
+        if self.dropped:
+            parts.append(f"{self.dropped} rows dropped (buffer full or ledger closed)")
+        if self.lost:
+            parts.append(f"{self.lost} rows lost (logged in full)")
+        head = "usage ledger NOT flushed" if unsafe else "usage ledger flushed"
+        return f"{head}: {', '.join(parts)}"
 
     async def usage_by_day(self, key_id: str | None) -> list[dict[str, Any]]:
         """Committed usage per UTC day, oldest first: ``day`` (YYYY-MM-DD), requests, failed, documents, tokens.
@@ -210,20 +304,108 @@ class UsageLedger:
             failures = 0 if await self._flush_all() else failures + 1
 
     async def _flush_all(self) -> bool:
-        """Write buffered rows batch by batch; False at the first failed batch (its rows stay buffered)."""
+        """Write buffered rows batch by batch; False when the database is unavailable (rows stay buffered).
+
+        A batch the database refuses is written again one row at a time, so only its bad rows are set aside.
+        """
         while self._buffer:
             batch = [entry for _, entry in itertools.islice(self._buffer, self._batch_size)]
             try:
                 await self._insert(batch)
             except Exception as exc:
                 self.flush_failures += 1
-                logger.warning("usage ledger: flush of %d rows failed (%d pending, will retry): %s",
-                               len(batch), len(self._buffer), exc)
-                return False
+                if _database_unavailable(exc):
+                    self._note_unavailable(exc, len(batch))
+                    return False
+                logger.warning("usage ledger: the database refused a batch of %d rows (%s); writing them one "
+                               "at a time to set the refused ones aside", len(batch), _reason(exc))
+                if not await self._write_one_by_one(len(batch)):
+                    return False
+                continue
             for _ in batch:
                 self._buffer.popleft()
             self.written += len(batch)
         return True
+
+    async def _write_one_by_one(self, count: int) -> bool:
+        """Insert the first ``count`` buffered rows singly; refused ones become dead letters.
+        False as soon as the database is unavailable (the row in hand and those after it stay buffered)."""
+        for _ in range(count):
+            entry = self._buffer[0][1]
+            try:
+                await self._insert([entry])
+            except Exception as exc:
+                if _database_unavailable(exc):
+                    self._note_unavailable(exc, len(self._buffer))
+                    return False
+                await self._dead_letter(entry, _reason(exc))
+            else:
+                self.written += 1
+            self._buffer.popleft()
+        return True
+
+    async def _dead_letter(self, entry: UsageEntry, reason: str) -> None:
+        """Set a refused row aside: in ``usage_dead_letters``, or in the dead-letter file if that fails too."""
+        self.dead_lettered += 1
+        values = _DEAD_LETTER_LIMITS.fit({"request_id": entry.request_id, "reason": reason,
+                                          "row": entry.as_json(), "created_at": utcnow()}).values
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(insert(UsageDeadLetter), [values])
+        except Exception as exc:
+            path = self._append_to_file([entry], reason)
+            logger.error("usage ledger: row %s refused by the database (%s); the dead-letter table failed too "
+                         "(%s), %s", entry.request_id, reason, _reason(exc),
+                         f"saved to {path}" if path else "LOST (logged in full above)")
+            return
+        logger.error("usage ledger: row %s refused by the database (%s); set aside in %s",
+                     entry.request_id, reason, UsageDeadLetter.__tablename__)
+
+    def _append_to_file(self, entries: list[UsageEntry], reason: str) -> Path | None:
+        """Append rows to the dead-letter file (flushed and fsynced); the path, or None if it failed.
+
+        Synchronous on purpose: it runs only for rows no table took, and only then; a row that reached the
+        file must be on disk before the ledger forgets it. When even the file fails, each row is logged in
+        full at ERROR, the last place it can still be recovered from.
+        """
+        path = self._dead_letter_file()
+        when = utcnow().isoformat()
+        lines = [json.dumps({"set_aside_at": when, "reason": reason, "row": json.loads(entry.as_json())},
+                            sort_keys=True) + "\n" for entry in entries]
+        try:
+            with path.open("a", encoding="ascii") as file:
+                file.writelines(lines)
+                file.flush()
+                os.fsync(file.fileno())
+        except OSError as exc:
+            self.lost += len(entries)
+            for line in lines:
+                logger.error("usage ledger: row LOST, could not append it to %s (%s): %s", path, exc, line.rstrip())
+            return None
+        self.saved_to_file += len(entries)
+        return path
+
+    def _dead_letter_file(self) -> Path:
+        if self._dead_letter_path is not None:
+            return self._dead_letter_path
+        url = self.engine.url
+        if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+            database = Path(url.database)
+            return database.with_name(f"{database.name}.dead-letter.jsonl")
+        return Path("rerankd-ledger-dead-letter.jsonl")
+
+    def _note_unavailable(self, exc: BaseException, kept: int) -> None:
+        self.last_error = _reason(exc)
+        logger.warning("usage ledger: database unavailable (%s); %d rows kept, retrying with backoff",
+                       self.last_error, kept)
+
+    def _note_bounded(self, entry: UsageEntry, changes: list[str]) -> None:
+        self.bounded += 1
+        now = time.monotonic()
+        if now - self._last_bounded_log >= _DROP_LOG_EVERY_S:
+            self._last_bounded_log = now
+            logger.warning("usage ledger: row %s stored with values cut to their columns (%s); %d such rows so "
+                           "far", entry.request_id, "; ".join(changes), self.bounded)
 
     async def _insert(self, batch: list[UsageEntry]) -> None:
         """One executemany of the batch, as plain driver SQL with ready-made parameter tuples.
@@ -262,3 +444,40 @@ def _compiled_insert(dialect: Any, schema: str | None) -> str:
     if tuple(compiled.positiontup or ()) != _VALUE_ORDER:
         raise RuntimeError(f"unexpected parameter order {compiled.positiontup} for the usage INSERT")
     return compiled.string
+
+
+def _database_unavailable(exc: BaseException) -> bool:
+    """True when the database could not take any row now (keep them all and retry); False when it refused
+    what this statement carried (set the row aside).
+
+    Unavailable: a connection that could not be made or was lost, a pool timeout, SQLite's operational
+    errors (locked, read-only, cannot open the file, disk full, no such table) and PostgreSQL's SQLSTATE
+    classes in :data:`_PG_UNAVAILABLE_CLASSES`. Anything else (integrity and data errors, and Python errors
+    binding the row's values: an integer too large for SQLite, text no codec can encode) is the row's fault.
+    Erring that way cannot lose a row: a dead letter is stored, and a wrongly set-aside row can be re-sent.
+    """
+    if isinstance(exc, (OSError, asyncio.TimeoutError, sa_exc.TimeoutError, sa_exc.DisconnectionError)):
+        return True
+    if not isinstance(exc, sa_exc.DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    if isinstance(sqlstate, str) and len(sqlstate) == 5:
+        return sqlstate[:2] in _PG_UNAVAILABLE_CLASSES
+    return isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError))
+
+
+def _reason(exc: BaseException) -> str:
+    """What the database (or driver) said, on one line: the original exception's type and first line."""
+    cause = exc.orig if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None else exc
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[0] if lines else ''}"[:1000]
+
+
+def _printable(value: Any) -> Any:
+    if isinstance(value, (str, float, bool)) or value is None:
+        return value
+    if isinstance(value, int):
+        return value if value.bit_length() <= 64 else f"<int of {value.bit_length()} bits>"
+    return repr(value)
