@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ __all__ = ["ColumnLimits", "FittedRow"]
 _INT_RANGES = ((SmallInteger, 2**15), (BigInteger, 2**63), (Integer, 2**31))  # subclasses before Integer
 _UNIQUE_SUFFIX_HEX = 16  # 64 bits of SHA-256: a truncated unique value stays unique (collisions ~2^-32 at 2^16 rows)
 _REPLACEMENT = "\ufffd"  # stands in for a NUL (PostgreSQL text refuses 0x00) and for unencodable characters
+
+_SURROGATES = re.compile("[\ud800-\udfff]")  # code points UTF-8 cannot encode on their own
 
 _Fit = Callable[[Any], tuple[Any, str | None]]  # value -> (stored value, what was changed or None)
 
@@ -109,6 +112,9 @@ def _nullable(nullable: bool, empty: Any, fit: _Fit) -> _Fit:
 
 def _text_fit(length: int | None, nullable: bool, unique: bool) -> _Fit:
     def fit(value: Any) -> tuple[Any, str | None]:
+        if type(value) is str and (length is None or len(value) <= length) and value.isascii() \
+                and "\x00" not in value:
+            return value, None  # the common case, first: record() runs on every request
         changes: list[str] = []
         if not isinstance(value, str):
             value, changes = _as_text(value), [f"{type(value).__name__} stored as text"]
@@ -118,7 +124,7 @@ def _text_fit(length: int | None, nullable: bool, unique: bool) -> _Fit:
             try:
                 value.encode("utf-8")
             except UnicodeEncodeError:  # lone surrogates (JSON "\ud800"): no driver can encode them
-                value = value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+                value = _SURROGATES.sub(_REPLACEMENT, value)
                 changes.append("characters UTF-8 cannot encode replaced")
         if length is not None and len(value) > length:
             changes.append(f"{len(value)} characters cut to {length}")
@@ -145,6 +151,8 @@ def _as_text(value: Any) -> str:
 
 
 def _fit_int(value: Any, low: int, high: int) -> tuple[int, str | None]:
+    if type(value) is int and low <= value <= high:
+        return value, None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         try:
             value = int(value)
@@ -165,6 +173,8 @@ def _fit_int(value: Any, low: int, high: int) -> tuple[int, str | None]:
 
 
 def _fit_float(value: Any, low: float, high: float) -> tuple[float, str | None]:
+    if type(value) is float and low <= value <= high:  # NaN fails every comparison and falls through
+        return value, None
     try:
         number = float(value)
     except OverflowError:  # an int too large for a double

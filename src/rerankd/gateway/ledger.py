@@ -161,7 +161,11 @@ class UsageLedger:
             if self._closed or len(self._buffer) >= self._max_pending:
                 self._drop()
                 return
-            entry, changes = entry.fitted()
+            try:
+                entry, changes = entry.fitted()
+            except Exception:  # pragma: no cover - defensive: queue it as it is, the writer sets it aside
+                logger.exception("usage ledger: could not bound row %s to its columns", entry.request_id)
+                changes = []
             if changes:
                 self._note_bounded(entry, changes)
             self._buffer.append((time.monotonic(), entry))
