@@ -27,7 +27,6 @@ import contextlib
 import itertools
 import json
 import logging
-import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -36,12 +35,13 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Date, MetaData, case, cast, func, insert, select
-from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from rerankd.gateway.column_limits import ColumnLimits
-from rerankd.gateway.db import UsageDeadLetter, UsageRecord, utcnow
+from rerankd.gateway.db import UsageRecord, utcnow
+from rerankd.gateway.db_errors import database_unavailable, failure_reason
+from rerankd.gateway.dead_letters import DeadLetters, default_dead_letter_file
 from rerankd.gateway.migrate import translated_schema
 
 __all__ = ["UsageEntry", "UsageLedger"]
@@ -52,14 +52,8 @@ _VALUE_ORDER = ("request_id", "key_id", "model", "documents", "tokens", "latency
                 "created_at")
 _COLUMNS = len(_VALUE_ORDER)  # bound parameters per row in the batch INSERT
 _MAX_BIND_PARAMS = 30_000  # under PostgreSQL's 32767 and SQLite's 32766 limits per statement
-_DROP_LOG_EVERY_S = 10.0
+_DROP_LOG_EVERY_S = 10.0  # at most one "dropping rows" or "values cut" line per this many seconds
 _USAGE_LIMITS = ColumnLimits(UsageRecord.__table__)
-_DEAD_LETTER_LIMITS = ColumnLimits(UsageDeadLetter.__table__)
-# PostgreSQL SQLSTATE classes that say "the database cannot take writes now", not "this row is wrong":
-# connection (08), read-only standby / transaction state (25), serialization or deadlock (40), schema or
-# privileges (42: every row fails alike until it is fixed), resources (53), object in use (55),
-# shutdown or restart (57), system I/O (58), internal (XX). Data (22) and integrity (23) refuse one row.
-_PG_UNAVAILABLE_CLASSES = frozenset({"08", "25", "40", "42", "53", "55", "57", "58", "XX"})
 
 
 @dataclass(frozen=True)
@@ -106,10 +100,8 @@ class UsageLedger:
     ``await close()`` at shutdown after the HTTP server stopped taking requests, then log ``summary()``.
     ``engine`` may be replaced at any time (e.g. after a failover); the next flush attempt uses the new one.
 
-    ``dead_letter_path`` is the JSON-lines file of last resort (rows neither table would take). Default:
-    beside a SQLite database file (``ledger.db`` → ``ledger.db.dead-letter.jsonl``), else
-    ``rerankd-ledger-dead-letter.jsonl`` in the working directory; resolved at each write, so it follows
-    ``engine``.
+    ``dead_letter_path`` is the JSON-lines file of last resort (rows neither table would take, rows unwritten
+    at shutdown); default :func:`~rerankd.gateway.dead_letters.default_dead_letter_file` of ``engine``.
     """
 
     def __init__(self, engine: AsyncEngine, *, batch_size: int = 200, flush_interval: float = 0.5,
@@ -122,7 +114,8 @@ class UsageLedger:
         self._flush_interval = flush_interval
         self._max_pending = max_pending
         self._max_backoff = max_backoff
-        self._dead_letter_path = Path(dead_letter_path) if dead_letter_path is not None else None
+        chosen = Path(dead_letter_path) if dead_letter_path is not None else None
+        self._dead_letters = DeadLetters(lambda: chosen or default_dead_letter_file(self.engine.url))
         # (monotonic time recorded, entry); only the writer removes from the left, and only after the row
         # was committed or set aside.
         self._buffer: deque[tuple[float, UsageEntry]] = deque()
@@ -142,12 +135,6 @@ class UsageLedger:
         """Rows sent in committed batches (duplicates skipped by the database included)."""
         self.bounded = 0
         """Rows queued with a value cut or clamped to its column (written like any other row)."""
-        self.dead_lettered = 0
-        """Rows the database refused, set aside in ``usage_dead_letters`` or the dead-letter file."""
-        self.saved_to_file = 0
-        """Rows appended to the dead-letter file (refused rows no table took, rows unwritten at shutdown)."""
-        self.lost = 0
-        """Rows neither the database nor the dead-letter file took (each is logged in full at ERROR)."""
         self.last_error: str | None = None
         """Why the database was last unavailable (None until it was)."""
 
@@ -173,6 +160,21 @@ class UsageLedger:
                 self._wakeup.set()
         except Exception:  # pragma: no cover - defensive: nothing above should raise
             logger.exception("usage ledger: could not queue a row")
+
+    @property
+    def dead_lettered(self) -> int:
+        """Rows the database refused, set aside in ``usage_dead_letters`` or the dead-letter file."""
+        return self._dead_letters.refused
+
+    @property
+    def saved_to_file(self) -> int:
+        """Rows appended to the dead-letter file (refused rows no table took, rows unwritten at shutdown)."""
+        return self._dead_letters.saved_to_file
+
+    @property
+    def lost(self) -> int:
+        """Rows neither the database nor the dead-letter file took (each is logged in full at ERROR)."""
+        return self._dead_letters.lost
 
     def pending(self) -> int:
         """Rows recorded but not yet committed to the database (or set aside as dead letters)."""
@@ -213,7 +215,7 @@ class UsageLedger:
         if self._buffer and not self._saved_at_close:
             self._saved_at_close = True
             reason = f"not written before shutdown: {self.last_error or 'no time left'}"
-            path = self._append_to_file([entry for _, entry in self._buffer], reason)
+            path = self._dead_letters.save_to_file([entry.as_json() for _, entry in self._buffer], reason)
             logger.error("usage ledger: %d rows could not be written to the database before shutdown (%s); %s",
                          len(self._buffer), self.last_error or "no time left",
                          f"saved to {path}" if path else "LOST (logged in full above)")
@@ -222,8 +224,9 @@ class UsageLedger:
     def summary(self) -> str:
         """One line for the shutdown log saying where every recorded row went (call after ``close()``).
 
-        It starts with "usage ledger flushed" only when every row is in the database or set aside there
-        as a dead letter; otherwise with "usage ledger NOT flushed".
+        It starts with "usage ledger flushed" only when every row reached the database (its usage table, or
+        its dead-letter table or file when refused); with "usage ledger NOT flushed" when rows did not
+        (unwritten at shutdown, even if saved to the file; dropped; lost).
         """
         unwritten = len(self._buffer)
         unsafe = unwritten or self.dropped or self.lost
@@ -235,7 +238,7 @@ class UsageLedger:
         if unwritten:
             parts.append(f"{unwritten} rows not written ({self.last_error or 'no time left'})")
         if self.saved_to_file:
-            parts.append(f"{self.saved_to_file} rows saved to {self._dead_letter_file()}")
+            parts.append(f"{self.saved_to_file} rows saved to {self._dead_letters.file()}")
         if self.dropped:
             parts.append(f"{self.dropped} rows dropped (buffer full or ledger closed)")
         if self.lost:
@@ -318,11 +321,11 @@ class UsageLedger:
                 await self._insert(batch)
             except Exception as exc:
                 self.flush_failures += 1
-                if _database_unavailable(exc):
+                if database_unavailable(exc):
                     self._note_unavailable(exc, len(batch))
                     return False
                 logger.warning("usage ledger: the database refused a batch of %d rows (%s); writing them one "
-                               "at a time to set the refused ones aside", len(batch), _reason(exc))
+                               "at a time to set the refused ones aside", len(batch), failure_reason(exc))
                 if not await self._write_one_by_one(len(batch)):
                     return False
                 continue
@@ -339,67 +342,17 @@ class UsageLedger:
             try:
                 await self._insert([entry])
             except Exception as exc:
-                if _database_unavailable(exc):
+                if database_unavailable(exc):
                     self._note_unavailable(exc, len(self._buffer))
                     return False
-                await self._dead_letter(entry, _reason(exc))
+                await self._dead_letters.set_aside(self.engine, entry.request_id, entry.as_json(), failure_reason(exc))
             else:
                 self.written += 1
             self._buffer.popleft()
         return True
 
-    async def _dead_letter(self, entry: UsageEntry, reason: str) -> None:
-        """Set a refused row aside: in ``usage_dead_letters``, or in the dead-letter file if that fails too."""
-        self.dead_lettered += 1
-        values = _DEAD_LETTER_LIMITS.fit({"request_id": entry.request_id, "reason": reason,
-                                          "row": entry.as_json(), "created_at": utcnow()}).values
-        try:
-            async with self.engine.begin() as conn:
-                await conn.execute(insert(UsageDeadLetter), [values])
-        except Exception as exc:
-            path = self._append_to_file([entry], reason)
-            logger.error("usage ledger: row %s refused by the database (%s); the dead-letter table failed too "
-                         "(%s), %s", entry.request_id, reason, _reason(exc),
-                         f"saved to {path}" if path else "LOST (logged in full above)")
-            return
-        logger.error("usage ledger: row %s refused by the database (%s); set aside in %s",
-                     entry.request_id, reason, UsageDeadLetter.__tablename__)
-
-    def _append_to_file(self, entries: list[UsageEntry], reason: str) -> Path | None:
-        """Append rows to the dead-letter file (flushed and fsynced); the path, or None if it failed.
-
-        Synchronous on purpose: it runs only for rows no table took, and only then; a row that reached the
-        file must be on disk before the ledger forgets it. When even the file fails, each row is logged in
-        full at ERROR, the last place it can still be recovered from.
-        """
-        path = self._dead_letter_file()
-        when = utcnow().isoformat()
-        lines = [json.dumps({"set_aside_at": when, "reason": reason, "row": json.loads(entry.as_json())},
-                            sort_keys=True) + "\n" for entry in entries]
-        try:
-            with path.open("a", encoding="ascii") as file:
-                file.writelines(lines)
-                file.flush()
-                os.fsync(file.fileno())
-        except OSError as exc:
-            self.lost += len(entries)
-            for line in lines:
-                logger.error("usage ledger: row LOST, could not append it to %s (%s): %s", path, exc, line.rstrip())
-            return None
-        self.saved_to_file += len(entries)
-        return path
-
-    def _dead_letter_file(self) -> Path:
-        if self._dead_letter_path is not None:
-            return self._dead_letter_path
-        url = self.engine.url
-        if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
-            database = Path(url.database)
-            return database.with_name(f"{database.name}.dead-letter.jsonl")
-        return Path("rerankd-ledger-dead-letter.jsonl")
-
     def _note_unavailable(self, exc: BaseException, kept: int) -> None:
-        self.last_error = _reason(exc)
+        self.last_error = failure_reason(exc)
         logger.warning("usage ledger: database unavailable (%s); %d rows kept, retrying with backoff",
                        self.last_error, kept)
 
@@ -448,35 +401,6 @@ def _compiled_insert(dialect: Any, schema: str | None) -> str:
     if tuple(compiled.positiontup or ()) != _VALUE_ORDER:
         raise RuntimeError(f"unexpected parameter order {compiled.positiontup} for the usage INSERT")
     return compiled.string
-
-
-def _database_unavailable(exc: BaseException) -> bool:
-    """True when the database could not take any row now (keep them all and retry); False when it refused
-    what this statement carried (set the row aside).
-
-    Unavailable: a connection that could not be made or was lost, a pool timeout, SQLite's operational
-    errors (locked, read-only, cannot open the file, disk full, no such table) and PostgreSQL's SQLSTATE
-    classes in :data:`_PG_UNAVAILABLE_CLASSES`. Anything else (integrity and data errors, and Python errors
-    binding the row's values: an integer too large for SQLite, text no codec can encode) is the row's fault.
-    Erring that way cannot lose a row: a dead letter is stored, and a wrongly set-aside row can be re-sent.
-    """
-    if isinstance(exc, (OSError, asyncio.TimeoutError, sa_exc.TimeoutError, sa_exc.DisconnectionError)):
-        return True
-    if not isinstance(exc, sa_exc.DBAPIError):
-        return False
-    if exc.connection_invalidated:
-        return True
-    sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
-    if isinstance(sqlstate, str) and len(sqlstate) == 5:
-        return sqlstate[:2] in _PG_UNAVAILABLE_CLASSES
-    return isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError))
-
-
-def _reason(exc: BaseException) -> str:
-    """What the database (or driver) said, on one line: the original exception's type and first line."""
-    cause = exc.orig if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None else exc
-    lines = str(cause).strip().splitlines()
-    return f"{type(cause).__name__}: {lines[0] if lines else ''}"[:1000]
 
 
 def _printable(value: Any) -> Any:
