@@ -8,9 +8,10 @@ import time
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import event, func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from rerankd.gateway.db import UsageDeadLetter, UsageRecord, init_schema
@@ -393,3 +394,36 @@ async def test_a_connection_killed_mid_insert_keeps_its_rows(tmp_path: Path) -> 
         assert await ledger.close() == 0
         assert ledger.dead_lettered == 0 and await count_rows(engine) == 5
         assert "AdminShutdown" in str(ledger.last_error) or "terminat" in str(ledger.last_error)
+
+
+def refuse_writes(engine: AsyncEngine) -> None:
+    """Every new connection of ``engine`` is read-only, as on a standby a failover left us pointing at:
+    SQLite ``PRAGMA query_only``, PostgreSQL ``default_transaction_read_only`` (SQLSTATE 25006 on INSERT)."""
+    def read_only(dbapi_connection: Any, _record: Any) -> None:
+        if engine.dialect.name == "sqlite":
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA query_only = ON")
+            cursor.close()
+        else:
+            dbapi_connection.run_async(lambda conn: conn.execute("SET default_transaction_read_only = on"))
+
+    event.listen(engine.sync_engine, "connect", read_only)
+
+
+async def test_a_read_only_database_keeps_rows_until_writes_work_again(db: Database, tmp_path: Path) -> None:
+    standby = db.open()
+    refuse_writes(standby)
+    ledger = UsageLedger(standby, batch_size=5, flush_interval=0.02, max_backoff=0.05,
+                         dead_letter_path=tmp_path / "dead.jsonl")
+    ledger.start()
+    for row in good_rows("ro", 7):
+        ledger.record(row)
+    await wait_until(lambda: ledger.flush_failures >= 2)
+    assert ledger.pending() == 7 and ledger.dead_lettered == 0
+    assert "read" in str(ledger.last_error).lower()  # "attempt to write a readonly database" / "read-only"
+
+    primary = db.open()
+    ledger.engine = primary  # failed over to a writable primary
+    await wait_until(lambda: ledger.pending() == 0)
+    assert await ledger.close() == 0
+    assert ledger.dead_lettered == 0 and await count_rows(primary) == 7
