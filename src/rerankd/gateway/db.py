@@ -10,18 +10,23 @@ starting together do not race.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, DateTime, Float, Integer, String, event
+from sqlalchemy import BigInteger, Boolean, DateTime, Float, Integer, String, Text, event, insert
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["ApiKey", "AuditEvent", "Base", "UsageRecord", "create_engine_for", "init_schema", "record_audit",
-           "utcnow"]
+from rerankd.gateway.column_limits import ColumnLimits
+
+__all__ = ["ApiKey", "AuditEvent", "Base", "UsageDeadLetter", "UsageRecord", "create_engine_for", "init_schema",
+           "record_audit", "utcnow"]
+
+logger = logging.getLogger(__name__)
 
 # Plain driver names mapped to the asyncio driver we ship (the `gateway` extra installs both).
 _ASYNC_DRIVERS = {
@@ -138,13 +143,32 @@ class UsageRecord(Base):
     request_id: Mapped[str] = mapped_column(String(128), unique=True, nullable=False)
     key_id: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
     model: Mapped[str] = mapped_column(String(256), nullable=False)
-    documents: Mapped[int] = mapped_column(Integer, nullable=False)
-    tokens: Mapped[int] = mapped_column(Integer, nullable=False)
-    latency_ms: Mapped[float] = mapped_column(Float, nullable=False)
-    status: Mapped[int] = mapped_column(Integer, nullable=False)
+    # ``info`` states what the types cannot (read by ColumnLimits): counts and latencies are never negative.
+    documents: Mapped[int] = mapped_column(Integer, nullable=False, info={"minimum": 0})
+    tokens: Mapped[int] = mapped_column(Integer, nullable=False, info={"minimum": 0})
+    latency_ms: Mapped[float] = mapped_column(Float, nullable=False, info={"minimum": 0.0})
+    status: Mapped[int] = mapped_column(Integer, nullable=False, info={"minimum": 100, "maximum": 599})
     upstream: Mapped[str | None] = mapped_column(String(512), nullable=True)
     route: Mapped[str] = mapped_column(String(128), nullable=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow, index=True)
+
+
+class UsageDeadLetter(Base):
+    """A usage row the database refused, set aside so it never blocks the rows after it.
+
+    ``row`` is the refused row as JSON (ASCII-escaped, so any text fits); ``reason`` what the database said.
+    An operator fixes the cause and re-inserts the rows; nothing here is billed until then.
+    """
+
+    __tablename__ = "usage_dead_letters"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow, index=True)
+    request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    reason: Mapped[str] = mapped_column(String(1024), nullable=False)
+    row: Mapped[str] = mapped_column(Text, nullable=False)
 
 
 class AuditEvent(Base):
@@ -166,9 +190,20 @@ class AuditEvent(Base):
     client: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
 
+_AUDIT_LIMITS = ColumnLimits(AuditEvent.__table__)
+
+
 async def record_audit(engine: AsyncEngine, actor: str, action: str, target: str | None,
                        request_id: str | None = None, client: str | None = None) -> None:
-    """Commit one audit event now (admin actions are rare; the admin wants it stored before the answer)."""
+    """Commit one audit event now (admin actions are rare; the admin wants it stored before the answer).
+
+    Every value is first cut to its column (a client's 128-character request id, a long key name as the
+    target): an audit event must not fail, and fail the admin action with it, because one field is long.
+    """
+    fitted = _AUDIT_LIMITS.fit(
+        {"actor": actor, "action": action, "target": target, "request_id": request_id, "client": client})
+    if fitted.changes:
+        logger.warning("audit event %s by %s: stored with %s", fitted.values["action"], fitted.values["actor"],
+                       "; ".join(fitted.changes))
     async with engine.begin() as conn:
-        await conn.execute(AuditEvent.__table__.insert().values(
-            actor=actor, action=action, target=target, request_id=request_id, client=client))
+        await conn.execute(insert(AuditEvent).values(**fitted.values))
