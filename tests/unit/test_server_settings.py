@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import tokenize
 from pathlib import Path
 from typing import Any, get_args
@@ -124,3 +126,14 @@ def test_up_forwards_the_replica_flags_with_serves_defaults() -> None:
     assert "--max-queue" not in argv and "--backend" not in argv  # defaults are left to the replica
     assert ServerSettings(**parse(["--model", "m", *argv])) == replica
     assert settings_argv(ServerSettings(model="m"), REPLICA_SETTINGS) == []
+
+
+def test_serve_help_imports_neither_torch_nor_the_app() -> None:
+    """`rerankd serve --help` reads the settings model only: the engine, uvicorn and torch load when it runs."""
+    probe = ("import sys\nfrom rerankd.cli import main\nsys.argv = ['rerankd', 'serve', '--help']\n"
+             "try:\n    main()\nexcept SystemExit:\n    pass\n"
+             "print(sorted(m for m in ('torch', 'transformers', 'uvicorn', 'fastapi', 'rerankd.server.app',"
+             " 'rerankd.engine.engine') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert "--max-batch-tokens" in out.stdout
+    assert out.stdout.strip().splitlines()[-1] == "[]"
