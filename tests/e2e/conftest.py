@@ -86,8 +86,8 @@ def running_ui(gateway_url: str, api_key: str | None, *, timeout: float = 30.0,
 def ui_backend(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """The stack the UI talks to, as in production: a ``rerankd serve`` replica (tiny model, requiring its own
     upstream key) behind a ``rerankd gateway``, and a gateway API key for the UI."""
-    from rerankd.config import ServerSettings
     from rerankd.gateway.settings import GatewaySettings
+    from rerankd.server.settings import ServerSettings
 
     upstream_key, admin = "e2e-replica-secret", "e2e-admin-secret"
     settings = ServerSettings(model=str(tiny_model_dir), served_model_name="tiny-reranker", device="cpu",

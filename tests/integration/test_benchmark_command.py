@@ -11,7 +11,7 @@ from click.testing import CliRunner, Result
 
 from conftest import running_server
 from rerankd.benchmark.command import bench
-from rerankd.config import ServerSettings
+from rerankd.server.settings import ServerSettings
 
 HAS_PLOT = importlib.util.find_spec("matplotlib") is not None
 

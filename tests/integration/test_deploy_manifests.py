@@ -214,8 +214,8 @@ def test_crd_subset_schemas_reject_what_the_real_crds_reject() -> None:
 
 @pytest.fixture(scope="module")
 def server_routes() -> set[str]:
-    from rerankd.config import ServerSettings
     from rerankd.server.app import create_server_app
+    from rerankd.server.settings import ServerSettings
 
     app = create_server_app(ServerSettings(model="/no/model/needed"))  # the model loads only at startup
     return {r.path for r in app.routes if hasattr(r, "path")}
@@ -341,7 +341,7 @@ def test_termination_grace_covers_prestop_and_drain(rendered: dict[str, list[dic
 
 def test_serve_graceful_timeout_is_the_one_the_manifests_assume() -> None:
     """The server's grace period above assumes uvicorn drains for 30 s: keep the two in step."""
-    source = (ROOT / "src" / "rerankd" / "cli.py").read_text()
+    source = (ROOT / "src" / "rerankd" / "server" / "command.py").read_text()
     assert "timeout_graceful_shutdown=30" in source
 
 

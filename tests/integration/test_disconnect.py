@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from conftest import free_port, metric_value, running_gateway, running_server, serving_in_thread
-from rerankd.config import ServerSettings
 from rerankd.gateway.settings import GatewaySettings
+from rerankd.server.settings import ServerSettings
 
 
 def test_disconnected_client_work_is_dropped(tiny_model_dir: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from conftest import metric_value, running_server
-from rerankd.config import ServerSettings
+from rerankd.server.settings import ServerSettings
 
 QUERY = "what is the capital of France?"
 DOCS = ["Paris is the capital of France.", "Bananas are yellow.", "Berlin is in Germany.", "France"]

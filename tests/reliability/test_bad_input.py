@@ -20,8 +20,8 @@ import httpx
 import pytest
 
 from conftest import running_gateway, running_server
-from rerankd.config import ServerSettings
 from rerankd.gateway.settings import GatewaySettings
+from rerankd.server.settings import ServerSettings
 
 pytestmark = pytest.mark.timeout(300)
 

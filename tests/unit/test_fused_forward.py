@@ -158,10 +158,9 @@ def test_sliding_window_models_keep_transformers_forward(tiny_model_dir: Path) -
 def test_compile_flag_and_env_reach_the_backend(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import click
 
-    from rerankd.cli import serve
-    from rerankd.config import ServerSettings
     from rerankd.engine.engine import load_engine
-    from rerankd.server.app import _engine_config
+    from rerankd.server.command import serve
+    from rerankd.server.settings import ServerSettings
 
     monkeypatch.setenv("RERANKD_COMPILE", "off")
     assert serve.make_context("serve", ["--model", "m"]).params["compile"] == "off"
@@ -170,7 +169,7 @@ def test_compile_flag_and_env_reach_the_backend(tiny_model_dir: Path, monkeypatc
     with pytest.raises(click.BadParameter):
         serve.make_context("serve", ["--model", "m", "--compile", "yes"])
     settings = ServerSettings(model=str(tiny_model_dir), device="cpu", dtype="float32", compile="off")
-    engine = load_engine(_engine_config(settings))
+    engine = load_engine(settings.engine_config())
     assert engine.batcher.backend._fused is None
     settings = settings.model_copy(update={"compile": "on"})
-    assert isinstance(load_engine(_engine_config(settings)).batcher.backend._fused, FusedQwen3Forward)
+    assert isinstance(load_engine(settings.engine_config()).batcher.backend._fused, FusedQwen3Forward)

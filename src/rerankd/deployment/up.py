@@ -23,13 +23,20 @@ import click
 import httpx
 
 from rerankd.deployment.supervisor import Child, Supervisor
-from rerankd.options import env_option
+from rerankd.engine.config import EngineConfig
+from rerankd.options import env_option, settings_argv, settings_options
+from rerankd.server.settings import ServerSettings
 
 __all__ = ["up"]
 
 log = logging.getLogger("rerankd.up")
 
 _FIRST_KEY_NAME = "default"
+
+# The serve flags `up` takes and hands to every replica: the name and every engine setting (a new engine
+# setting is forwarded without a change here). --model and --host are up's own: each replica gets the
+# resolved model directory and listens on 127.0.0.1.
+REPLICA_SETTINGS = ("served_model_name", *(name for name in EngineConfig.model_fields if name != "model"))
 
 
 def _secret_file(path: Path, make: Any) -> str:
@@ -123,12 +130,7 @@ def _wait_ready(children: list[tuple[Child, str]], timeout: float, stop: threadi
             help="Replica i listens on base + i, on 127.0.0.1 only (the gateway is the way in).")
 @env_option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("rerankd-data"),
             help="Ledger database, generated keys and logs.")
-@env_option("--served-model-name", default=None)
-@env_option("--backend", type=click.Choice(["auto", "torch", "vllm"]), default="auto")
-@env_option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
-@env_option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto")
-@env_option("--max-model-len", type=click.IntRange(min=16), default=None)
-@env_option("--max-batch-tokens", type=click.IntRange(min=64), default=None)
+@settings_options(ServerSettings, REPLICA_SETTINGS)
 @env_option("--ready-timeout", type=click.FloatRange(min=1), default=1800.0,
             help="Seconds to wait for every part to be ready before giving up.")
 def up(model: str, replicas: int, host: str, gateway_port: int, ui_port: int, with_ui: bool,
@@ -153,9 +155,9 @@ def up(model: str, replicas: int, host: str, gateway_port: int, ui_port: int, wi
     env = {**os.environ, "RERANKD_LOG_FORMAT": "json"}
     for secret in ("RERANKD_API_KEY", "RERANKD_ADMIN_KEY"):  # never leak a parent's credentials to children
         env.pop(secret, None)
-    name = server_flags.pop("served_model_name") or model.rstrip("/").split("/")[-1]
-    serve_extra = [a for flag, value in server_flags.items() if value is not None
-                   for a in (f"--{flag.replace('_', '-')}", str(value))]
+    replica = ServerSettings(model=model, **server_flags)
+    name = replica.model_name
+    serve_extra = settings_argv(replica, [n for n in REPLICA_SETTINGS if n != "served_model_name"])
     servers = [Child(f"server-{i + 1}", [*python, "serve", "--model", str(model_path), "--served-model-name", name,
                                          "--host", "127.0.0.1", "--port", str(server_base_port + i), *serve_extra],
                      logs / f"server-{i + 1}.log", env) for i in range(replicas)]

@@ -14,6 +14,7 @@ from typing import Any
 
 from rerankd.engine.backends.base import BackendInfo, ScoringBackend
 from rerankd.engine.batcher import DynamicBatcher
+from rerankd.engine.config import BACKEND_CHOICES, EngineConfig
 from rerankd.engine.prompt import PromptBuilder
 from rerankd.observability.metrics import ServerMetrics
 from rerankd.protocol import RerankTask
@@ -21,22 +22,6 @@ from rerankd.protocol import RerankTask
 __all__ = ["EngineConfig", "RerankEngine", "ScoreOutcome", "load_engine"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """What the engine needs from the server settings."""
-
-    model: str
-    backend: str = "auto"
-    device: str = "auto"
-    dtype: str = "auto"
-    max_model_len: int | None = None
-    max_batch_tokens: int = 16384
-    max_queue: int = 256
-    prefix_reuse: bool = True
-    compile: str = "auto"
-    gpu_memory_utilization: float | None = None
 
 
 @dataclass(frozen=True)
@@ -106,7 +91,7 @@ def _make_backend(config: EngineConfig, path: Path, tokenizer: Any, max_len: int
         from rerankd.engine.backends.torch_backend import TorchBackend
 
         return TorchBackend(path, prefix_reuse=config.prefix_reuse, compile=config.compile, **kwargs)
-    raise ValueError(f"unknown backend {config.backend!r}: use auto, torch or vllm")
+    raise ValueError(f"unknown backend {config.backend!r}: use {', '.join(BACKEND_CHOICES)}")
 
 
 def load_engine(config: EngineConfig, metrics: ServerMetrics | None = None) -> RerankEngine:

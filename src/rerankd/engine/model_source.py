@@ -46,6 +46,32 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
+def _unreadable(local: Path) -> str | None:
+    """Why this user cannot read the model at ``local`` (a permission problem), or None.
+
+    ``Path.is_dir()`` and ``is_file()`` answer False for a path they may not look at, which would report a
+    directory without read permission as missing. Here a ``stat`` that is refused, or a directory or
+    config.json that exists but is not readable, names the path and the permission instead.
+    """
+    config = local / "config.json"
+    try:
+        local.stat()
+        config.stat()
+    except PermissionError as exc:
+        return f"permission denied: {exc.filename}"
+    except OSError:
+        pass  # missing: reported by the caller as not found
+    if local.is_dir() and not os.access(local, os.R_OK | os.X_OK):
+        return f"permission denied: {local} (the directory must be readable and searchable)"
+    if config.is_file() and not os.access(config, os.R_OK):
+        return f"permission denied: {config}"
+    return None
+
+
+def _as_user() -> str:
+    return f" as user id {os.getuid()}" if hasattr(os, "getuid") else ""
+
+
 def _download(model: str, *, revision: str | None, cache_dir: str | None, local_only: bool) -> Path:
     from huggingface_hub import snapshot_download
 
@@ -68,6 +94,12 @@ def resolve_model(model: str, *, revision: str | None = None, cache_dir: str | N
     * an ``org/name`` id is taken from the Hugging Face cache if there, else downloaded.
     """
     local = Path(model).expanduser()
+    denied = _unreadable(local)
+    if denied:
+        raise ModelSourceError(
+            f"cannot read model directory '{model}' ({denied}){_as_user()}; make it readable by the server's "
+            f"user, or pass {_LOCAL_HINT}"
+        )
     if local.is_dir() and (local / "config.json").is_file():
         return local
     if _looks_like_path(model) or not _HF_ID.match(model):

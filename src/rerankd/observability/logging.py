@@ -12,8 +12,13 @@ import logging
 import logging.handlers
 import sys
 import time
+from typing import Literal
 
-__all__ = ["JsonFormatter", "configure_logging"]
+__all__ = ["JsonFormatter", "LogFormat", "LogLevel", "configure_logging"]
+
+# The --log-level / --log-format choices of every long-running command.
+LogLevel = Literal["debug", "info", "warning", "error"]
+LogFormat = Literal["auto", "json", "text"]
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
 

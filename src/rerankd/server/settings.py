@@ -1,0 +1,56 @@
+"""Everything ``rerankd serve`` can be told: one typed object, the only source of each default.
+
+Why one object: the ``serve`` flags (their defaults, ranges, choices and help, see
+:func:`rerankd.options.settings_options`), ``rerankd up``'s forwarded flags, the app and the tests all read
+:class:`ServerSettings`. The engine's fields come from :class:`~rerankd.engine.config.EngineConfig`, which
+this extends, and :meth:`ServerSettings.engine_config` hands the engine exactly its part.
+
+Flags and ``RERANKD_<FLAG>`` variables are read by click (flags win), not by pydantic-settings: one parser
+for both, the one ``--help`` documents, and a ``ServerSettings(...)`` built in code never reads the
+environment behind its caller's back.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from rerankd.allocator import MallocChoice
+from rerankd.engine.config import EngineConfig
+from rerankd.observability.logging import LogFormat, LogLevel
+
+__all__ = ["ServerSettings"]
+
+
+class ServerSettings(EngineConfig):
+    """The inference server's configuration. Field names are the long flags in snake case; a field with
+    ``repr=False`` is a secret, whose value ``--help`` never shows."""
+
+    served_model_name: str | None = Field(
+        None, description="Name clients use in `model` (default: last part of --model).")
+    max_documents: int = Field(1000, ge=1, description="Documents allowed per request.")
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 past it).")
+    body_timeout: float = Field(
+        30.0, ge=0.1, description="Seconds a client may stall while sending its body before a 408 (slowloris guard).")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    api_key: str | None = Field(
+        None, repr=False, description="Require `Authorization: Bearer KEY` on every route but /health, /ready, "
+                                      "/metrics.")
+    malloc: MallocChoice = Field(
+        "auto", description="Memory allocator: the process re-executes itself with tcmalloc/jemalloc preloaded "
+                            "(glibc's page faults slow the CPU forward ~20%). auto = tcmalloc, else jemalloc, else "
+                            "glibc with a warning; no change with --backend vllm or --device cuda.")
+    log_level: LogLevel = "info"
+    log_format: LogFormat = "auto"
+    log_file: str | None = Field(None, description="Also write logs to this file, rotated at 50 MB.")
+
+    @property
+    def model_name(self) -> str:
+        """The name clients see: ``--served-model-name``, else the last part of ``--model``."""
+        if self.served_model_name:
+            return self.served_model_name
+        return self.model.rstrip("/").split("/")[-1]
+
+    def engine_config(self) -> EngineConfig:
+        """The engine's part of these settings, and nothing of the HTTP server's."""
+        return EngineConfig(**self.model_dump(include=set(EngineConfig.model_fields)))
