@@ -121,7 +121,7 @@ def test_decoders_score_tails_after_a_gathered_prefix_cache_like_whole_rows(
 
 
 def test_the_decoder_is_chosen_by_compile_and_device(model: Any) -> None:
-    """Chosen without running anything on the device: construction reads no device."""
+    """Chosen without running anything on the device named (none of this machine's is CUDA)."""
     body = model.model
     assert isinstance(choose_decoder(body, "off", "cpu"), TransformersDecoder)
     assert isinstance(choose_decoder(body, "auto", "cuda"), TransformersDecoder)

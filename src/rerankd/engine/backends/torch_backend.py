@@ -146,6 +146,7 @@ class TorchBackend:
         return self._score(self.decoder, groups, self.chunk_tokens)
 
     def _score(self, decoder: Decoder, groups: list[TokenGroup], chunk_tokens: int) -> list[list[float]]:
+        """The one scoring loop: plain rows, or shared prefixes once and tails after their gathered cache."""
         torch = self._torch
         with torch.inference_mode():
             reused = sum(len(g.shared) * (len(g.tails) - 1) for g in groups)
