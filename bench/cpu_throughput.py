@@ -57,6 +57,8 @@ from rerankd.allocator import loaded_allocator, use_allocator
 from rerankd.benchmark.reference import NO_ID, YES_ID, CardRecipe, CrossEncoderBaseline, build_sequence_classifier
 from rerankd.benchmark.report import cpu_name
 from rerankd.benchmark.workload import make_workload
+from rerankd.engine.backends.decoders import FusedDecoder
+from rerankd.engine.backends.qwen3_forward import FusedQwen3Forward
 from rerankd.engine.backends.torch_backend import TorchBackend, cpu_has_fast_bf16
 from rerankd.engine.prompt import PromptBuilder
 
@@ -116,8 +118,8 @@ class Variant:
             if key not in shared:  # one loaded model per dtype; flags below are switched per call
                 backend = TorchBackend(model, yes_token_id=YES_ID, no_token_id=NO_ID, max_model_len=MAX_LEN,
                                        device="cpu", dtype=dtype, compile="on" if fused else "off")
-                if "compile" in self.opts:
-                    backend.body = torch.compile(backend.body, dynamic=True)
+                if "compile" in self.opts:  # transformers' decoder (fused is False): compile the body it runs
+                    backend.decoder.body = torch.compile(backend.decoder.body, dynamic=True)
                 shared[key] = backend
             self.scorer = shared[key]
             self.builder = shared["builder"]
@@ -129,15 +131,17 @@ class Variant:
         if self.kind in ("card", "cross-encoder"):
             return self.scorer.score(query, docs, batch=self.args.card_batch)
         backend = self.scorer
-        body, fused = backend.body, backend._fused
+        decoder = backend.decoder  # put back after the call: options below swap or patch it
+        body = getattr(decoder, "body", None)  # transformers' decoder: the module it runs
         backend.prefix_reuse = "no-prefix" not in self.opts
-        if "all-positions" in self.opts:
-            backend._fused = _AllPositions(fused)
-        split_min = getattr(fused, "split_min_columns", None)
         if "no-split" in self.opts:
-            fused.split_min_columns = 1 << 30
+            fused = decoder.forward
+            backend.decoder = FusedDecoder(FusedQwen3Forward(fused.body, compile_kernels=fused.compiled,
+                                                             split_min_columns=1 << 30))
+        if "all-positions" in self.opts:
+            backend.decoder = FusedDecoder(_AllPositions(backend.decoder.forward))
         if "full-vocab" in self.opts:
-            backend.body = _FullVocabBody(body, backend._model.get_output_embeddings())
+            decoder.body = _FullVocabBody(body, backend._model.get_output_embeddings())
         if "eager" in self.opts:
             backend._model.set_attn_implementation("eager")
         ctx: Any = contextlib.nullcontext()
@@ -153,9 +157,9 @@ class Variant:
                     naive_rows=self.args.card_batch if "naive" in self.opts else None,
                 )
         finally:
-            backend.body, backend._fused = body, fused
-            if split_min is not None:
-                fused.split_min_columns = split_min
+            backend.decoder = decoder
+            if body is not None:
+                decoder.body = body
             backend.prefix_reuse = True
             if "eager" in self.opts:
                 backend._model.set_attn_implementation("sdpa")

@@ -10,6 +10,7 @@ from transformers import AutoTokenizer
 
 from rerankd.engine.backends import qwen3_forward
 from rerankd.engine.backends.base import TokenGroup
+from rerankd.engine.backends.decoders import FusedDecoder, TransformersDecoder
 from rerankd.engine.backends.qwen3_forward import FusedQwen3Forward
 from rerankd.engine.backends.torch_backend import TorchBackend
 from rerankd.engine.prompt import PromptBuilder
@@ -45,7 +46,7 @@ PATHS = [(False, 100_000), (True, 100_000), (False, 7), (True, 7)]
 def reference(tiny_model_dir: Path, groups: list[TokenGroup]) -> dict[tuple[bool, int], list[float]]:
     """transformers' own forward, fp32, on every path."""
     plain = backend(tiny_model_dir, "off")
-    assert plain._fused is None
+    assert isinstance(plain.decoder, TransformersDecoder)
     return {path: flat_scores(plain, groups, prefix_reuse=path[0], chunk_tokens=path[1]) for path in PATHS}
 
 
@@ -53,7 +54,7 @@ def test_uncompiled_fused_forward_does_transformers_arithmetic(tiny_model_dir: P
                                                                reference: dict) -> None:
     """The hand-written forward, kernels not compiled: the same numbers up to fp32 summation order."""
     engine = backend(tiny_model_dir, "off")
-    engine._fused = FusedQwen3Forward(engine.body, compile_kernels=False)
+    engine.decoder = FusedDecoder(FusedQwen3Forward(engine.body, compile_kernels=False))
     for path in PATHS:
         got = flat_scores(engine, groups, prefix_reuse=path[0], chunk_tokens=path[1])
         assert max(abs(x - y) for x, y in zip(reference[path], got, strict=True)) < 1e-5, path
@@ -63,7 +64,7 @@ def test_uncompiled_fused_forward_does_transformers_arithmetic(tiny_model_dir: P
 def test_compiled_forward_scores_like_transformers(tiny_model_dir: Path, groups: list[TokenGroup],
                                                   reference: dict) -> None:
     engine = backend(tiny_model_dir, "on")
-    assert isinstance(engine._fused, FusedQwen3Forward)
+    assert isinstance(engine.decoder, FusedDecoder)
     for path in PATHS:
         got = flat_scores(engine, groups, prefix_reuse=path[0], chunk_tokens=path[1])
         assert max(abs(x - y) for x, y in zip(reference[path], got, strict=True)) < 1e-4, path
@@ -76,8 +77,7 @@ def test_split_attention_after_a_cache_scores_like_transformers(tiny_model_dir: 
     """Chunks after a cache (shared prefix, earlier chunks) as two flash calls merged by log-sum-exp: the
     same numbers as one masked call. Forced on for every chunk here (long chunks only, in production)."""
     engine = backend(tiny_model_dir, "off")
-    engine._fused = FusedQwen3Forward(engine.body, compile_kernels=compile == "on")
-    engine._fused.split_min_columns = 1
+    engine.decoder = FusedDecoder(FusedQwen3Forward(engine.body, compile_kernels=compile == "on", split_min_columns=1))
     for path in PATHS:
         got = flat_scores(engine, groups, prefix_reuse=path[0], chunk_tokens=path[1])
         assert max(abs(x - y) for x, y in zip(reference[path], got, strict=True)) < 1e-4, path
@@ -100,7 +100,8 @@ def test_warm_up_leaves_nothing_to_compile_for_new_batch_shapes(tiny_model_dir: 
     flat_scores(engine, groups[:1], prefix_reuse=False, chunk_tokens=100_000)
     flat_scores(engine, [TokenGroup(groups[1].shared, groups[1].tails[:1])], prefix_reuse=True, chunk_tokens=100_000)
     flat_scores(engine, groups, prefix_reuse=True, chunk_tokens=7)  # chunks where no row ends, or only some
-    engine._fused.split_min_columns = 1  # every chunk after a cache takes the split attention
+    # every chunk after a cache takes the split attention
+    engine.decoder = FusedDecoder(FusedQwen3Forward(engine.body, compile_kernels=True, split_min_columns=1))
     flat_scores(engine, groups, prefix_reuse=True, chunk_tokens=7)
     flat_scores(engine, [TokenGroup(groups[1].shared, groups[1].tails[:1])], prefix_reuse=True, chunk_tokens=7)
     assert counters["stats"]["unique_graphs"] == compiled
@@ -138,7 +139,7 @@ def test_compile_on_without_a_compiler_is_a_clear_error(tiny_model_dir: Path, mo
         backend(tiny_model_dir, "on")
     with caplog.at_level("WARNING"):
         engine = backend(tiny_model_dir, "auto")
-    assert engine._fused is None  # auto falls back to transformers' forward and still scores
+    assert isinstance(engine.decoder, TransformersDecoder)  # auto falls back to transformers' forward and still scores
     assert any("compiled kernels unavailable" in r.getMessage() and "g++" in r.getMessage() for r in caplog.records)
     assert len(engine.score([TokenGroup([1, 2, 3], [[4, 5], [6]])])[0]) == 2
 
@@ -170,6 +171,6 @@ def test_compile_flag_and_env_reach_the_backend(tiny_model_dir: Path, monkeypatc
         serve.make_context("serve", ["--model", "m", "--compile", "yes"])
     settings = ServerSettings(model=str(tiny_model_dir), device="cpu", dtype="float32", compile="off")
     engine = load_engine(settings.engine_config())
-    assert engine.batcher.backend._fused is None
+    assert isinstance(engine.batcher.backend.decoder, TransformersDecoder)
     settings = settings.model_copy(update={"compile": "on"})
-    assert isinstance(load_engine(settings.engine_config()).batcher.backend._fused, FusedQwen3Forward)
+    assert isinstance(load_engine(settings.engine_config()).batcher.backend.decoder, FusedDecoder)

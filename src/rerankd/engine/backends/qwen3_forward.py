@@ -17,8 +17,10 @@ so no recompiles per batch) into a single vectorised loop:
 Matrix products stay ``F.linear`` (oneDNN/AMX) and attention stays PyTorch's SDPA. With no cache and no
 chunking the causal mask alone is exact (rows are right-padded: a real token never sees padding), so
 SDPA runs ``is_causal`` and skips the upper triangle instead of applying a dense mask. After a cache (the
-shared prefix, earlier chunks of a long document), short chunks take one call with a dense mask and long
-ones two calls — cached keys with a padding mask, own keys ``is_causal`` — merged by log-sum-exp.
+shared prefix, earlier chunks of a long document), short chunks take one call with a dense mask and, on
+the CPU, long ones two calls — cached keys with a padding mask, own keys ``is_causal`` — merged by
+log-sum-exp (:func:`choose_attention`: the kernel that returns the log-sum-exp is ATen's CPU flash kernel,
+so on other devices every chunk after a cache takes the dense mask).
 
 The cache is a plain list of per-layer (key, value) tensors, so the shared-prefix KV can be gathered
 to rows with one ``index_select`` and extended chunk by chunk for long documents.
@@ -31,6 +33,7 @@ rounding each op to bf16, so bf16 results move by rounding-sized amounts (nearer
 
 from __future__ import annotations
 
+import enum
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,7 +42,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["FusedQwen3Forward", "KVCache", "compile_supported"]
+__all__ = ["SPLIT_ATTENTION_MIN_COLUMNS", "AttentionKernel", "FusedQwen3Forward", "KVCache", "choose_attention",
+           "compile_supported", "split_attention_supported"]
 
 # Per layer: (keys, values), each (rows, kv_heads, positions, head_dim).
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
@@ -109,6 +113,29 @@ _EAGER = _Kernels(rms_norm, qk_norm_rope, add_rms_norm, silu_mul, merge_attentio
 SPLIT_ATTENTION_MIN_COLUMNS = 1024
 
 
+class AttentionKernel(enum.Enum):
+    """How one chunk's attention is computed (see the module docstring)."""
+
+    CAUSAL = "causal"  # no cache: SDPA ``is_causal`` over the chunk's own keys
+    DENSE_MASK = "dense_mask"  # after a cache: one SDPA call with a dense boolean mask
+    SPLIT = "split"  # after a cache: cached and own keys apart, merged by log-sum-exp (CPU flash kernel)
+
+
+def split_attention_supported(device: torch.device) -> bool:
+    """Whether split attention can run on ``device``: it needs the log-sum-exp that only ATen's CPU flash
+    kernel (``_scaled_dot_product_flash_attention_for_cpu``) returns through a public-enough op."""
+    return device.type == "cpu"
+
+
+def choose_attention(device: torch.device, columns: int, cached: bool, split_min_columns: int) -> AttentionKernel:
+    """The attention for a chunk of ``columns`` query columns on ``device``, after a cache or not."""
+    if not cached:
+        return AttentionKernel.CAUSAL
+    if columns >= split_min_columns and split_attention_supported(device):
+        return AttentionKernel.SPLIT
+    return AttentionKernel.DENSE_MASK
+
+
 @functools.cache
 def _compiled_kernels() -> _Kernels:
     """One set per process: every loaded model shares the compiled code (it depends on dtype, not weights)."""
@@ -146,10 +173,12 @@ class FusedQwen3Forward:
     """Runs a transformers ``Qwen3Model`` (its weights, not its forward) and returns last-token states.
 
     Raises ``ValueError`` for configurations this forward does not implement (sliding-window layers),
-    so the caller can keep transformers' forward for them.
+    so the caller can keep transformers' forward for them. ``split_min_columns``: chunks after a cache from
+    this width on take the split attention where the device has it (1: every such chunk; tests, warm-up).
     """
 
-    def __init__(self, body: Any, *, compile_kernels: bool) -> None:
+    def __init__(self, body: Any, *, compile_kernels: bool,
+                 split_min_columns: int = SPLIT_ATTENTION_MIN_COLUMNS) -> None:
         config = body.config
         if getattr(config, "use_sliding_window", False) or any(
                 t != "full_attention" for t in getattr(config, "layer_types", None) or ["full_attention"]):
@@ -158,8 +187,9 @@ class FusedQwen3Forward:
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         self.eps = config.rms_norm_eps
         self.scale = self.head_dim ** -0.5
+        self.compiled = compile_kernels
         self.kernels = _compiled_kernels() if compile_kernels else _EAGER
-        self.split_min_columns = SPLIT_ATTENTION_MIN_COLUMNS
+        self.split_min_columns = split_min_columns
         self.layers = [
             _Layer(input_norm=layer.input_layernorm.weight, post_norm=layer.post_attention_layernorm.weight,
                    q=layer.self_attn.q_proj, k=layer.self_attn.k_proj, v=layer.self_attn.v_proj,
@@ -168,6 +198,10 @@ class FusedQwen3Forward:
                    down=layer.mlp.down_proj)
             for layer in body.layers
         ]
+
+    @property
+    def device(self) -> torch.device:
+        return self.body.embed_tokens.weight.device
 
     def __call__(self, ids: torch.Tensor, positions: torch.Tensor, past_visible: torch.Tensor | None,
                  past: KVCache | None = None, keep_cache: bool = False,
@@ -193,7 +227,8 @@ class FusedQwen3Forward:
         x = k_.rms_norm(hidden, self.layers[0].input_norm, self.eps)
         # Per chunk, not per layer: with a cache, a dense boolean mask for one SDPA call, or for long chunks
         # (split attention) an additive bias hiding the cached keys a row may not see.
-        split = past is not None and width >= self.split_min_columns
+        attention = choose_attention(ids.device, width, past is not None, self.split_min_columns)
+        split = attention is AttentionKernel.SPLIT
         if past is None:
             mask = None
         else:
@@ -247,6 +282,8 @@ class FusedQwen3Forward:
         mask. On the AMX Xeon, one layer of 2 rows × 2048 columns after a 70-token prefix: 76 → 47 ms; at
         512 columns the two calls cost more than they save (22 → 29 ms), hence ``split_min_columns``.
         """
+        if not split_attention_supported(q.device):
+            raise ValueError(f"split attention runs ATen's CPU flash kernel only, not on {q.device.type}")
         group = q.shape[1] // k.shape[1]  # GQA: query head h reads key/value head h // group
         flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
         out_past, lse_past = flash(q, past_k.repeat_interleave(group, 1), past_v.repeat_interleave(group, 1), 0.0,

@@ -11,19 +11,24 @@ Four things make it faster than the model card's loop while giving the same numb
   token that is scored.
 * On the CPU (``compile="auto"``), the decoder runs :class:`FusedQwen3Forward`: the same weights, with
   each run of element-wise ops compiled into one kernel (see that module for the profile behind it).
+
+Which code runs the layers is a :class:`~rerankd.engine.backends.decoders.Decoder`, chosen once at load
+(:func:`choose_decoder`); everything above is this module's one loop, the same for every decoder.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rerankd.engine.backends.base import BackendInfo, TokenGroup, split_by_group
 from rerankd.engine.config import COMPILE_CHOICES
 
-__all__ = ["COMPILE_CHOICES", "TorchBackend", "resolve_device", "resolve_dtype"]
+if TYPE_CHECKING:
+    from rerankd.engine.backends.decoders import Decoder, KVCacheHandle
+
+__all__ = ["COMPILE_CHOICES", "TorchBackend", "choose_decoder", "resolve_device", "resolve_dtype"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +67,30 @@ def resolve_dtype(dtype: str, device: str) -> Any:
     return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
 
 
+def choose_decoder(body: Any, compile: str, device: str) -> Decoder:
+    """The decoder for ``--compile``: the fused forward with compiled kernels when ``compile`` asks for it
+    (``on``) or allows it here (``auto``: CPU only, and only where a C++ compiler builds the kernels);
+    transformers' forward otherwise."""
+    if compile not in COMPILE_CHOICES:
+        raise ValueError(f"compile must be one of {', '.join(COMPILE_CHOICES)}, not {compile!r}")
+    from rerankd.engine.backends import qwen3_forward
+    from rerankd.engine.backends.decoders import FusedDecoder, TransformersDecoder
+
+    if compile == "off" or (compile == "auto" and device != "cpu"):
+        return TransformersDecoder(body)
+    problem = qwen3_forward.compile_supported()
+    if problem is None:
+        try:
+            return FusedDecoder(qwen3_forward.FusedQwen3Forward(body, compile_kernels=True))
+        except ValueError as exc:
+            problem = str(exc)
+    if compile == "on":
+        raise ValueError(f"--compile on: torch.compile cannot be used here ({problem}); use --compile off")
+    log.warning("compiled kernels unavailable (%s): using transformers' forward (1.6x slower on an AMX CPU, "
+                "bench/results/cpu_throughput_amx.json); install a C++ compiler (g++) to enable them", problem)
+    return TransformersDecoder(body)
+
+
 class TorchBackend:
     """Scores token groups with a Qwen3 causal LM loaded by transformers."""
 
@@ -97,66 +126,35 @@ class TorchBackend:
         head = model.get_output_embeddings().weight
         # The one row of the output layer that matters: score = h · (w_yes − w_no).
         self.w_diff = (head[yes_token_id].float() - head[no_token_id].float()).to(self.device)
-        self.body = model.model.to(self.device)
-        # transformers 5.x renamed the KV-cache argument and output field `past_key_values` → `cache`
-        # (the old name warns and goes away in 5.40); use whichever this version's forward takes.
-        self._cache_kwarg = "cache" if "cache" in inspect.signature(self.body.forward).parameters else "past_key_values"
-        self._model = model
-        self._fused = self._fused_forward(compile)
+        self.body: Any = model.model.to(self.device)  # the Qwen3Model whose weights every decoder runs
+        self._model: Any = model  # None once closed
+        self.decoder = choose_decoder(self.body, compile, self.device)
         self.info = BackendInfo(
             name="torch", device=self.device, dtype=str(self.dtype).removeprefix("torch."),
             max_model_len=max_model_len,
         )
-        if self._fused is not None:
-            self._warm_up()
+        self.decoder.warm_up(self._warm_up_run)
 
-    def _fused_forward(self, compile: str) -> Any:
-        """The compiled forward when ``compile`` asks for it (``on``) or allows it here (``auto``: CPU only)."""
-        if compile not in COMPILE_CHOICES:
-            raise ValueError(f"compile must be one of {', '.join(COMPILE_CHOICES)}, not {compile!r}")
-        if compile == "off" or (compile == "auto" and self.device != "cpu"):
-            return None
-        from rerankd.engine.backends.qwen3_forward import FusedQwen3Forward, compile_supported
-
-        problem = compile_supported()
-        if problem is None:
-            try:
-                return FusedQwen3Forward(self.body, compile_kernels=True)
-            except ValueError as exc:
-                problem = str(exc)
-        if compile == "on":
-            raise ValueError(f"--compile on: torch.compile cannot be used here ({problem}); use --compile off")
-        log.warning("compiled kernels unavailable (%s): using transformers' forward (1.6x slower on an AMX CPU, "
-                    "bench/results/cpu_throughput_amx.json); install a C++ compiler (g++) to enable them", problem)
-        return None
-
-    def _warm_up(self) -> None:
-        """Compile the kernels now, for the shapes a server meets (1 and several rows, with and without a
-        cached prefix), so that the first clients do not wait on inductor."""
-        prefix = list(range(100, 100 + _MIN_REUSED_PREFIX_TOKENS + 8))
-        self.score([TokenGroup(prefix, [[7, 8, 9], [7, 8, 9, 10, 11]])])  # prefix once, 2 tails after it
-        self.score([TokenGroup(prefix, [[7, 8, 9, 10]])])  # one plain row
-        self.score([TokenGroup([1, 2], [[7, 8, 9], [7, 8]])])  # several plain rows
-        # Long documents run in column chunks, where one row of several may end in a chunk (the last layer's
-        # selected queries then number 1 beside 2+ rows: a shape class of its own for the compiler), and
-        # chunks of >= split_min_columns after a cache take the split attention: force it on tiny chunks.
-        chunk_tokens, self.chunk_tokens = self.chunk_tokens, 4
-        split_min, self._fused.split_min_columns = self._fused.split_min_columns, 1
-        try:
-            self.score([TokenGroup(prefix, [[7, 8, 9], [7, 8, 9, 10, 11, 12]])])
-            self.score([TokenGroup(prefix, [[7, 8, 9, 10, 11, 12]])])  # one row, chunked
-        finally:
-            self.chunk_tokens, self._fused.split_min_columns = chunk_tokens, split_min
+    def _warm_up_run(self, decoder: Decoder, groups: list[TokenGroup], chunk_tokens: int | None = None) -> object:
+        """:class:`~rerankd.engine.backends.decoders.WarmUpRun`: this backend's loop, with a decoder and chunk
+        width of the warm-up's choosing; the backend's own settings stay as they are."""
+        return self._score(decoder, groups, self.chunk_tokens if chunk_tokens is None else chunk_tokens)
 
     def score(self, groups: list[TokenGroup]) -> list[list[float]]:
         """Raw scores (``logit_yes - logit_no``) for every tail, grouped as given."""
+        return self._score(self.decoder, groups, self.chunk_tokens)
+
+    def _score(self, decoder: Decoder, groups: list[TokenGroup], chunk_tokens: int) -> list[list[float]]:
+        """The one scoring loop: plain rows, or shared prefixes once and tails after their gathered cache."""
         torch = self._torch
         with torch.inference_mode():
             reused = sum(len(g.shared) * (len(g.tails) - 1) for g in groups)
             if self.prefix_reuse and reused >= _MIN_REUSED_PREFIX_TOKENS:
-                flat = self._score_with_shared_prefix(groups)
+                flat = self._score_with_shared_prefix(decoder, groups, chunk_tokens)
             else:
-                flat = self._score_rows([g.shared + t for g in groups for t in g.tails])
+                ids, _, lengths = self._pad_right([g.shared + t for g in groups for t in g.tails])
+                last, _ = self._forward(decoder, ids, lengths, chunk_tokens)
+                flat = self._scores(last)
         return split_by_group(flat, groups)
 
     def _pad_right(self, rows: list[list[int]]) -> tuple[Any, Any, Any]:
@@ -171,9 +169,9 @@ class TorchBackend:
         return ids, mask, lengths
 
     def _forward(
-        self, ids: Any, lengths: Any, *, past: Any = None, past_mask: Any = None, past_lengths: Any = None,
-        keep_cache: bool = False,
-    ) -> tuple[Any, Any]:
+        self, decoder: Decoder, ids: Any, lengths: Any, chunk_tokens: int, *, past: KVCacheHandle | None = None,
+        past_mask: Any = None, past_lengths: Any = None, keep_cache: bool = False,
+    ) -> tuple[Any, KVCacheHandle | None]:
         """Run right-padded rows, in chunks of ``chunk_tokens`` columns, after an optional KV cache.
 
         Returns each row's hidden state at its last real token, and the cache when ``keep_cache``.
@@ -187,21 +185,15 @@ class TorchBackend:
         last_index = lengths - 1
         last = None
         cache = past
-        for start in range(0, width, self.chunk_tokens):
-            end = min(width, start + self.chunk_tokens)
+        for start in range(0, width, chunk_tokens):
+            end = min(width, start + chunk_tokens)
             positions = base[:, None] + torch.arange(start, end, device=self.device)[None, :]
             use_cache = keep_cache or end < width or cache is not None
             idx = ((last_index >= start) & (last_index < end)).nonzero(as_tuple=True)[0]  # rows ending here
-            if self._fused is not None:
-                visible = self._cached_keys_visible(own_mask, past_mask, start) if cache is not None else None
-                picked, cache = self._fused(ids[:, start:end], positions, visible, past=cache, keep_cache=use_cache,
-                                            select=(idx, last_index[idx] - start))
-            else:
-                mask = own_mask[:, :end] if past_mask is None else torch.cat([past_mask, own_mask[:, :end]], dim=1)
-                out = self.body(input_ids=ids[:, start:end], attention_mask=mask, position_ids=positions,
-                                use_cache=use_cache, **{self._cache_kwarg: cache})
-                cache = getattr(out, self._cache_kwarg) if use_cache else None
-                picked = out.last_hidden_state[idx, last_index[idx] - start]
+            visible = self._cached_keys_visible(own_mask, past_mask, start) if cache is not None else None
+            picked, cache = decoder.run_chunk(ids[:, start:end], positions, own_mask[:, start:end], cache=cache,
+                                              cached_visible=visible, keep_cache=use_cache,
+                                              select=(idx, last_index[idx] - start))
             if last is None:
                 last = picked.new_zeros((rows, picked.shape[-1]))
             if idx.numel():
@@ -209,8 +201,8 @@ class TorchBackend:
         return last, cache
 
     def _cached_keys_visible(self, own_mask: Any, past_mask: Any, start: int) -> Any:
-        """(rows, cached positions) boolean for the fused forward: the shared prefix's real tokens (its padding
-        hidden), then this row's earlier chunks. Within a chunk the fused forward applies causality itself."""
+        """(rows, cached positions) boolean: the shared prefix's real tokens (its padding hidden), then this
+        row's earlier chunks."""
         torch = self._torch
         own = own_mask[:, :start].bool()
         return own if past_mask is None else torch.cat([past_mask.bool(), own], dim=1)
@@ -218,32 +210,25 @@ class TorchBackend:
     def _scores(self, last: Any) -> list[float]:
         return (last.float() @ self.w_diff).tolist()
 
-    def _score_rows(self, rows: list[list[int]]) -> list[float]:
-        ids, _, lengths = self._pad_right(rows)
-        last, _ = self._forward(ids, lengths)
-        return self._scores(last)
-
-    def _score_with_shared_prefix(self, groups: list[TokenGroup]) -> list[float]:
+    def _score_with_shared_prefix(self, decoder: Decoder, groups: list[TokenGroup], chunk_tokens: int) -> list[float]:
         """Run each group's shared prefix once, gather its KV cache per row, then run the tails."""
         torch = self._torch
         prefix_ids, prefix_mask, prefix_lengths = self._pad_right([g.shared for g in groups])
-        _, cache = self._forward(prefix_ids, prefix_lengths, keep_cache=True)
+        _, cache = self._forward(decoder, prefix_ids, prefix_lengths, chunk_tokens, keep_cache=True)
         row_group = torch.tensor(
             [gi for gi, g in enumerate(groups) for _ in g.tails], dtype=torch.long, device=self.device
         )
-        if self._fused is not None:
-            cache = [(k.index_select(0, row_group), v.index_select(0, row_group)) for k, v in cache]
-        else:
-            cache.batch_select_indices(row_group)
+        cache = decoder.gather_rows(cache, row_group)
         tail_ids, _, tail_lengths = self._pad_right([t for g in groups for t in g.tails])
         last, _ = self._forward(
-            tail_ids, tail_lengths, past=cache, past_mask=prefix_mask[row_group],
+            decoder, tail_ids, tail_lengths, chunk_tokens, past=cache, past_mask=prefix_mask[row_group],
             past_lengths=prefix_lengths[row_group],
         )
         return self._scores(last)
 
     def close(self) -> None:
-        self._fused = None
+        # Drop every reference to the weights (the decoder holds the body too) so their memory is freed.
+        vars(self).pop("decoder", None)
         self.body = None
         self._model = None
         if self.device.startswith("cuda"):
