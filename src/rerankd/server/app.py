@@ -24,9 +24,10 @@ from rerankd import __version__
 from rerankd.config import ServerSettings
 from rerankd.engine.engine import EngineConfig, RerankEngine, ScoreOutcome, load_engine
 from rerankd.errors import ModelNotFoundError, NotReadyError, PayloadTooLargeError
+from rerankd.http.access_log import known_routes_label
 from rerankd.http.disconnect import unless_disconnected
 from rerankd.http.errors import ERROR_RESPONSES, install_error_handlers
-from rerankd.http.middleware import ServerMiddleware, request_id_of
+from rerankd.http.middleware import HttpMiddleware, request_id_of
 from rerankd.observability.metrics import ServerMetrics
 from rerankd.protocol import (
     ModelCard,
@@ -49,6 +50,13 @@ __all__ = ["create_server_app"]
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 EngineLoader = Callable[[EngineConfig, ServerMetrics], RerankEngine]
+
+# Route labels of the request metrics (any other path counts as "other"), and the paths --api-key leaves open.
+SERVER_ROUTES = frozenset({
+    "/v1/rerank", "/v2/rerank", "/rerank", "/v1/score", "/score", "/v1/models", "/health", "/ready",
+    "/metrics", "/info", "/docs", "/openapi.json", "/redoc",
+})
+PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics"})
 
 
 class _State:
@@ -119,8 +127,9 @@ def create_server_app(settings: ServerSettings, *, engine_loader: EngineLoader |
     )
     install_error_handlers(app)
     app.add_middleware(
-        ServerMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes, api_key=settings.api_key,
-        body_timeout=settings.body_timeout,
+        HttpMiddleware, route_label=known_routes_label(SERVER_ROUTES), metrics=metrics,
+        max_body_bytes=settings.max_body_bytes, body_timeout=settings.body_timeout,
+        api_key=settings.api_key, public_paths=PUBLIC_PATHS,
     )
     app.state.rerankd = state
 
