@@ -25,9 +25,8 @@ from rerankd.gateway.admin import admin_router
 from rerankd.gateway.proxy import ScoringProxy, scoring_router
 from rerankd.gateway.settings import GatewaySettings
 from rerankd.gateway.state import GatewayState, open_gateway_state
-from rerankd.http.access_log import known_routes_label
+from rerankd.http import HttpMiddleware, known_routes_label, request_id_of
 from rerankd.http.errors import ERROR_RESPONSES, error_response, install_error_handlers
-from rerankd.http.middleware import HttpMiddleware, request_id_of
 from rerankd.observability.gateway_metrics import GatewayMetrics
 from rerankd.runtime import freeze_startup_heap
 

@@ -28,10 +28,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
-from rerankd.http.access_log import known_routes_label
-from rerankd.http.api_key import bearer_token, same_secret
-from rerankd.http.errors import install_error_handlers
-from rerankd.http.middleware import HttpMiddleware
+from rerankd.http import HttpMiddleware, bearer_token, install_error_handlers, known_routes_label, same_secret
 from rerankd.observability.alert_delivery import DeliveryError, Robot, RobotSender, redact_url
 from rerankd.observability.alert_format import Notification, dingtalk_message, wecom_message
 from rerankd.options import env_option

@@ -24,10 +24,9 @@ from rerankd import __version__
 from rerankd.config import ServerSettings
 from rerankd.engine.engine import EngineConfig, RerankEngine, ScoreOutcome, load_engine
 from rerankd.errors import ModelNotFoundError, NotReadyError, PayloadTooLargeError
-from rerankd.http.access_log import known_routes_label
+from rerankd.http import HttpMiddleware, known_routes_label, request_id_of
 from rerankd.http.disconnect import unless_disconnected
 from rerankd.http.errors import ERROR_RESPONSES, install_error_handlers
-from rerankd.http.middleware import HttpMiddleware, request_id_of
 from rerankd.observability.metrics import ServerMetrics
 from rerankd.protocol import (
     ModelCard,
