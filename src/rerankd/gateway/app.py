@@ -18,14 +18,15 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.types import Scope
 
 from rerankd import __version__
 from rerankd.gateway.admin import admin_router
 from rerankd.gateway.proxy import ScoringProxy, scoring_router
 from rerankd.gateway.settings import GatewaySettings
 from rerankd.gateway.state import GatewayState, open_gateway_state
+from rerankd.http import HttpMiddleware, known_routes_label, request_id_of
 from rerankd.http.errors import ERROR_RESPONSES, error_response, install_error_handlers
-from rerankd.http.middleware import ServerMiddleware, request_id_of
 from rerankd.observability.gateway_metrics import GatewayMetrics
 from rerankd.runtime import freeze_startup_heap
 
@@ -37,6 +38,12 @@ GATEWAY_ROUTES = frozenset({
     "/v1/rerank", "/v2/rerank", "/rerank", "/v1/score", "/score", "/v1/models", "/v1/usage", "/health",
     "/ready", "/metrics", "/info", "/docs", "/openapi.json", "/redoc",
 })
+
+
+def _caller_log_fields(scope: Scope) -> dict[str, str]:
+    """The caller's key name (set by auth), never the key, on each access-log line."""
+    name = scope.get("state", {}).get("key_name")
+    return {"key": name} if name else {}
 
 
 def create_gateway_app(settings: GatewaySettings) -> FastAPI:
@@ -75,8 +82,9 @@ def create_gateway_app(settings: GatewaySettings) -> FastAPI:
         log.warning("database unavailable for %s: %s", request.url.path, type(exc).__name__)
         return error_response(503, "the gateway database is unavailable; retry shortly", retry_after=5,
                               error_type="database_unavailable")
-    app.add_middleware(ServerMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes, api_key=None,
-                       known_routes=GATEWAY_ROUTES, body_timeout=settings.body_timeout)
+    app.add_middleware(HttpMiddleware, route_label=known_routes_label(GATEWAY_ROUTES, {"/admin/": "/admin"}),
+                       metrics=metrics, access_log_fields=_caller_log_fields,
+                       max_body_bytes=settings.max_body_bytes, body_timeout=settings.body_timeout)
     proxy = ScoringProxy(state_of)
     app.include_router(scoring_router(proxy, state_of))
     app.include_router(admin_router(proxy, state_of))

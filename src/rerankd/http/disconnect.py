@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from starlette.requests import Request
 
@@ -32,7 +32,7 @@ async def _until_disconnected(request: Request) -> None:
             return
 
 
-def _discard_outcome(future: asyncio.Future[object]) -> None:
+def _discard_outcome(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()
 

@@ -9,6 +9,7 @@ stack trace in the body.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -20,13 +21,13 @@ from rerankd.errors import RerankdError
 from rerankd.http.disconnect import CLIENT_CLOSED_STATUS, ClientDisconnectedError
 from rerankd.protocol import ErrorBody
 
-__all__ = ["ERROR_RESPONSES", "error_response", "install_error_handlers"]
+__all__ = ["ERROR_RESPONSES", "error_body", "error_headers", "error_response", "install_error_handlers"]
 
 log = logging.getLogger(__name__)
 
 _TYPES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-          405: "method_not_allowed", 409: "conflict", 413: "payload_too_large", 422: "invalid_request",
-          429: "rate_limited", 503: "unavailable"}
+          405: "method_not_allowed", 408: "request_timeout", 409: "conflict", 413: "payload_too_large",
+          422: "invalid_request", 429: "rate_limited", 503: "unavailable"}
 
 
 # Documented on every route (OpenAPI): the statuses a client may get besides success, all with one body shape.
@@ -47,19 +48,36 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def error_response(
-    status: int, message: str, *, error_type: str | None = None, field: str | None = None,
-    retry_after: float | None = None, headers: dict[str, str] | None = None,
-) -> JSONResponse:
-    body: dict[str, Any] = {"message": message, "type": error_type or _TYPES.get(status, "error"), "code": status}
+def error_body(status: int, message: str, *, error_type: str | None = None, field: str | None = None,
+               ) -> dict[str, Any]:
+    """The one error shape, ``{"error": {"message", "type", "code", "field"?}}`` (``protocol.ErrorBody``)."""
+    error: dict[str, Any] = {"message": message, "type": error_type or _TYPES.get(status, "error"), "code": status}
     if field:
-        body["field"] = field
+        error["field"] = field
+    return {"error": error}
+
+
+def error_headers(status: int, *, retry_after: float | None = None, headers: Mapping[str, str] | None = None,
+                  ) -> dict[str, str]:
+    """The headers an error carries: ``WWW-Authenticate`` on a 401 (RFC 9110 requires one), ``Retry-After``
+    in whole seconds (at least 1) when the caller knows when to come back, and the caller's own."""
     all_headers = dict(headers or {})
     if status == 401:
         all_headers.setdefault("WWW-Authenticate", "Bearer")
     if retry_after is not None and "Retry-After" not in all_headers:
         all_headers["Retry-After"] = str(max(1, round(retry_after)))
-    return JSONResponse({"error": body}, status_code=status, headers=all_headers)
+    return all_headers
+
+
+def error_response(
+    status: int, message: str, *, error_type: str | None = None, field: str | None = None,
+    retry_after: float | None = None, headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    """Every error answer of every app. A Response is an ASGI app too: middleware that answers before (or
+    instead of) the app sends it with ``await error_response(...)(scope, receive, send)``, so the
+    exception handlers and the raw-ASGI path write the same bytes."""
+    return JSONResponse(error_body(status, message, error_type=error_type, field=field), status_code=status,
+                        headers=error_headers(status, retry_after=retry_after, headers=headers))
 
 
 def _describe(errors: list[dict[str, Any]]) -> tuple[str, str | None, bool]:
@@ -82,6 +100,7 @@ def _describe(errors: list[dict[str, Any]]) -> tuple[str, str | None, bool]:
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    """Map every failure of ``app`` to :func:`error_response` (a 499 without body for a client gone)."""
     @app.exception_handler(RerankdError)
     async def _rerankd_error(_: Request, exc: RerankdError) -> JSONResponse:
         return error_response(exc.status_code, exc.message, error_type=exc.error_type,

@@ -16,7 +16,6 @@ Alertmanager retries later (it retries on 5xx, not on 4xx).
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -29,6 +28,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
+from rerankd.http import HttpMiddleware, bearer_token, install_error_handlers, known_routes_label, same_secret
 from rerankd.observability.alert_delivery import DeliveryError, Robot, RobotSender, redact_url
 from rerankd.observability.alert_format import Notification, dingtalk_message, wecom_message
 from rerankd.options import env_option
@@ -38,6 +38,7 @@ __all__ = ["RelaySettings", "alert_relay", "create_relay_app"]
 log = logging.getLogger("rerankd.alert_relay")
 
 _RENDER = {"dingtalk": dingtalk_message, "wecom": wecom_message}
+_ROUTES = frozenset({"/alerts", "/alerts/dingtalk", "/alerts/wecom", "/health", "/metrics"})
 
 
 @dataclass(frozen=True)
@@ -49,10 +50,12 @@ class RelaySettings:
     timeout: float = 10.0
     attempts: int = 3
     backoff: float = 0.5
+    max_body_bytes: int = 16 * 1024 * 1024  # Alertmanager sends every alert of a group in one body
+    body_timeout: float = 30.0
 
     def __repr__(self) -> str:
         return (f"RelaySettings(robots={self.robots!r}, auth={'on' if self.auth_token else 'off'}, "
-                f"timeout={self.timeout}, attempts={self.attempts})")
+                f"timeout={self.timeout}, attempts={self.attempts}, max_body_bytes={self.max_body_bytes})")
 
 
 def create_relay_app(settings: RelaySettings) -> FastAPI:
@@ -76,6 +79,9 @@ def create_relay_app(settings: RelaySettings) -> FastAPI:
             yield
 
     app = FastAPI(title="rerankd alert relay", lifespan=lifespan, docs_url=None, redoc_url=None)
+    install_error_handlers(app)
+    app.add_middleware(HttpMiddleware, route_label=known_routes_label(_ROUTES),
+                       max_body_bytes=settings.max_body_bytes, body_timeout=settings.body_timeout)
     app.state.registry = registry  # for tests that check the metric names the alert rules use
     app.state.deliveries = deliveries
 
@@ -83,8 +89,8 @@ def create_relay_app(settings: RelaySettings) -> FastAPI:
         """A dependency, so a wrong token gets 401 before the body is even validated."""
         if not settings.auth_token:
             return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), settings.auth_token.encode()):
+        token = bearer_token(request.headers.get("authorization"))
+        if token is None or not same_secret(token, settings.auth_token):
             raise HTTPException(401, "missing or wrong bearer token (see --auth-token)")
 
     async def forward(notification: Notification, robots: list[Robot]) -> JSONResponse:
@@ -145,12 +151,17 @@ def create_relay_app(settings: RelaySettings) -> FastAPI:
 @env_option("--timeout", type=click.FloatRange(min=0.1), default=10.0, help="Seconds per robot request.")
 @env_option("--attempts", type=click.IntRange(min=1), default=3,
             help="Tries per robot on connection errors, timeouts and 5xx.")
+@env_option("--max-body-bytes", type=click.IntRange(min=1024), default=RelaySettings.max_body_bytes,
+            help="Largest webhook body accepted (413 past it).")
+@env_option("--body-timeout", type=click.FloatRange(min=0.1), default=RelaySettings.body_timeout,
+            help="Seconds a client may stall while sending its body before a 408 (slowloris guard).")
 @env_option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
 @env_option("--log-format", type=click.Choice(["auto", "json", "text"]), default="auto")
 @env_option("--log-file", default=None, help="Also write logs to this file, rotated at 50 MB.")
 def alert_relay(
     host: str, port: int, dingtalk_url: str | None, dingtalk_secret: str | None, wecom_url: str | None,
-    auth_token: str | None, timeout: float, attempts: int, log_level: str, log_format: str, log_file: str | None,
+    auth_token: str | None, timeout: float, attempts: int, max_body_bytes: int, body_timeout: float,
+    log_level: str, log_format: str, log_file: str | None,
 ) -> None:
     """Forward Alertmanager webhooks to DingTalk and WeCom group robots."""
     import uvicorn
@@ -167,7 +178,8 @@ def alert_relay(
         robots.append(Robot("wecom", wecom_url))
     if not robots:
         raise click.UsageError("give at least one robot: --dingtalk-url and/or --wecom-url")
-    settings = RelaySettings(robots=tuple(robots), auth_token=auth_token or None, timeout=timeout, attempts=attempts)
+    settings = RelaySettings(robots=tuple(robots), auth_token=auth_token or None, timeout=timeout, attempts=attempts,
+                             max_body_bytes=max_body_bytes, body_timeout=body_timeout)
     for robot in robots:
         click.echo(f"alert-relay: {robot.kind} → {redact_url(robot.url)}"
                    + (" (signed)" if robot.secret else ""), err=True)

@@ -22,9 +22,9 @@ from rerankd import __version__
 from rerankd.engine.config import EngineConfig
 from rerankd.engine.engine import RerankEngine, ScoreOutcome, load_engine
 from rerankd.errors import ModelNotFoundError, NotReadyError, PayloadTooLargeError
+from rerankd.http import HttpMiddleware, known_routes_label, request_id_of
 from rerankd.http.disconnect import unless_disconnected
 from rerankd.http.errors import ERROR_RESPONSES, install_error_handlers
-from rerankd.http.middleware import ServerMiddleware, request_id_of
 from rerankd.observability.metrics import ServerMetrics
 from rerankd.protocol import (
     ModelCard,
@@ -48,6 +48,13 @@ __all__ = ["create_server_app"]
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 EngineLoader = Callable[[EngineConfig, ServerMetrics], RerankEngine]
+
+# Route labels of the request metrics (any other path counts as "other"), and the paths --api-key leaves open.
+SERVER_ROUTES = frozenset({
+    "/v1/rerank", "/v2/rerank", "/rerank", "/v1/score", "/score", "/v1/models", "/health", "/ready",
+    "/metrics", "/info", "/docs", "/openapi.json", "/redoc",
+})
+PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics"})
 
 
 class _State:
@@ -117,8 +124,9 @@ def create_server_app(settings: ServerSettings, *, engine_loader: EngineLoader |
     )
     install_error_handlers(app)
     app.add_middleware(
-        ServerMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes, api_key=settings.api_key,
-        body_timeout=settings.body_timeout,
+        HttpMiddleware, route_label=known_routes_label(SERVER_ROUTES), metrics=metrics,
+        max_body_bytes=settings.max_body_bytes, body_timeout=settings.body_timeout,
+        api_key=settings.api_key, public_paths=PUBLIC_PATHS,
     )
     app.state.rerankd = state
 
