@@ -115,7 +115,7 @@ def build_sequence_classifier(causal_dir: str | Path, out_dir: str | Path) -> Pa
     config.pad_token_id = tokenizer.pad_token_id
     config.architectures = ["Qwen3ForSequenceClassification"]
     config.tie_word_embeddings = False
-    classifier = Qwen3ForSequenceClassification(config).to(torch.float32)
+    classifier = Qwen3ForSequenceClassification(config).float()
     classifier.model.load_state_dict(causal.model.state_dict())
     head = causal.get_output_embeddings().weight
     with torch.no_grad():

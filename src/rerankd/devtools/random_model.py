@@ -79,22 +79,19 @@ def build_random_model(out: str | Path, shape: str = "tiny", seed: int = 0, dtyp
         raise ValueError(f"unknown shape {shape!r}; choose one of {sorted(SHAPES)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    config = Qwen3Config(
-        vocab_size=VOCAB_SIZE,
-        max_position_embeddings=40960,
-        rope_theta=1_000_000.0,
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=True,
-        bos_token_id=151643,
-        eos_token_id=151645,
-        architectures=["Qwen3ForCausalLM"],
-        **SHAPES[shape],
-    )
+    # A plain dict: transformers versions differ in which of these the signature names (rope_theta).
+    config_args: dict[str, Any] = {
+        "vocab_size": VOCAB_SIZE, "max_position_embeddings": 40960, "rope_theta": 1_000_000.0,
+        "rms_norm_eps": 1e-6, "tie_word_embeddings": True, "bos_token_id": 151643, "eos_token_id": 151645,
+        "architectures": ["Qwen3ForCausalLM"], **SHAPES[shape],
+    }
+    config = Qwen3Config(**config_args)
     torch.manual_seed(seed)
     with torch.device("cpu"):
         model = Qwen3ForCausalLM(config)
     with torch.no_grad():
         emb = model.get_input_embeddings().weight
+        assert isinstance(emb, torch.Tensor)
         emb[TOKEN_ID_YES] *= 40.0
         emb[TOKEN_ID_NO] *= 40.0
     model = model.to(getattr(torch, dtype))

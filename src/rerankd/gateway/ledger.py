@@ -34,7 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Date, MetaData, case, cast, func, insert, select
+from sqlalchemy import Date, MetaData, Table, case, cast, func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -394,7 +394,9 @@ def _compiled_insert(dialect: Any, schema: str | None) -> str:
     """``INSERT … ON CONFLICT (request_id) DO NOTHING`` in the dialect's own SQL and parameter style,
     with the parameters in :data:`_VALUE_ORDER`, into ``schema`` when the engine translates to one
     (driver SQL skips SQLAlchemy's ``schema_translate_map``, so the table is qualified here)."""
-    table = UsageRecord.__table__ if schema is None else UsageRecord.__table__.to_metadata(MetaData(), schema=schema)
+    own = UsageRecord.__table__
+    assert isinstance(own, Table)
+    table = own if schema is None else own.to_metadata(MetaData(), schema=schema)
     module = postgresql if dialect.name == "postgresql" else sqlite
     statement = module.insert(table).on_conflict_do_nothing(index_elements=["request_id"])
     compiled = statement.compile(dialect=dialect, column_keys=list(_VALUE_ORDER))
