@@ -70,6 +70,7 @@ def create_gateway_app(settings: GatewaySettings) -> FastAPI:
             log.info("gateway stopped; usage ledger flushed")
 
     app = FastAPI(title="rerankd gateway", version=__version__, lifespan=lifespan, responses=ERROR_RESPONSES,
+                  redirect_slashes=False,
                   description="One entry point in front of rerankd replicas: the same rerank API, with keys, "
                               "limits, failover and a usage ledger.")
     install_error_handlers(app)
@@ -84,7 +85,9 @@ def create_gateway_app(settings: GatewaySettings) -> FastAPI:
                               error_type="database_unavailable")
     app.add_middleware(HttpMiddleware, route_label=known_routes_label(GATEWAY_ROUTES, {"/admin/": "/admin"}),
                        metrics=metrics, access_log_fields=_caller_log_fields,
-                       max_body_bytes=settings.max_body_bytes, body_timeout=settings.body_timeout)
+                       max_body_bytes=settings.max_body_bytes, body_timeout=settings.body_timeout,
+                       body_deadline=settings.body_deadline,
+                       max_concurrent_requests=settings.max_concurrent_requests)
     proxy = ScoringProxy(state_of)
     app.include_router(scoring_router(proxy, state_of))
     app.include_router(admin_router(proxy, state_of))

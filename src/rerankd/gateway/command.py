@@ -11,8 +11,9 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from rerankd.edge_settings import EdgeSettings
 from rerankd.gateway.settings import GatewayConfigError, GatewaySettings, load_yaml_config
-from rerankd.options import env_option
+from rerankd.options import env_option, settings_options
 
 __all__ = ["gateway", "keys"]
 
@@ -62,6 +63,7 @@ def _default(name: str) -> Any:
 @env_option("--max-body-bytes", type=click.IntRange(min=1024), default=_default("max_body_bytes"))
 @env_option("--body-timeout", type=click.FloatRange(min=0.1), default=_default("body_timeout"),
             help="Seconds a client may stall while sending its body before a 408 (slowloris guard).")
+@settings_options(GatewaySettings, [*EdgeSettings.model_fields, "max_concurrent_requests"])
 @env_option("--attempt-timeout", type=click.FloatRange(min=0.001), default=_default("attempt_timeout"),
             help="Seconds one attempt at one replica may take.")
 @env_option("--total-timeout", type=click.FloatRange(min=0.001), default=_default("total_timeout"),
@@ -79,9 +81,8 @@ def _default(name: str) -> Any:
 def gateway(ctx: click.Context, config_file: str | None, log_format: str, log_file: str | None,
             **flags: Any) -> None:
     """Serve the rerank API in front of many replicas: keys, limits, failover, usage ledger."""
-    import uvicorn
-
     from rerankd.gateway.app import create_gateway_app
+    from rerankd.http.serving import run_until_stopped, uvicorn_config
     from rerankd.observability.logging import configure_logging
 
     configure_logging(flags["log_level"], log_format, log_file)
@@ -92,8 +93,9 @@ def gateway(ctx: click.Context, config_file: str | None, log_format: str, log_fi
         raise click.UsageError(str(exc)) from None
     click.echo(f"rerankd gateway: {len(settings.upstreams)} upstream(s); listening on "
                f"http://{settings.host}:{settings.port}", err=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, log_level=settings.log_level,
-                timeout_graceful_shutdown=int(settings.drain_seconds), access_log=False)
+    run_until_stopped(uvicorn_config(app, host=settings.host, port=settings.port, limits=settings,
+                                     log_level=settings.log_level, access_log=False,
+                                     timeout_graceful_shutdown=int(settings.drain_seconds)))
 
 
 def _settings(ctx: click.Context, config_file: str | None, flags: dict[str, Any]) -> GatewaySettings:

@@ -12,7 +12,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator
+
+from rerankd.edge_settings import EdgeSettings
 
 __all__ = ["GatewayConfigError", "GatewaySettings", "load_yaml_config"]
 
@@ -21,8 +23,9 @@ class GatewayConfigError(ValueError):
     """The configuration cannot run; the message names the setting to fix."""
 
 
-class GatewaySettings(BaseModel):
-    """The gateway's configuration. Field names are the long flags in snake case."""
+class GatewaySettings(EdgeSettings):
+    """The gateway's configuration. Field names are the long flags in snake case; the connection limits
+    are :class:`~rerankd.edge_settings.EdgeSettings`' fields, shared with ``rerankd serve``."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -57,6 +60,9 @@ class GatewaySettings(BaseModel):
     max_documents: int = Field(1000, ge=1)
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     body_timeout: float = Field(30.0, gt=0, description="Seconds a client may stall mid-body before a 408.")
+    max_concurrent_requests: int = Field(
+        1024, ge=1, description="Requests in flight at once; more get 503 with Retry-After (/health, /ready, "
+                                "/metrics exempt).")
     # Upstream behaviour
     split_threshold: int = Field(64, ge=1, description="Split requests with more documents across replicas.")
     attempt_timeout: float = Field(60.0, gt=0, description="Seconds one attempt at one replica may take.")

@@ -1,14 +1,17 @@
 """How much body a request may send, and how long it may stall while sending it.
 
 A declared ``Content-Length`` over the cap is refused before a byte is read; a body streamed without one
-is counted as it arrives and cut off at the cap. A body that stops arriving (slowloris) is cut off after
-``timeout`` seconds of silence, so a connection is not held forever. The wait for a disconnect that
+is counted as it arrives and cut off at the cap. Two clocks bound the time a body may take (slowloris):
+``timeout`` is the longest silence between two reads, ``deadline`` (when given) the total time from the
+request's headers to its last body byte, so a byte trickled just inside each silence does not hold a
+connection forever either. Both answer 408 and close the connection. The wait for a disconnect that
 handlers do once the whole body is in is not timed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -28,19 +31,22 @@ class BodyTooLargeError(HTTPException):
 
 
 class BodyTooSlowError(HTTPException):
-    """The client stopped sending its body: free the connection instead of waiting forever."""
+    """The client stopped sending its body, or sends it too slowly: free the connection (``Connection:
+    close``, or uvicorn would keep reading the trickle after the answer)."""
 
-    def __init__(self, timeout: float) -> None:
-        super().__init__(408, f"request body not received within {timeout:g} s of silence")
+    def __init__(self, message: str) -> None:
+        super().__init__(408, message, headers={"Connection": "close"})
 
 
 class BodyLimitMiddleware:
-    """413 for a body over ``max_bytes`` (declared or streamed), 408 for one that stalls ``timeout`` s."""
+    """413 for a body over ``max_bytes`` (declared or streamed), 408 for one that stalls ``timeout`` s or
+    is not complete ``deadline`` s after the request came in."""
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int, timeout: float) -> None:
+    def __init__(self, app: ASGIApp, *, max_bytes: int, timeout: float, deadline: float | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.timeout = timeout
+        self.deadline = deadline
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -64,20 +70,25 @@ class BodyLimitMiddleware:
             # through install_error_handlers); once its answer has begun, there is nothing left to say.
             if started:
                 raise
-            await error_response(exc.status_code, exc.detail)(scope, receive, send)
+            await error_response(exc.status_code, exc.detail, headers=exc.headers)(scope, receive, send)
 
     def _limited(self, receive: Receive) -> Receive:
         seen = 0
         body_done = False
+        ends_at = time.monotonic() + self.deadline if self.deadline is not None else None
 
         async def limited_receive() -> Message:
             nonlocal seen, body_done
             if body_done:
                 return await receive()
+            wait, late = self.timeout, f"request body not received within {self.timeout:g} s of silence"
+            if ends_at is not None and ends_at - time.monotonic() < wait:
+                wait, late = max(0.0, ends_at - time.monotonic()), (
+                    f"request body not complete within {self.deadline:g} s (see --body-deadline)")
             try:
-                message = await asyncio.wait_for(receive(), self.timeout)
+                message = await asyncio.wait_for(receive(), wait)
             except asyncio.TimeoutError:
-                raise BodyTooSlowError(self.timeout) from None
+                raise BodyTooSlowError(late) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 _TYPES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
           405: "method_not_allowed", 408: "request_timeout", 409: "conflict", 413: "payload_too_large",
-          422: "invalid_request", 429: "rate_limited", 503: "unavailable"}
+          422: "invalid_request", 429: "rate_limited", 431: "headers_too_large", 503: "unavailable"}
 
 
 # Documented on every route (OpenAPI): the statuses a client may get besides success, all with one body shape.
@@ -114,8 +114,12 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(422, message, field=field)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = str(exc.detail)
+        path = request.url.path
+        if exc.status_code == 404 and message == "Not Found" and len(path) > 1 and path.endswith("/"):
+            # The apps never redirect to the slashless route (a redirect is built from the client's Host).
+            message = f"Not Found: no route {path}; routes have no trailing slash, try {path.rstrip('/')}"
         if exc.status_code == 400 and message == "There was an error parsing the body":
             # FastAPI's words for undecodable bytes or JSON nested past the parser's recursion limit.
             message = "the body could not be parsed: send a JSON object in UTF-8, nested at most a few hundred levels"

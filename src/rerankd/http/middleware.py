@@ -7,16 +7,16 @@ adding). Outermost first, each layer a module with one job:
 1. :class:`RequestIdMiddleware`: the request id, first, so every later layer and log line has it.
 2. :class:`SecurityHeadersMiddleware`: on every answer, refusals included.
 3. :class:`AccessLogMiddleware`: the log line and metrics, outside every layer that can refuse.
-4. :class:`BodyLimitMiddleware`: 413 on a declared length before anything else is checked; 413/408 while
-   the body streams in.
-5. :class:`ApiKeyMiddleware`: only when the app has one key (the server's ``--api-key``).
-6. :class:`JsonBodyMiddleware`: POST bodies are parsed as JSON.
+4. :class:`HeaderRulesMiddleware`: 400 for a repeated ``Host`` or ``Authorization``.
+5. :class:`ConcurrencyLimitMiddleware`: 503 past ``max_concurrent_requests`` in flight (probes exempt).
+6. :class:`BodyLimitMiddleware`: 413 on a declared length before anything else is checked; 413/408 while
+   the body streams in (silence and total deadline).
+7. :class:`ApiKeyMiddleware`: only when the app has one key (the server's ``--api-key``).
+8. :class:`JsonBodyMiddleware`: POST bodies are parsed as JSON.
 
-Later layers slot in here: a cap on header size or count belongs between 3 and 4 (refused, logged and
-counted, before the body). Note that such a cap cannot be complete in ASGI: uvicorn has parsed every
-header before the app is called (and its httptools parser caps nothing), so a real cap, and a timeout for
-slow headers, needs a uvicorn protocol subclass; idle keep-alive connections are uvicorn's
-``timeout_keep_alive``.
+Header size and count, the time to send headers and idle keep-alive connections are not here: uvicorn
+has parsed every header before an app is called, so those limits live in the connection's protocol
+(:mod:`rerankd.http.protocol`, configured by :func:`rerankd.http.serving.uvicorn_config`).
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from rerankd.http.access_log import AccessLogMiddleware, HttpMetrics, LogFields, RouteLabel
 from rerankd.http.api_key import ApiKeyMiddleware
 from rerankd.http.body_limits import BodyLimitMiddleware
+from rerankd.http.concurrency import ConcurrencyLimitMiddleware
+from rerankd.http.header_rules import HeaderRulesMiddleware
 from rerankd.http.json_body import JsonBodyMiddleware
 from rerankd.http.request_id import RequestIdMiddleware, request_id_of
 from rerankd.http.security_headers import SecurityHeadersMiddleware
@@ -34,19 +36,25 @@ __all__ = ["HttpMiddleware", "request_id_of"]
 
 
 class HttpMiddleware:
-    """Request id, security headers, access log and metrics, body cap and timeout, optional API key."""
+    """Request id, security headers, access log and metrics, single headers, requests in flight, body cap
+    and timeouts, optional API key."""
 
     def __init__(
         self, app: ASGIApp, *, route_label: RouteLabel, max_body_bytes: int, body_timeout: float,
+        body_deadline: float | None = None, max_concurrent_requests: int | None = None,
         metrics: HttpMetrics | None = None, access_log_fields: LogFields | None = None,
         api_key: str | None = None, public_paths: frozenset[str] = frozenset(),
     ) -> None:
         """``route_label`` bounds the ``route`` label (see :func:`known_routes_label`); ``access_log_fields``
-        adds the app's own fields to each access-log line; ``public_paths`` need no ``api_key``."""
+        adds the app's own fields to each access-log line; ``public_paths`` need no ``api_key``. No
+        ``body_deadline`` or ``max_concurrent_requests``: no such limit."""
         inner: ASGIApp = JsonBodyMiddleware(app)
         if api_key:
             inner = ApiKeyMiddleware(inner, api_key=api_key, public_paths=public_paths)
-        inner = BodyLimitMiddleware(inner, max_bytes=max_body_bytes, timeout=body_timeout)
+        inner = BodyLimitMiddleware(inner, max_bytes=max_body_bytes, timeout=body_timeout, deadline=body_deadline)
+        if max_concurrent_requests is not None:
+            inner = ConcurrencyLimitMiddleware(inner, limit=max_concurrent_requests)
+        inner = HeaderRulesMiddleware(inner)
         inner = AccessLogMiddleware(inner, route_label=route_label, metrics=metrics, log_fields=access_log_fields)
         inner = SecurityHeadersMiddleware(inner)
         self._stack = RequestIdMiddleware(inner)

@@ -19,7 +19,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import click
@@ -28,6 +28,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
+from rerankd.edge_settings import EdgeSettings
 from rerankd.http import HttpMiddleware, bearer_token, install_error_handlers, known_routes_label, same_secret
 from rerankd.observability.alert_delivery import DeliveryError, Robot, RobotSender, redact_url
 from rerankd.observability.alert_format import Notification, dingtalk_message, wecom_message
@@ -52,6 +53,8 @@ class RelaySettings:
     backoff: float = 0.5
     max_body_bytes: int = 16 * 1024 * 1024  # Alertmanager sends every alert of a group in one body
     body_timeout: float = 30.0
+    edge: EdgeSettings = field(default_factory=lambda: EdgeSettings())  # head size and time, idle, body deadline
+    max_concurrent_requests: int = 64  # Alertmanager sends a handful at a time
 
     def __repr__(self) -> str:
         return (f"RelaySettings(robots={self.robots!r}, auth={'on' if self.auth_token else 'off'}, "
@@ -78,10 +81,13 @@ def create_relay_app(settings: RelaySettings) -> FastAPI:
             holder["sender"] = RobotSender(client, attempts=settings.attempts, backoff=settings.backoff)
             yield
 
-    app = FastAPI(title="rerankd alert relay", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(title="rerankd alert relay", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  redirect_slashes=False)
     install_error_handlers(app)
     app.add_middleware(HttpMiddleware, route_label=known_routes_label(_ROUTES),
-                       max_body_bytes=settings.max_body_bytes, body_timeout=settings.body_timeout)
+                       max_body_bytes=settings.max_body_bytes, body_timeout=settings.body_timeout,
+                       body_deadline=settings.edge.body_deadline,
+                       max_concurrent_requests=settings.max_concurrent_requests)
     app.state.registry = registry  # for tests that check the metric names the alert rules use
     app.state.deliveries = deliveries
 
@@ -164,8 +170,7 @@ def alert_relay(
     log_level: str, log_format: str, log_file: str | None,
 ) -> None:
     """Forward Alertmanager webhooks to DingTalk and WeCom group robots."""
-    import uvicorn
-
+    from rerankd.http.serving import run_until_stopped, uvicorn_config
     from rerankd.observability.logging import configure_logging
 
     configure_logging(log_level, log_format, log_file)
@@ -184,4 +189,5 @@ def alert_relay(
         click.echo(f"alert-relay: {robot.kind} → {redact_url(robot.url)}"
                    + (" (signed)" if robot.secret else ""), err=True)
     click.echo(f"alert-relay: listening on http://{host}:{port}/alerts", err=True)
-    uvicorn.run(create_relay_app(settings), host=host, port=port, log_config=None, log_level=log_level)
+    run_until_stopped(uvicorn_config(create_relay_app(settings), host=host, port=port, limits=settings.edge,
+                                     log_level=log_level))

@@ -119,13 +119,14 @@ def create_server_app(settings: ServerSettings, *, engine_loader: EngineLoader |
             await state.engine.close()
 
     app = FastAPI(
-        title="rerankd", version=__version__, lifespan=lifespan, responses=ERROR_RESPONSES,
+        title="rerankd", version=__version__, lifespan=lifespan, responses=ERROR_RESPONSES, redirect_slashes=False,
         description="Qwen3-Reranker scoring: Jina / Cohere / vLLM / TEI rerank APIs.",
     )
     install_error_handlers(app)
     app.add_middleware(
         HttpMiddleware, route_label=known_routes_label(SERVER_ROUTES), metrics=metrics,
         max_body_bytes=settings.max_body_bytes, body_timeout=settings.body_timeout,
+        body_deadline=settings.body_deadline, max_concurrent_requests=settings.max_concurrent_requests,
         api_key=settings.api_key, public_paths=PUBLIC_PATHS,
     )
     app.state.rerankd = state

@@ -53,6 +53,7 @@ def serve(**flags: Any) -> None:
     import uvicorn
 
     from rerankd.engine.model_source import ModelSourceError, resolve_model
+    from rerankd.http.serving import uvicorn_config
     from rerankd.server.app import create_server_app
 
     try:
@@ -69,7 +70,7 @@ def serve(**flags: Any) -> None:
         server.should_exit = True
 
     app = create_server_app(settings, on_load_failure=stop_serving)
-    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
+    server = uvicorn.Server(uvicorn_config(app, host=settings.host, port=settings.port, limits=settings,
                                            log_level=settings.log_level, timeout_graceful_shutdown=30))
     click.echo(f"rerankd serve: model {settings.model_name} from {path}; listening on "
                f"http://{settings.host}:{settings.port} (ready when /ready answers 200); malloc: {malloc}", err=True)

@@ -15,15 +15,17 @@ from __future__ import annotations
 from pydantic import Field
 
 from rerankd.allocator import MallocChoice
+from rerankd.edge_settings import EdgeSettings
 from rerankd.engine.config import EngineConfig
 from rerankd.observability.logging import LogFormat, LogLevel
 
 __all__ = ["ServerSettings"]
 
 
-class ServerSettings(EngineConfig):
+class ServerSettings(EngineConfig, EdgeSettings):
     """The inference server's configuration. Field names are the long flags in snake case; a field with
-    ``repr=False`` is a secret, whose value ``--help`` never shows."""
+    ``repr=False`` is a secret, whose value ``--help`` never shows. The connection limits (head size and
+    time, idle keep-alive, trusted proxies) are :class:`~rerankd.edge_settings.EdgeSettings`' fields."""
 
     served_model_name: str | None = Field(
         None, description="Name clients use in `model` (default: last part of --model).")
@@ -31,6 +33,9 @@ class ServerSettings(EngineConfig):
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 past it).")
     body_timeout: float = Field(
         30.0, ge=0.1, description="Seconds a client may stall while sending its body before a 408 (slowloris guard).")
+    max_concurrent_requests: int = Field(
+        512, ge=1, description="Requests in flight at once; more get 503 with Retry-After (/health, /ready, "
+                               "/metrics exempt).")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     api_key: str | None = Field(
