@@ -276,6 +276,22 @@ def test_x_forwarded_for_from_an_untrusted_peer_is_not_the_audited_client(gatewa
     assert event["client"] == "127.0.0.1"
 
 
+def test_x_forwarded_for_from_a_configured_proxy_is_the_audited_client(tmp_path: Path) -> None:
+    proxied = spawn_gateway(tmp_path, ["http://127.0.0.1:9"], "--database-url", f"sqlite:///{tmp_path / 'gw.db'}",
+                            "--admin-key", ADMIN, "--forwarded-allow-ips", "127.0.0.1")
+    try:
+        proxied.wait_ready(60, path="/health")
+        admin = {"Authorization": f"Bearer {ADMIN}"}
+        created = httpx.post(proxied.url + "/admin/keys", json={"name": "via-proxy"},
+                             headers={**admin, "X-Forwarded-For": "203.0.113.9"})
+        assert created.status_code == 201, created.text
+        (event,) = [e for e in httpx.get(proxied.url + "/admin/audit", headers=admin).json()
+                    if e["target"] == "via-proxy"]
+        assert event["client"] == "203.0.113.9"
+    finally:
+        proxied.stop(signal.SIGKILL)
+
+
 # ---------------------------------------------------------------- the server and the relay
 
 

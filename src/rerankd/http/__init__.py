@@ -1,6 +1,10 @@
 """What every HTTP app of rerankd shares (server, gateway, alert relay): request ids, body caps, security
 headers, the access log, the one error body, and dropping work whose client hung up.
 
+The connection-level limits (head size and time, idle keep-alive, trusted proxies) are a uvicorn protocol
+(:mod:`rerankd.http.protocol`), set up by :func:`rerankd.http.serving.uvicorn_config`; neither is imported
+here, so importing the room does not import uvicorn.
+
 The room knows nothing of reranking or of the gateway's keys: apps plug their own concepts in through hooks
 (``route_label``, ``access_log_fields``, ``public_paths`` of :class:`HttpMiddleware`).
 """
