@@ -15,18 +15,20 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 
 from rerankd import __version__
 from rerankd.gateway.admin import admin_router
-from rerankd.gateway.proxy import ScoringProxy, scoring_router
+from rerankd.gateway.components import open_components
+from rerankd.gateway.dependencies import COMPONENTS_STATE
+from rerankd.gateway.probes import probe_router
+from rerankd.gateway.routes import scoring_router
 from rerankd.gateway.settings import GatewaySettings
-from rerankd.gateway.state import GatewayState, open_gateway_state
 from rerankd.http.errors import ERROR_RESPONSES, error_response, install_error_handlers
-from rerankd.http.middleware import ServerMiddleware, request_id_of
+from rerankd.http.middleware import ServerMiddleware
 from rerankd.observability.gateway_metrics import GatewayMetrics
+from rerankd.protocol import ErrorBody
 from rerankd.runtime import freeze_startup_heap
 
 __all__ = ["create_gateway_app"]
@@ -39,30 +41,33 @@ GATEWAY_ROUTES = frozenset({
 })
 
 
+# The gateway's own error statuses besides the server's (OpenAPI).
+_GATEWAY_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody, "description": "Unknown route, model, or API key (`/admin/keys/{name_or_id}`)"},
+    502: {"model": ErrorBody, "description": "A replica's answer was malformed (e.g. an implausible token count)"},
+}
+
+
 def create_gateway_app(settings: GatewaySettings) -> FastAPI:
-    """Build the gateway for ``settings`` (its parts connect in the app's lifespan)."""
+    """Build the gateway for ``settings`` (its components connect in the app's lifespan)."""
     settings.check_runnable()
     metrics = GatewayMetrics()
     metrics.build_info.info({"version": __version__})
-    holder: dict[str, GatewayState] = {}
-
-    def state_of() -> GatewayState:
-        return holder["state"]
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        state = await open_gateway_state(settings, metrics)
-        holder["state"] = state
+    async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        components = await open_components(settings, metrics)
         freeze_startup_heap()
-        healthy = state.pool.available_count()
-        log.info("gateway ready: %d/%d replicas healthy", healthy, len(state.pool.upstreams))
+        healthy = components.pool.available_count()
+        log.info("gateway ready: %d/%d replicas healthy", healthy, len(components.pool.upstreams))
         try:
-            yield
+            yield {COMPONENTS_STATE: components}  # every request's ``request.state`` (see dependencies.py)
         finally:
-            await state.close()
+            await components.close()
             log.info("gateway stopped; usage ledger flushed")
 
-    app = FastAPI(title="rerankd gateway", version=__version__, lifespan=lifespan, responses=ERROR_RESPONSES,
+    app = FastAPI(title="rerankd gateway", version=__version__, lifespan=lifespan,
+                  responses={**ERROR_RESPONSES, **_GATEWAY_ERRORS},
                   description="One entry point in front of rerankd replicas: the same rerank API, with keys, "
                               "limits, failover and a usage ledger.")
     install_error_handlers(app)
@@ -77,41 +82,7 @@ def create_gateway_app(settings: GatewaySettings) -> FastAPI:
                               error_type="database_unavailable")
     app.add_middleware(ServerMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes, api_key=None,
                        known_routes=GATEWAY_ROUTES, body_timeout=settings.body_timeout)
-    proxy = ScoringProxy(state_of)
-    app.include_router(scoring_router(proxy, state_of))
-    app.include_router(admin_router(proxy, state_of))
-
-    @app.get("/v1/models", summary="Models the replicas serve (OpenAI list)")
-    async def models(request: Request) -> Response:
-        await proxy.identify(request)
-        reply = await state_of().forwarder.send("/v1/models", b"", request_id_of(request.scope), method="GET")
-        return Response(reply.body, status_code=reply.status, media_type="application/json")
-
-    @app.get("/health", summary="200 while the process lives")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/ready", summary="200 when at least one replica can take a request, else 503")
-    async def ready() -> JSONResponse:
-        pool = state_of().pool
-        upstreams, healthy = pool.upstreams, pool.available_count()
-        if not healthy:
-            return error_response(503, f"no replica is available (0 of {len(upstreams)} healthy)", retry_after=2,
-                                  error_type="not_ready")
-        return JSONResponse({"ready": True, "healthy_replicas": healthy, "replicas": len(upstreams)})
-
-    @app.get("/info", summary="Version, replicas, limits")
-    async def info() -> dict[str, Any]:
-        state = state_of()
-        return {"version": __version__, "role": "gateway", "replicas": len(state.pool.upstreams),
-                "healthy_replicas": state.pool.available_count(),
-                "max_documents": settings.max_documents, "max_body_bytes": settings.max_body_bytes,
-                "split_threshold": settings.split_threshold, "shared_limits": settings.redis_url is not None,
-                "jwt": settings.jwt_enabled}
-
-    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
-    async def prometheus_metrics() -> Response:
-        state_of().refresh_metrics()
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
+    app.include_router(scoring_router())
+    app.include_router(admin_router())
+    app.include_router(probe_router(metrics))
     return app
