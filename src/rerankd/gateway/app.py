@@ -22,7 +22,7 @@ from rerankd import __version__
 from rerankd.gateway.admin import admin_router
 from rerankd.gateway.components import open_components
 from rerankd.gateway.dependencies import COMPONENTS_STATE
-from rerankd.gateway.probes import probe_router
+from rerankd.gateway.probes import add_probes
 from rerankd.gateway.routes import scoring_router
 from rerankd.gateway.settings import GatewaySettings
 from rerankd.http.errors import ERROR_RESPONSES, error_response, install_error_handlers
@@ -84,5 +84,5 @@ def create_gateway_app(settings: GatewaySettings) -> FastAPI:
                        known_routes=GATEWAY_ROUTES, body_timeout=settings.body_timeout)
     app.include_router(scoring_router())
     app.include_router(admin_router())
-    app.include_router(probe_router(metrics))
+    add_probes(app, metrics)
     return app

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -13,18 +13,21 @@ from rerankd.gateway.dependencies import Components
 from rerankd.http.errors import error_response
 from rerankd.observability.gateway_metrics import GatewayMetrics
 
-__all__ = ["probe_router"]
+__all__ = ["add_probes"]
 
 
-def probe_router(metrics: GatewayMetrics) -> APIRouter:
-    """``/health``, ``/ready``, ``/info`` and ``/metrics`` (``metrics`` is scraped as it is: no refresh step)."""
-    router = APIRouter()
+def add_probes(app: FastAPI, metrics: GatewayMetrics) -> None:
+    """``/health``, ``/ready``, ``/info`` and ``/metrics`` (``metrics`` is scraped as it is: no refresh step).
 
-    @router.get("/health", summary="200 while the process lives")
+    Declared on the app itself, not an included router: deployment checks (tests/integration/
+    test_deploy_manifests.py) find the probe paths among the app's own routes.
+    """
+
+    @app.get("/health", summary="200 while the process lives")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @router.get("/ready", summary="200 when at least one replica can take a request, else 503")
+    @app.get("/ready", summary="200 when at least one replica can take a request, else 503")
     async def ready(components: Components) -> JSONResponse:
         pool = components.pool
         upstreams, healthy = pool.upstreams, pool.available_count()
@@ -33,7 +36,7 @@ def probe_router(metrics: GatewayMetrics) -> APIRouter:
                                   error_type="not_ready")
         return JSONResponse({"ready": True, "healthy_replicas": healthy, "replicas": len(upstreams)})
 
-    @router.get("/info", summary="Version, replicas, limits")
+    @app.get("/info", summary="Version, replicas, limits")
     async def info(components: Components) -> dict[str, Any]:
         settings, pool = components.settings, components.pool
         return {"version": __version__, "role": "gateway", "replicas": len(pool.upstreams),
@@ -43,8 +46,6 @@ def probe_router(metrics: GatewayMetrics) -> APIRouter:
                 "jwt": settings.jwt_enabled}
 
     # ``async`` on purpose: the state collector reads the components on the event loop, their only thread.
-    @router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
     async def prometheus_metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    return router
