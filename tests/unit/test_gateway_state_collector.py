@@ -56,7 +56,7 @@ async def test_each_scrape_reads_the_components_as_they_are_now(tmp_path: Path) 
     ledger.start()
     assert await ledger.close() == 0
     assert value("rerankd_gateway_ledger_rows_total") == 3 and value("rerankd_gateway_ledger_pending_rows") == 0
-    ledger.dead_lettered = 2  # type: ignore[attr-defined]  # the ledger's dead-letter count, where it has one
+    ledger._dead_letters.refused = 2  # as if the database had refused two rows (set aside)
     assert value("rerankd_gateway_ledger_dead_letter_rows_total") == 2
 
     await limiter.check_request("k", 10)

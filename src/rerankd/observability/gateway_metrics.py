@@ -157,7 +157,7 @@ class GatewayStateCollector(Collector):
         f.ledger_rows.add_metric([], ledger.written)
         f.ledger_errors.add_metric([], ledger.flush_failures)
         # Rows the ledger set aside after repeated failures (a ledger without a dead-letter path has none).
-        f.ledger_dead_letter.add_metric([], getattr(ledger, "dead_lettered", 0))
+        f.ledger_dead_letter.add_metric([], ledger.dead_lettered)
         f.ledger_pending.add_metric([], ledger.pending())
         f.ledger_lag.add_metric([], ledger.lag_seconds())
         f.storage_errors.add_metric([], self._limiter.storage_errors)
