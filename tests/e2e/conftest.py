@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import free_port, running_gateway, running_server, serving_in_thread
+from support import free_port, running_gateway, running_server, serving_in_thread
 
 # Gradio (imported lazily, below) must not phone home from a test run; CI has no network for it anyway.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -64,7 +64,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 @contextmanager
 def running_asgi(app: Any) -> Iterator[str]:
     """Serve any ASGI app under uvicorn in a thread on a free port; yield its base URL once it listens."""
-    with serving_in_thread(app, free_port()) as url:
+    with serving_in_thread(app) as url:
         yield url
 
 

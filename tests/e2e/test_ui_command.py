@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import free_port
+from support import free_port
 
 pytestmark = pytest.mark.e2e
 

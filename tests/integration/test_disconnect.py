@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import free_port, metric_value, running_gateway, running_server, serving_in_thread
 from rerankd.config import ServerSettings
 from rerankd.gateway.settings import GatewaySettings
+from support import free_port, metric_value, running_gateway, running_server, serving_in_thread
 
 
 def test_disconnected_client_work_is_dropped(tiny_model_dir: Path, caplog: pytest.LogCaptureFixture) -> None:

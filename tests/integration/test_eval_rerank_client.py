@@ -8,20 +8,18 @@ which cannot be produced on cue in a test. This one speaks the same HTTP over a 
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from rerankd.evaluation.rerank_client import RerankClient, RerankError, rerank_url
+from support import free_port, serving_in_thread
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -73,20 +71,9 @@ def scripted() -> Iterator[tuple[str, list[Script]]]:
         results.sort(key=lambda r: -r["relevance_score"])
         return JSONResponse({"id": "x", "model": "scripted", "results": results, "usage": {}})
 
-    port = _free_port()
     app = Starlette(routes=[Route("/v1/rerank", rerank, methods=["POST"])])
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "scripted server did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}", holder
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serving_in_thread(app, what="scripted server") as url:
+        yield url, holder
 
 
 @pytest.fixture
@@ -94,12 +81,6 @@ def server(scripted: tuple[str, list[Script]]) -> tuple[str, Script]:
     url, holder = scripted
     holder[0] = Script()
     return url, holder[0]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 DOCS = [f"doc-{i}" for i in range(10)]
@@ -167,7 +148,7 @@ async def test_401_names_the_api_key_flag_and_a_key_is_sent(server: tuple[str, S
 
 
 async def test_unreachable_server_fails_fast_in_preflight() -> None:
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     started = time.monotonic()
     async with RerankClient(url, backoff=0.1) as client:
         with pytest.raises(RerankError, match=r"could not reach the reranker at .*Check --reranker"):

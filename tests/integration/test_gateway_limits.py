@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import Fleet, free_port, running_gateway, spawn_gateway
 from rerankd.gateway.settings import GatewaySettings
+from support import Fleet, free_port, running_gateway, spawn_gateway
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.redis]
 

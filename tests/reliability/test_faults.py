@@ -22,10 +22,10 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from conftest import Fleet, Proc, free_port, spawn_gateway
 from fault_proxy import FlakyProxy
 from loadgen import record, run_load
 from rerankd.gateway.db import UsageRecord, create_engine_for
+from support import Fleet, Proc, free_port, spawn_gateway
 
 pytestmark = pytest.mark.timeout(300)
 

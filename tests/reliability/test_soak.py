@@ -19,8 +19,8 @@ import httpx
 import psutil
 import pytest
 
-from conftest import Fleet, spawn_gateway
 from loadgen import record, run_load
+from support import Fleet, spawn_gateway
 
 SOAK_SECONDS = float(os.environ.get("RERANKD_SOAK_SECONDS", "60"))
 ADMIN = "soak-admin"

@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import socket
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from rerankd.benchmark.loadgen import poisson_schedule, run_closed_loop, run_open_loop
 from rerankd.benchmark.workload import Request, Workload, parse_length_spec
+from support import serving_in_thread
 
 WORKLOAD = Workload(2, parse_length_spec("8"), 0, [Request("q", ["a", "b"], [8, 8]), Request("r", ["c", "d"], [8, 8])])
 
 
 @pytest.fixture
-async def stub() -> AsyncIterator[tuple[str, list[dict]]]:
+def stub() -> Iterator[tuple[str, list[dict]]]:
     """A rerank endpoint that records bodies, answers 200 with usage, and 503 for the query "fail"."""
     seen: list[dict] = []
     app = FastAPI()
@@ -31,16 +30,8 @@ async def stub() -> AsyncIterator[tuple[str, list[dict]]]:
             return JSONResponse({"error": "busy"}, status_code=503)
         return JSONResponse({"results": [], "usage": {"prompt_tokens": 100, "total_tokens": 100}})
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
-    yield f"http://127.0.0.1:{port}", seen
-    server.should_exit = True
-    await task
+    with serving_in_thread(app, what="stub rerank server") as url:
+        yield url, seen
 
 
 async def test_closed_loop_stops_at_max_requests_even_with_a_long_duration(stub: tuple[str, list[dict]]) -> None:
