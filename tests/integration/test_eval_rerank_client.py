@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from rerankd.evaluation.rerank_client import RerankClient, RerankError, rerank_url
+from rerankd.client import RerankAPIError, RerankClient, rerank_url
 from support import free_port, serving_in_thread
 
 pytestmark = pytest.mark.timeout(60)
@@ -110,7 +110,7 @@ async def test_gives_up_after_max_retries_with_the_servers_message(server: tuple
     url, script = server
     script.refusals = [(503, "0")] * 3
     async with RerankClient(url, max_retries=2) as client:
-        with pytest.raises(RerankError, match=r"answered 503: busy, try later"):
+        with pytest.raises(RerankAPIError, match=r"answered 503: busy, try later"):
             await client.scores("q", DOCS[:2])
     assert len(script.arrivals) == 3
 
@@ -141,7 +141,7 @@ async def test_401_names_the_api_key_flag_and_a_key_is_sent(server: tuple[str, S
     url, script = server
     script.api_key = "secret"
     async with RerankClient(url) as client:
-        with pytest.raises(RerankError, match=r"answered 401: missing or invalid API key \(pass --api-key"):
+        with pytest.raises(RerankAPIError, match=r"answered 401: missing or invalid API key \(pass --api-key"):
             await client.scores("q", DOCS[:1])
     async with RerankClient(url, api_key="secret") as client:
         assert await client.scores("q", DOCS[:1]) == [0.0]
@@ -151,7 +151,7 @@ async def test_unreachable_server_fails_fast_in_preflight() -> None:
     url = f"http://127.0.0.1:{free_port()}"
     started = time.monotonic()
     async with RerankClient(url, backoff=0.1) as client:
-        with pytest.raises(RerankError, match=r"could not reach the reranker at .*Check --reranker"):
+        with pytest.raises(RerankAPIError, match=r"could not reach the reranker at .*Check --reranker"):
             await client.preflight()
     assert time.monotonic() - started < 5
 
