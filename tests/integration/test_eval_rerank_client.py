@@ -115,6 +115,18 @@ async def test_gives_up_after_max_retries_with_the_servers_message(server: tuple
     assert len(script.arrivals) == 3
 
 
+async def test_a_refusal_carries_what_the_server_said(server: tuple[str, Script]) -> None:
+    url, script = server
+    script.refusals = [(429, "3")]
+    async with RerankClient(url, max_retries=0) as client:
+        with pytest.raises(RerankAPIError) as caught:
+            await client.scores("q", DOCS[:1])
+    refusal = caught.value
+    assert (refusal.status, refusal.detail, refusal.error_type, refusal.retry_after) == (429, "busy, try later",
+                                                                                         "x", 3.0)
+    assert refusal.url == f"{url}/v1/rerank" and len(script.arrivals) == 1 and client.retries == 0
+
+
 async def test_413_splits_the_list_exactly_and_remembers_the_size(server: tuple[str, Script]) -> None:
     url, script = server
     script.max_documents = 3
