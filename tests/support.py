@@ -34,6 +34,7 @@ __all__ = [
     "Fleet",
     "Proc",
     "ServerThread",
+    "clear_of_a_minute_boundary",
     "free_port",
     "metric_value",
     "process_env",
@@ -63,6 +64,18 @@ def wait_until(condition: Callable[[], object], timeout: float, what: str, inter
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(interval)
+
+
+def clear_of_a_minute_boundary(margin_s: float = 2.0) -> None:
+    """Return once the wall clock is more than ``margin_s`` before the next whole minute (at most ~``margin_s``).
+
+    For in-process rate limits: their windows are wall-clock minutes (the ``limits`` library's memory
+    storage reads ``time.time()``, and the gateway's RateLimiter offers no other clock), and just after a
+    boundary the previous minute counts slightly less, so a few requests that straddle one could see an
+    extra unit of budget. The assertions stay on what the limiter answers.
+    """
+    wait_until(lambda: time.time() % 60 <= 60 - margin_s, margin_s + 3, "the wall clock to leave a minute's end",
+               interval=0.1)
 
 
 class Arrivals:

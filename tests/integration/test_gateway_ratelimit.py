@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from rerankd.gateway.ratelimit import Decision, RateLimiter
-from support import free_port, wait_until
+from support import clear_of_a_minute_boundary, free_port
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 DEAD_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
@@ -34,17 +34,14 @@ async def limiters() -> AsyncIterator[list[RateLimiter]]:
 
 
 # -- in-process storage ------------------------------------------------------------------------
-# In-process windows are aligned to wall-clock minutes (the ``limits`` library's memory storage reads
-# time.time(); RateLimiter has no seam to give it another clock), and just after a boundary the previous
-# minute's count is weighted slightly below its full value, so a test that straddles one could see an extra
-# unit. A test that would start in a minute's last 2 s waits until the wall clock has crossed into the next.
+# In-process windows are aligned to wall-clock minutes, and just after a boundary the previous minute's
+# count is weighted slightly below its full value, so a test that straddles one could see an extra unit.
 
 
 @pytest.fixture(autouse=True)
 def _away_from_minute_boundary(request: pytest.FixtureRequest) -> None:
     if request.node.get_closest_marker("redis") is None:
-        wait_until(lambda: time.time() % 60 <= 58.0, 5, "the wall clock to leave a minute's last 2 s",
-                   interval=0.1)
+        clear_of_a_minute_boundary()
 
 
 async def test_memory_rpm_denies_after_limit() -> None:
