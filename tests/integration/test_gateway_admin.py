@@ -8,8 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import running_gateway
 from rerankd.gateway.settings import GatewaySettings
+from support import running_gateway
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import Fleet, free_port, running_gateway, spawn_gateway
 from rerankd.gateway.settings import GatewaySettings
+from support import Fleet, clear_of_a_minute_boundary, free_port, running_gateway, spawn_gateway
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.redis]
 
@@ -99,6 +99,7 @@ def test_tokens_per_minute_are_charged_from_real_usage(fleet: Fleet, tmp_path: P
         key = httpx.post(f"{url}/admin/keys", json={"name": "tokens", "tpm": tpm},
                          headers={"Authorization": f"Bearer {ADMIN}"}).json()["key"]
         auth = {"Authorization": f"Bearer {key}"}
+        clear_of_a_minute_boundary()  # this gateway's limiter is in-process: wall-clock minute windows
         replies = [httpx.post(f"{url}/v1/rerank", json=BODY, headers=auth) for _ in range(4)]
         # Admitted while budget is left: 2.5 requests' worth admits three (the third overshoots), not four.
         assert [r.status_code for r in replies] == [200, 200, 200, 429]

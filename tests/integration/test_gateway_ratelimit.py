@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from rerankd.gateway.ratelimit import Decision, RateLimiter
+from support import clear_of_a_minute_boundary, free_port
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 DEAD_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
@@ -21,12 +22,6 @@ DEAD_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
 
 def _namespace() -> str:
     return f"test-{uuid.uuid4().hex}"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -45,8 +40,8 @@ async def limiters() -> AsyncIterator[list[RateLimiter]]:
 
 @pytest.fixture(autouse=True)
 def _away_from_minute_boundary(request: pytest.FixtureRequest) -> None:
-    if request.node.get_closest_marker("redis") is None and time.time() % 60 > 58.0:
-        time.sleep(60.5 - time.time() % 60)
+    if request.node.get_closest_marker("redis") is None:
+        clear_of_a_minute_boundary()
 
 
 async def test_memory_rpm_denies_after_limit() -> None:
@@ -222,7 +217,7 @@ def private_redis() -> Iterator[tuple[str, list[subprocess.Popen[bytes]]]]:
     """A throw-away redis-server on a free port; the test may stop and restart it. Always killed at the end."""
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not on PATH")
-    port = _free_port()
+    port = free_port()
     processes: list[subprocess.Popen[bytes]] = []
     try:
         yield f"redis://127.0.0.1:{port}/0", processes

@@ -22,8 +22,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from conftest import free_port, running_gateway, serving_in_thread
 from rerankd.gateway.settings import GatewaySettings
+from support import free_port, running_gateway, serving_in_thread
 
 pytestmark = pytest.mark.timeout(120)
 
