@@ -30,13 +30,10 @@ from collections.abc import Sequence
 from rerankd.engine.prompt import format_pair
 from rerankd.protocol import RerankRequest, RerankTask, ScoreRequest, TEIRerankRequest
 
-__all__ = ["DEFAULT_MAX_MODEL_LEN", "TEMPLATE_TOKENS", "estimate_prompt_tokens", "scoring_tasks"]
+__all__ = ["TEMPLATE_TOKENS", "estimate_prompt_tokens", "scoring_tasks", "text_bytes"]
 
 # Qwen3 tokenizer: PREFIX is 39 tokens, SUFFIX 9 (rerankd.engine.prompt; pinned by a test).
 TEMPLATE_TOKENS = 39 + 9
-
-# The Qwen3 rerankers' context length, assumed for replicas unless --upstream-max-model-len says otherwise.
-DEFAULT_MAX_MODEL_LEN = 32768
 
 
 def text_bytes(text: str) -> int:
@@ -46,11 +43,12 @@ def text_bytes(text: str) -> int:
     return len(unicodedata.normalize("NFC", text).encode("utf-8"))
 
 
-def estimate_prompt_tokens(tasks: Sequence[RerankTask], max_model_len: int = DEFAULT_MAX_MODEL_LEN) -> int:
+def estimate_prompt_tokens(tasks: Sequence[RerankTask], max_model_len: int) -> int:
     """At least the ``usage.prompt_tokens`` a rerankd replica will report for these tasks.
 
-    ``max_model_len`` is the replicas' model length (each pair is cut to fit it); a replica with a
-    longer one could bill more than this bound, and the settlement would then charge the excess.
+    ``max_model_len`` is the replicas' model length (each pair is cut to fit it;
+    ``--upstream-max-model-len``); a replica with a longer one could bill more than this bound, and
+    the settlement would then charge the excess.
     """
     total = 0
     for task in tasks:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -21,11 +20,13 @@ from fastapi.responses import Response
 
 from rerankd.errors import PayloadTooLargeError, RateLimitedError, RerankdError
 from rerankd.gateway.auth import Identity
+from rerankd.gateway.cost import estimate_prompt_tokens, scoring_tasks
 from rerankd.gateway.forward import UpstreamReply
 from rerankd.gateway.ledger import UsageEntry
-from rerankd.gateway.ratelimit import Decision
+from rerankd.gateway.ratelimit import Reservation
 from rerankd.gateway.split import merge_rerank_parts, plan_split
 from rerankd.gateway.state import GatewayState
+from rerankd.gateway.token_budget import admit_tokens, reject_if_never_fits, settle_tokens
 from rerankd.http.disconnect import CLIENT_CLOSED_STATUS, ClientDisconnectedError, unless_disconnected
 from rerankd.http.middleware import request_id_of
 from rerankd.protocol import RerankRequest, RerankResponse, ScoreRequest, ScoreResponse, TEIRankItem, TEIRerankRequest
@@ -56,8 +57,9 @@ class ScoringProxy:
         started = time.perf_counter()
         request_id = request_id_of(request.scope)
         status, tokens, upstream = 500, 0, None
+        reservation: Reservation | None = None
         try:
-            limit_headers = await self._admit(state, identity)
+            limit_headers, reservation = await self._admit(state, identity, body)
             if documents > state.settings.max_documents:
                 raise PayloadTooLargeError(
                     f"{documents} documents is more than the gateway's limit of {state.settings.max_documents} "
@@ -66,7 +68,8 @@ class ScoringProxy:
             status, upstream = reply.status, reply.upstream
             if status == 200:
                 tokens = _prompt_tokens(reply)
-                await self._charge_tokens(state, identity, tokens)
+            settling, reservation = reservation, None
+            limit_headers.update(await settle_tokens(state.limiter, settling, tokens))  # a failure refunds all
             return Response(content=reply.body, status_code=status, media_type=_JSON,
                             headers={**reply.headers, **limit_headers})
         except RerankdError as exc:
@@ -76,6 +79,8 @@ class ScoringProxy:
             status = CLIENT_CLOSED_STATUS
             raise
         finally:
+            if reservation is not None:  # never forwarded, or cancelled: give the reservation back
+                await asyncio.shield(settle_tokens(state.limiter, reservation, 0))
             latency_ms = (time.perf_counter() - started) * 1000
             given = request.scope["state"].get("request_id_given", False)
             # A client may reuse its own request id; the ledger's row id must still be unique.
@@ -89,8 +94,13 @@ class ScoringProxy:
                 state.metrics.key_tokens_total.labels(key=identity.name).inc(tokens)
                 state.metrics.key_documents_total.labels(key=identity.name).inc(documents)
 
-    async def _admit(self, state: GatewayState, identity: Identity) -> dict[str, str]:
-        """Spend one request of the key's requests/min; refuse when its tokens/min are spent."""
+    async def _admit(self, state: GatewayState, identity: Identity,
+                     body: Any) -> tuple[dict[str, str], Reservation]:
+        """Spend one request of the key's requests/min and reserve an upper bound of its tokens/min."""
+        estimate = 0
+        if identity.tpm is not None:
+            estimate = estimate_prompt_tokens(scoring_tasks(body), state.settings.upstream_max_model_len)
+            reject_if_never_fits(identity, estimate)
         decision = await state.limiter.check_request(identity.key_id, identity.rpm)
         if not decision.allowed:
             state.metrics.rate_limited_total.labels(limit="requests").inc()
@@ -98,32 +108,8 @@ class ScoringProxy:
                 f"rate limit of {identity.rpm} requests per minute reached for this key; retry after "
                 f"{decision.retry_after} s", headers=decision.headers())
         headers = decision.headers()
-        if identity.tpm is not None:
-            tokens = await state.limiter.check_tokens(identity.key_id, identity.tpm, 0)
-            headers.update(_token_headers(tokens))
-            if tokens.remaining == 0:
-                state.metrics.rate_limited_total.labels(limit="tokens").inc()
-                retry = max(1, math.ceil(tokens.reset_after))
-                raise RateLimitedError(
-                    f"token limit of {identity.tpm} tokens per minute reached for this key; retry after {retry} s",
-                    headers={**headers, "Retry-After": str(retry)})
-        return headers
-
-    async def _charge_tokens(self, state: GatewayState, identity: Identity, tokens: int) -> None:
-        """Charge the request's real token count after the fact; an overshoot just empties the budget."""
-        if identity.tpm is None or tokens <= 0:
-            return
-        decision = await state.limiter.check_tokens(identity.key_id, identity.tpm, tokens)
-        if not decision.allowed and decision.remaining:
-            await state.limiter.check_tokens(identity.key_id, identity.tpm, decision.remaining)
-
-
-def _token_headers(decision: Decision) -> dict[str, str]:
-    """OpenAI-style token budget headers beside the request ones."""
-    out = {"X-RateLimit-Limit-Tokens": str(decision.limit)}
-    if decision.remaining is not None:
-        out["X-RateLimit-Remaining-Tokens"] = str(decision.remaining)
-    return out
+        reservation, token_headers = await admit_tokens(state.limiter, identity, estimate, state.metrics, headers)
+        return {**headers, **token_headers}, reservation
 
 
 def _prompt_tokens(reply: UpstreamReply) -> int:
