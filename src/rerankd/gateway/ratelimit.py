@@ -134,6 +134,7 @@ class RateLimiter:
         namespace: str = "rerankd",
         timeout: float = 0.5,
         retry_interval: float = 1.0,
+        max_connections: int = 100,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -142,26 +143,32 @@ class RateLimiter:
         ``timeout`` bounds each Redis connect and command, so a hung Redis costs a request at most that.
         After a storage error the limiter decides without storage (per ``fail_open``) for
         ``retry_interval`` seconds before it tries again, so an outage does not add a timeout to every
-        request. Nothing connects here; the first check does. ``clock`` times that pause and the
+        request. ``max_connections`` caps the Redis connections; a call waits for a free one up to
+        ``timeout``. Nothing connects here; the first check does. ``clock`` times that pause and the
         in-process token window; ``wall_clock`` must be the clock the ``limits`` moving window stamps
         its entries with (``time.time``), to turn them into seconds to wait.
         """
         url = _async_storage_url(storage_url)
         self._tokens: TokenWindow
+        self._pool: Any = None
         if url.startswith("async+memory"):
             self._storage = storage_from_string(url)
             self._tokens = MemoryTokenWindow(WINDOW_SECONDS, clock)
         else:
-            from redis.asyncio import Redis
+            from redis.asyncio import BlockingConnectionPool, Redis
             from redis.asyncio.retry import Retry
             from redis.backoff import NoBackoff
 
-            # One immediate retry replaces a pooled connection that died while Redis restarted; the
-            # client's default (several retries with backoff up to seconds) would stall requests.
-            options: dict[str, Any] = {"socket_connect_timeout": timeout, "socket_timeout": timeout,
-                                       "retry": Retry(NoBackoff(), 1)}
-            self._storage = storage_from_string(url, implementation="redispy", **options)
-            self._tokens = RedisTokenWindow(Redis.from_url(_redis_client_url(url), **options), WINDOW_SECONDS)
+            # One pool for both strategies. A blocking one: under a burst, a command waits (up to
+            # ``timeout``) for one of its connections instead of failing with "too many connections",
+            # which would decide the request without storage. One immediate retry replaces a pooled
+            # connection that died while Redis restarted; the client's default (several retries with
+            # backoff up to seconds) would stall requests.
+            self._pool = BlockingConnectionPool.from_url(
+                _redis_client_url(url), max_connections=max_connections, timeout=timeout,
+                socket_connect_timeout=timeout, socket_timeout=timeout, retry=Retry(NoBackoff(), 1))
+            self._storage = storage_from_string(url, implementation="redispy", connection_pool=self._pool)
+            self._tokens = RedisTokenWindow(Redis(connection_pool=self._pool), WINDOW_SECONDS)
         self._requests = MovingWindowRateLimiter(self._storage)
         self.fail_open = fail_open
         self.namespace = namespace
@@ -247,12 +254,11 @@ class RateLimiter:
 
     async def close(self) -> None:
         """Release the Redis connections (a no-op for in-process storage)."""
-        bridge = getattr(self._storage, "bridge", None)
-        client = getattr(bridge, "storage", None)
-        for closer in (getattr(client, "aclose", None), self._tokens.close):
-            if closer is not None:
-                with contextlib.suppress(Exception):  # closing a dead connection must not fail shutdown
-                    await closer()
+        with contextlib.suppress(Exception):  # closing a dead connection must not fail shutdown
+            await self._tokens.close()
+        if self._pool is not None:
+            with contextlib.suppress(Exception):
+                await self._pool.disconnect()
 
     # -- internals -----------------------------------------------------------------------------
 

@@ -244,7 +244,7 @@ class RedisTokenWindow:
         return await self._run(key, "settle", 0, entry_id, actual, reserved)
 
     async def close(self) -> None:
-        await self._client.aclose()
+        await self._client.aclose()  # the connections are the pool's owner's to close
 
     async def _run(self, key: str, op: str, limit: int, entry_id: str, amount: int, reserved: int) -> WindowState:
         tag = "{" + key + "}"
