@@ -1,7 +1,8 @@
-"""Step 4 of a scoring request, charge and record: spend the real tokens, write one usage row, count.
+"""Step 4 of a scoring request, charge and record: settle the tokens, write one usage row, count.
 
-Why after the fact: only the replica knows a request's token count, so admission checked the key's
-tokens/min and :meth:`UsageCharger.charge_tokens` spends what was actually used. Why exactly one row
+Why after the fact: only the replica knows a request's token count, so admission reserved an upper bound
+of it from the key's tokens/min and :meth:`UsageCharger.settle` replaces that with what was actually used
+(refunding the rest; a request that failed refunds all). Why exactly one row
 per request, whatever happened (success, 4xx, 429, 502, the client hanging up): billing and the
 ``/v1/usage`` report count requests from the ledger, and a request that did reach the gateway must
 appear there once.
@@ -12,9 +13,10 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
+from rerankd.gateway.admit import token_headers
 from rerankd.gateway.authenticate import Identity
 from rerankd.gateway.ledger import UsageEntry, UsageLedger
-from rerankd.gateway.ratelimit import RateLimiter
+from rerankd.gateway.ratelimit import RateLimiter, Reservation
 from rerankd.observability.gateway_metrics import GatewayMetrics
 
 __all__ = ["Outcome", "UsageCharger", "usage_row_id"]
@@ -51,13 +53,10 @@ class UsageCharger:
         self._ledger = ledger
         self._metrics = metrics
 
-    async def charge_tokens(self, identity: Identity, tokens: int) -> None:
-        """Charge the request's real token count; an overshoot just empties the budget."""
-        if identity.tpm is None or tokens <= 0:
-            return
-        decision = await self._limiter.check_tokens(identity.key_id, identity.tpm, tokens)
-        if not decision.allowed and decision.remaining:
-            await self._limiter.check_tokens(identity.key_id, identity.tpm, decision.remaining)
+    async def settle(self, reservation: Reservation, tokens: int) -> dict[str, str]:
+        """Replace the request's token reservation with its real count (0 for a request that failed: a full
+        refund); the token headers with the budget left after it. Never raises for storage errors."""
+        return token_headers(await self._limiter.settle(reservation, tokens))
 
     def record(self, outcome: Outcome) -> None:
         """One usage row (buffered, never blocks) and the per-key counters; tokens and documents on 200 only."""

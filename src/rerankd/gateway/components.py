@@ -108,7 +108,8 @@ async def open_components(settings: GatewaySettings, metrics: GatewayMetrics) ->
                           budget=RetryBudget(settings.retry_budget_ratio, settings.retry_budget_min_per_second),
                           upstream_api_key=settings.upstream_api_key)
     pipeline = ScoringPipeline(
-        Admission(limiter, metrics, max_documents=settings.max_documents),
+        Admission(limiter, metrics, max_documents=settings.max_documents,
+                  upstream_max_model_len=settings.upstream_max_model_len),
         Distributor(forwarder, pool, metrics, split_threshold=settings.split_threshold),
         UsageCharger(limiter, ledger, metrics))
     await pool.start()

@@ -4,10 +4,12 @@ The caller was authenticated before (:mod:`rerankd.gateway.authenticate`, a rout
 runs before body validation: strangers learn nothing), and the body was validated with the server's own
 models, so bad input gets the same 4xx here as from a replica. Then:
 
-1. admit (:mod:`~rerankd.gateway.admit`): requests/min spent, tokens/min checked, document count;
+1. admit (:mod:`~rerankd.gateway.admit`): requests/min spent, document count and cost checked, an upper
+   bound of the tokens reserved from the key's tokens/min;
 2. forward (:mod:`~rerankd.gateway.distribute`): to a replica with failover, or split and merged;
-3. charge (:mod:`~rerankd.gateway.charge`): the tokens the replica reports (:mod:`~rerankd.gateway.tokens`;
-   an implausible count is a 502 and nothing is charged) are spent from the key's tokens/min;
+3. charge (:mod:`~rerankd.gateway.charge`): the reservation settled to the tokens the replica reports
+   (:mod:`~rerankd.gateway.tokens`; an implausible count is a 502 and the reservation is refunded), and
+   refunded whole when the request failed, was cancelled or never reached a replica;
 4. record: exactly one usage row and the per-key metrics, whatever happened above.
 """
 
@@ -22,8 +24,10 @@ from rerankd.errors import RerankdError
 from rerankd.gateway.admit import Admission
 from rerankd.gateway.authenticate import Identity
 from rerankd.gateway.charge import Outcome, UsageCharger
+from rerankd.gateway.cost import ScoringBody
 from rerankd.gateway.distribute import Distributor
 from rerankd.gateway.forward import UpstreamReply
+from rerankd.gateway.ratelimit import Reservation
 from rerankd.gateway.tokens import reported_tokens
 from rerankd.http.disconnect import CLIENT_CLOSED_STATUS, ClientDisconnectedError
 from rerankd.protocol import RerankRequest
@@ -44,6 +48,7 @@ class ScoringCall:
     documents: int
     request_id: str
     request_id_given: bool  # the client chose the id (it may reuse it)
+    parsed: ScoringBody  # the validated body: what admission estimates the tokens of
     rerank: RerankRequest | None = None  # set when the request may be split across replicas
 
 
@@ -68,13 +73,15 @@ class ScoringPipeline:
         """The request end to end; typed errors propagate (their status is recorded first)."""
         started = time.perf_counter()
         status, tokens, upstream = 500, 0, None
+        reservation: Reservation | None = None
         try:
-            limit_headers = await self._admission.admit(identity, call.documents)
+            limit_headers, reservation = await self._admission.admit(identity, call.documents, call.parsed)
             reply = await guard(self._forward(call))
             status, upstream = reply.status, reply.upstream
             if status == 200:
                 tokens = reported_tokens(reply.headers, reply.body)  # a garbage count raises the 502 here
-                await self._charger.charge_tokens(identity, tokens)
+            settling, reservation = reservation, None
+            limit_headers.update(await self._charger.settle(settling, tokens))  # a failed request refunds all
             return ScoringAnswer(status=status, body=reply.body, headers={**reply.headers, **limit_headers})
         except RerankdError as exc:
             status = exc.status_code
@@ -83,6 +90,8 @@ class ScoringPipeline:
             status = CLIENT_CLOSED_STATUS
             raise
         finally:
+            if reservation is not None:  # never answered (cancelled, a 502, an error): give the tokens back
+                await asyncio.shield(self._charger.settle(reservation, 0))
             self._charger.record(Outcome(
                 identity=identity, route=call.route, model=call.model, documents=call.documents, status=status,
                 tokens=tokens, latency_ms=(time.perf_counter() - started) * 1000, request_id=call.request_id,

@@ -11,6 +11,7 @@ from functools import partial
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from rerankd.gateway.cost import ScoringBody
 from rerankd.gateway.dependencies import Caller, Components
 from rerankd.gateway.pipeline import ScoringCall
 from rerankd.http.disconnect import unless_disconnected
@@ -23,11 +24,12 @@ _JSON = "application/json"
 
 
 async def _score(request: Request, components: Components, identity: Caller, route: str, model: str | None,
-                 documents: int, rerank: RerankRequest | None = None) -> Response:
+                 documents: int, parsed: ScoringBody, rerank: RerankRequest | None = None) -> Response:
     """Hand one validated scoring request to the pipeline; its answer as the HTTP response."""
     call = ScoringCall(route=route, body=await request.body(), model=model or "", documents=documents,
                        request_id=request_id_of(request.scope),
-                       request_id_given=request.scope["state"].get("request_id_given", False), rerank=rerank)
+                       request_id_given=request.scope["state"].get("request_id_given", False), parsed=parsed,
+                       rerank=rerank)
     answer = await components.pipeline.run(call, identity, partial(unless_disconnected, request))
     return Response(content=answer.body, status_code=answer.status, media_type=_JSON, headers=answer.headers)
 
@@ -37,7 +39,8 @@ def scoring_router() -> APIRouter:
     router = APIRouter()
 
     async def rerank(request: Request, body: RerankRequest, identity: Caller, components: Components) -> Response:
-        return await _score(request, components, identity, request.url.path, body.model, len(body.documents), body)
+        return await _score(request, components, identity, request.url.path, body.model, len(body.documents),
+                            parsed=body, rerank=body)
 
     router.post("/v1/rerank", response_model=RerankResponse,
                 summary="Rerank documents (Jina / Cohere / vLLM shape)")(rerank)
@@ -49,11 +52,11 @@ def scoring_router() -> APIRouter:
                          components: Components) -> Response:
         if isinstance(body, RerankRequest):
             return await rerank(request, body, identity, components)
-        return await _score(request, components, identity, "/rerank", None, len(body.texts))  # TEI names no model
+        return await _score(request, components, identity, "/rerank", None, len(body.texts), body)  # TEI names no model
 
     async def score(request: Request, body: ScoreRequest, identity: Caller, components: Components) -> Response:
         # ``/score`` is the same route as ``/v1/score`` upstream and in the ledger.
-        return await _score(request, components, identity, "/v1/score", body.model, len(body.pairs()))
+        return await _score(request, components, identity, "/v1/score", body.model, len(body.pairs()), body)
 
     router.post("/v1/score", response_model=ScoreResponse, summary="Score pairs (vLLM score shape)")(score)
     router.post("/score", response_model=ScoreResponse, include_in_schema=False)(score)
