@@ -78,7 +78,7 @@ def _default(name: str) -> Any:
 @env_option("--log-format", type=click.Choice(["auto", "json", "text"]), default="auto")
 @env_option("--log-file", default=None, help="Also write logs to this file, rotated at 50 MB.")
 @click.pass_context
-def gateway(ctx: click.Context, config_file: str | None, log_format: str, log_file: str | None,
+def gateway(ctx: click.Context, /, config_file: str | None, log_format: str, log_file: str | None,
             **flags: Any) -> None:
     """Serve the rerank API in front of many replicas: keys, limits, failover, usage ledger."""
     import uvicorn

@@ -110,7 +110,7 @@ class KeyStore:
         async with self._sessions() as session:
             result = await session.execute(statement)
             await session.commit()
-            return bool(result.rowcount)
+            return bool(getattr(result, "rowcount", 0))  # a CursorResult for UPDATE (Result's type lacks it)
 
     async def verify(self, plaintext: str) -> ApiKeyRecord | None:
         """The key's record when ``plaintext`` is a known, unrevoked key; otherwise None."""

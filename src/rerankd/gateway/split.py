@@ -62,8 +62,8 @@ def merge_rerank_parts(plan: SplitPlan, answers: list[dict[str, Any]], request_i
     merged: list[tuple[float, int]] = []
     prompt_tokens = total_tokens = 0
     for (start, _end), answer in zip(plan.slices, answers, strict=True):
-        for result in answer["results"]:
-            merged.append((float(result["relevance_score"]), start + int(result["index"])))
+        for item in answer["results"]:
+            merged.append((float(item["relevance_score"]), start + int(item["index"])))
         usage = answer.get("usage")
         prompt_tokens += usage_count(usage, "prompt_tokens")
         total_tokens += usage_count(usage, "total_tokens")
