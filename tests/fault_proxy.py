@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import threading
-import time
-
 import httpx
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from conftest import free_port
+from support import ServerThread
 
 
 class FlakyProxy:
@@ -21,8 +17,6 @@ class FlakyProxy:
     def __init__(self, target: str) -> None:
         self.target = target
         self.failing = False
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.hits = 0
 
         async def forward(request: Request) -> Response:
@@ -36,15 +30,12 @@ class FlakyProxy:
             return Response(upstream.content, upstream.status_code, media_type="application/json")
 
         app = Starlette(routes=[Route("/{path:path}", forward, methods=["GET", "POST"])])
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self._server = ServerThread(app, what="flaky proxy")
+        self.port, self.url = self._server.port, self._server.url
 
     def __enter__(self) -> FlakyProxy:
-        self.thread.start()
-        while not self.server.started:
-            time.sleep(0.01)
+        self._server.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
+        self._server.stop()

@@ -11,6 +11,7 @@ __all__ = [
     "BadRequestError",
     "ConflictError",
     "ForbiddenError",
+    "KeyNotFoundError",
     "ModelNotFoundError",
     "NotReadyError",
     "OverloadedError",
@@ -20,6 +21,7 @@ __all__ = [
     "RerankdError",
     "UnauthorizedError",
     "UnprocessableError",
+    "UpstreamMalformedError",
     "UpstreamUnavailableError",
 ]
 
@@ -78,6 +80,14 @@ class UpstreamUnavailableError(RerankdError):
     error_type = "upstream_unavailable"
 
 
+class UpstreamMalformedError(RerankdError):
+    """A replica answered 200 with something the gateway cannot account for (an implausible token count,
+    a body that is not JSON, a split part without results): a bad gateway, and nothing is charged."""
+
+    status_code = 502
+    error_type = "upstream_malformed"
+
+
 class ConflictError(RerankdError):
     """The request clashes with existing state (a key name already taken)."""
 
@@ -88,6 +98,13 @@ class ConflictError(RerankdError):
 class ModelNotFoundError(RerankdError):
     status_code = 404
     error_type = "model_not_found"
+
+
+class KeyNotFoundError(RerankdError):
+    """No API key has this name or id (``/admin/keys/{name_or_id}``); not a model, so not ``model_not_found``."""
+
+    status_code = 404
+    error_type = "key_not_found"
 
 
 class PayloadTooLargeError(RerankdError):

@@ -14,13 +14,14 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from conftest import free_port, running_gateway, running_server, serving_in_thread
+from support import Arrivals, free_port, running_gateway, running_server, serving_in_thread
 
 # Gradio (imported lazily, below) must not phone home from a test run; CI has no network for it anyway.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -64,7 +65,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 @contextmanager
 def running_asgi(app: Any) -> Iterator[str]:
     """Serve any ASGI app under uvicorn in a thread on a free port; yield its base URL once it listens."""
-    with serving_in_thread(app, free_port()) as url:
+    with serving_in_thread(app) as url:
         yield url
 
 
@@ -129,12 +130,20 @@ def ui_url(ui_backend_url: str, ui_api_key: str) -> Iterator[str]:
 # --------------------------------------------------------------------------- a stub upstream, a proxy
 
 
-def _stub_upstream_app() -> Any:
+@dataclass(frozen=True)
+class StubUpstream:
+    """The stub rerank API's URL, and the count of ``sleep`` calls that have reached it."""
+
+    url: str
+    slow_calls: Arrivals
+
+
+def _stub_upstream_app(slow_calls: Arrivals) -> Any:
     """A small rerank API whose behaviour the query chooses, to exercise the UI's error paths for real.
 
     ``status 429`` / ``status 503`` / ``status 413`` answer that code with a rerankd-shaped error body
-    and ``Retry-After``; ``sleep S ...`` waits S seconds first; anything else is ranked by document
-    length (longest first), so the expected order is known.
+    and ``Retry-After``; ``sleep S ...`` counts in ``slow_calls`` that it arrived, then waits S seconds;
+    anything else is ranked by document length (longest first), so the expected order is known.
     """
     from starlette.applications import Starlette
     from starlette.requests import Request
@@ -153,6 +162,7 @@ def _stub_upstream_app() -> Any:
             error = {"message": f"stub upstream says {code}", "type": "stub", "code": code}
             return JSONResponse({"error": error}, status_code=code, headers=headers)
         if words[0] == "sleep":
+            slow_calls.arrive()
             # Poll for the client going away: a hung call the UI gave up on ends here, not at shutdown.
             deadline = time.monotonic() + float(words[1])
             while time.monotonic() < deadline:
@@ -170,9 +180,15 @@ def _stub_upstream_app() -> Any:
 
 
 @pytest.fixture(scope="module")
-def stub_upstream_url() -> Iterator[str]:
-    with running_asgi(_stub_upstream_app()) as url:
-        yield url
+def stub_upstream() -> Iterator[StubUpstream]:
+    slow_calls = Arrivals()
+    with running_asgi(_stub_upstream_app(slow_calls)) as url:
+        yield StubUpstream(url, slow_calls)
+
+
+@pytest.fixture(scope="module")
+def stub_upstream_url(stub_upstream: StubUpstream) -> str:
+    return stub_upstream.url
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from rerankd.ui.app import (
     score_bar,
 )
 
-from .conftest import running_ui, save_artifact
+from .conftest import StubUpstream, running_ui, save_artifact
 
 pytestmark = pytest.mark.e2e
 
@@ -246,12 +246,14 @@ def test_gradio_client_gets_a_clear_message_for_upstream_errors(
     assert "stub-key" not in caught.value.message
 
 
-def test_slow_upstream_neither_blocks_other_users_nor_hangs(stub_ui_url: str) -> None:
+def test_slow_upstream_neither_blocks_other_users_nor_hangs(stub_ui_url: str, stub_upstream: StubUpstream) -> None:
     from gradio_client.exceptions import AppError
 
     client = gradio_client(stub_ui_url)
+    slow_calls = stub_upstream.slow_calls.count
     slow = client.submit("sleep 2.5 then rank", "", "a\nbbb", None, 0, api_name="/" + API_NAME)
-    time.sleep(0.3)  # let the slow call reach the upstream first
+    # The fast call goes only once the slow one is being served by the upstream (so it is "behind" it).
+    assert stub_upstream.slow_calls.wait_for(slow_calls + 1, timeout=20), "the slow call never reached the upstream"
     fast_table, _, _ = client.predict("fast", "", "a\nbbb", None, 0, api_name="/" + API_NAME)
     assert not slow.done(), "a fast request waited behind a slow one"
     assert fast_table["data"][0][4] == "bbb"  # the stub ranks the longest document first

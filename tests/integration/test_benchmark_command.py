@@ -9,9 +9,9 @@ from pathlib import Path
 
 from click.testing import CliRunner, Result
 
-from conftest import running_server
 from rerankd.benchmark.command import bench
 from rerankd.server.settings import ServerSettings
+from support import running_server
 
 HAS_PLOT = importlib.util.find_spec("matplotlib") is not None
 

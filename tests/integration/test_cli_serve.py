@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from conftest import free_port
+from support import free_port
 
 
 def test_serve_reads_env_vars_logs_startup_and_serves(tiny_model_dir: Path, tmp_path: Path) -> None:

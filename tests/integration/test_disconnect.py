@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import free_port, metric_value, running_gateway, running_server, serving_in_thread
 from rerankd.gateway.settings import GatewaySettings
 from rerankd.server.settings import ServerSettings
+from support import Arrivals, metric_value, running_gateway, running_server, serving_in_thread, wait_until
 
 
 def test_disconnected_client_work_is_dropped(tiny_model_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -35,32 +35,49 @@ def test_disconnected_client_work_is_dropped(tiny_model_dir: Path, caplog: pytes
             with contextlib.suppress(asyncio.CancelledError):
                 await call
 
+    def probe(url: str) -> float:
+        """One single-document request; its answer means every batch queued before it has been run."""
+        assert httpx.post(f"{url}/v1/rerank", json={"query": "probe", "documents": ["probe"]},
+                          timeout=60).status_code == 200
+        return metric_value(url, "rerankd_pairs_total")
+
     with running_server(settings) as url:
         asyncio.run(abandon(url))
-        asyncio.run(asyncio.sleep(2.0))
-        first = metric_value(url, "rerankd_pairs_total")
-        asyncio.run(asyncio.sleep(1.0))
-        assert metric_value(url, "rerankd_pairs_total") == first  # nothing more is being computed
-        assert first < len(docs)
-        metrics = httpx.get(f"{url}/metrics").text
-        assert "rerankd_cancelled_requests_total 1.0" in metrics
+        wait_until(lambda: metric_value(url, "rerankd_cancelled_requests_total") == 1, 30,
+                   "the server to cancel the abandoned request")
+        # Batches are taken first in, first out: had the abandoned request's remaining pairs stayed queued,
+        # the probe would have waited behind all of them. Its answer counts at most the one batch that was
+        # running when the client left, and a second probe adds only its own pair.
+        first = probe(url)
+        assert first - 1 < len(docs)  # the probe's own pair aside, the abandoned request was not finished
+        assert probe(url) == first + 1  # nothing more is being computed
         # Counted as nginx's 499, and not reported as a crash: no error-level "Exception in ASGI application".
-        assert 'rerankd_requests_total{route="/v1/rerank",status="499"} 1.0' in metrics
+        counted = 'rerankd_requests_total{route="/v1/rerank",status="499"} 1.0'
+        wait_until(lambda: counted in httpx.get(f"{url}/metrics").text, 10, "the hang-up counted as 499")
+        assert "rerankd_cancelled_requests_total 1.0" in httpx.get(f"{url}/metrics").text
         errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
         assert errors == []
 
 
-def _slow_upstream(answered: list[str]) -> object:
-    """A real HTTP replica that takes 3 s per rerank, so a client can hang up while the gateway waits."""
+def _slow_upstream(arrived: Arrivals, dropped: Arrivals, answered: list[str]) -> object:
+    """A real HTTP replica that answers a rerank only after 60 s, and reports when a call arrives and when its
+    caller hangs up on it, so a test can watch the gateway wait on it and then drop it."""
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
+    async def until_disconnected(request: Request) -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
     async def rerank(request: Request) -> JSONResponse:
         await request.body()
-        await asyncio.sleep(3)
-        if not await request.is_disconnected():  # the gateway still wants this answer
+        arrived.arrive()
+        try:
+            await asyncio.wait_for(until_disconnected(request), timeout=60)
+            dropped.arrive()  # the gateway closed the call: nobody waits for this answer any more
+        except asyncio.TimeoutError:
             answered.append(request.headers.get("x-request-id", ""))
         return JSONResponse({"id": "x", "results": [{"index": 0, "relevance_score": 0.5}],
                              "usage": {"prompt_tokens": 10, "total_tokens": 10}})
@@ -72,9 +89,8 @@ def _slow_upstream(answered: list[str]) -> object:
 
 
 def test_gateway_counts_a_hang_up_as_499_not_an_error(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    answered: list[str] = []
-    port = free_port()
-    with serving_in_thread(_slow_upstream(answered), port, what="slow upstream") as upstream:
+    arrived, dropped, answered = Arrivals(), Arrivals(), []
+    with serving_in_thread(_slow_upstream(arrived, dropped, answered), what="slow upstream") as upstream:
         settings = GatewaySettings(upstreams=[upstream], database_url=f"sqlite:///{tmp_path / 'gw.db'}",
                                    admin_key="admin-secret-for-disconnect-test")
         with running_gateway(settings) as gateway:
@@ -82,23 +98,23 @@ def test_gateway_counts_a_hang_up_as_499_not_an_error(tmp_path: Path, caplog: py
             key = httpx.post(f"{gateway}/admin/keys", json={"name": "leaver"}, headers=admin).json()["key"]
 
             async def hang_up() -> None:
-                async with httpx.AsyncClient(timeout=10) as client:
+                async with httpx.AsyncClient(timeout=30) as client:
                     call = asyncio.ensure_future(client.post(
                         f"{gateway}/v1/rerank", json={"query": "q", "documents": ["a"]},
                         headers={"Authorization": f"Bearer {key}"}))
-                    await asyncio.sleep(0.8)  # the gateway is waiting on the upstream now
+                    # The gateway is waiting on the upstream once the call has reached it.
+                    assert await asyncio.to_thread(arrived.wait_for, 1, 20), "the call never reached the upstream"
+                    assert not call.done()
                     call.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await call
 
             asyncio.run(hang_up())
-            deadline = time.monotonic() + 10
+            # The gateway must drop the upstream call, not wait the upstream's 60 s for an answer nobody wants.
+            assert dropped.wait_for(1, timeout=10), "the gateway kept waiting on the upstream after the hang-up"
             metric = 'rerankd_gateway_requests_total{route="/v1/rerank",status="499"} 1.0'
-            while metric not in httpx.get(f"{gateway}/metrics").text:
-                assert time.monotonic() < deadline, "the hang-up was never counted as 499"
-                time.sleep(0.1)
-            time.sleep(3.5)  # past the upstream's 3 s: the cancelled call must not have been answered
-    assert answered == []  # the gateway dropped the upstream call instead of waiting for it
+            wait_until(lambda: metric in httpx.get(f"{gateway}/metrics").text, 10, "the hang-up counted as 499")
+    assert answered == [] and arrived.count == 1
     with sqlite3.connect(tmp_path / "gw.db") as db:  # the gateway has stopped: its ledger is flushed
         assert db.execute("SELECT status, route FROM usage_records").fetchall() == [(499, "/v1/rerank")]
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]

@@ -8,20 +8,18 @@ which cannot be produced on cue in a test. This one speaks the same HTTP over a 
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from rerankd.evaluation.rerank_client import RerankClient, RerankError, rerank_url
+from rerankd.client import RerankAPIError, RerankClient, rerank_url
+from support import free_port, serving_in_thread
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -73,20 +71,9 @@ def scripted() -> Iterator[tuple[str, list[Script]]]:
         results.sort(key=lambda r: -r["relevance_score"])
         return JSONResponse({"id": "x", "model": "scripted", "results": results, "usage": {}})
 
-    port = _free_port()
     app = Starlette(routes=[Route("/v1/rerank", rerank, methods=["POST"])])
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "scripted server did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}", holder
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serving_in_thread(app, what="scripted server") as url:
+        yield url, holder
 
 
 @pytest.fixture
@@ -94,12 +81,6 @@ def server(scripted: tuple[str, list[Script]]) -> tuple[str, Script]:
     url, holder = scripted
     holder[0] = Script()
     return url, holder[0]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 DOCS = [f"doc-{i}" for i in range(10)]
@@ -129,9 +110,21 @@ async def test_gives_up_after_max_retries_with_the_servers_message(server: tuple
     url, script = server
     script.refusals = [(503, "0")] * 3
     async with RerankClient(url, max_retries=2) as client:
-        with pytest.raises(RerankError, match=r"answered 503: busy, try later"):
+        with pytest.raises(RerankAPIError, match=r"answered 503: busy, try later"):
             await client.scores("q", DOCS[:2])
     assert len(script.arrivals) == 3
+
+
+async def test_a_refusal_carries_what_the_server_said(server: tuple[str, Script]) -> None:
+    url, script = server
+    script.refusals = [(429, "3")]
+    async with RerankClient(url, max_retries=0) as client:
+        with pytest.raises(RerankAPIError) as caught:
+            await client.scores("q", DOCS[:1])
+    refusal = caught.value
+    assert (refusal.status, refusal.detail, refusal.error_type, refusal.retry_after) == (429, "busy, try later",
+                                                                                         "x", 3.0)
+    assert refusal.url == f"{url}/v1/rerank" and len(script.arrivals) == 1 and client.retries == 0
 
 
 async def test_413_splits_the_list_exactly_and_remembers_the_size(server: tuple[str, Script]) -> None:
@@ -160,17 +153,17 @@ async def test_401_names_the_api_key_flag_and_a_key_is_sent(server: tuple[str, S
     url, script = server
     script.api_key = "secret"
     async with RerankClient(url) as client:
-        with pytest.raises(RerankError, match=r"answered 401: missing or invalid API key \(pass --api-key"):
+        with pytest.raises(RerankAPIError, match=r"answered 401: missing or invalid API key \(pass --api-key"):
             await client.scores("q", DOCS[:1])
     async with RerankClient(url, api_key="secret") as client:
         assert await client.scores("q", DOCS[:1]) == [0.0]
 
 
 async def test_unreachable_server_fails_fast_in_preflight() -> None:
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     started = time.monotonic()
     async with RerankClient(url, backoff=0.1) as client:
-        with pytest.raises(RerankError, match=r"could not reach the reranker at .*Check --reranker"):
+        with pytest.raises(RerankAPIError, match=r"could not reach the reranker at .*Check --reranker"):
             await client.preflight()
     assert time.monotonic() - started < 5
 

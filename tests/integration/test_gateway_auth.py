@@ -14,8 +14,8 @@ import httpx
 import jwt
 import pytest
 
-from conftest import Fleet, running_gateway
 from rerankd.gateway.settings import GatewaySettings
+from support import Fleet, running_gateway
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import Fleet, free_port, spawn_gateway
 from fault_proxy import FlakyProxy
+from support import Fleet, free_port, spawn_gateway
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -8,7 +8,6 @@ import hashlib
 import hmac
 import json
 import logging
-import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -17,7 +16,6 @@ from typing import Any
 
 import jwt
 import pytest
-import uvicorn
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
@@ -28,6 +26,7 @@ from starlette.routing import Route
 
 from rerankd.gateway import jwt_auth
 from rerankd.gateway.jwt_auth import JwtError, JwtSettings, JwtVerifier, is_probably_jwt
+from support import ServerThread
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -83,19 +82,11 @@ class JwksServer:
     keys: list[dict[str, Any]] = field(default_factory=list)
     fetches: int = 0
     status: int = 200
-    server: uvicorn.Server | None = None
-    thread: threading.Thread | None = None
+    server: ServerThread | None = None
 
     def stop(self) -> None:
-        assert self.server is not None and self.thread is not None
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        assert self.server is not None
+        self.server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -123,20 +114,11 @@ def jwks(rsa_a: SigningKey, ec_c: SigningKey) -> Iterator[JwksServer]:
             return JSONResponse({"error": "down"}, status_code=state.status)
         return JSONResponse({"keys": list(state.keys)})
 
-    port = _free_port()
     app = Starlette(routes=[Route("/.well-known/jwks.json", serve)])
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("JWKS server did not start")
-        time.sleep(0.01)
-    state.url, state.server, state.thread = f"http://127.0.0.1:{port}/.well-known/jwks.json", server, thread
+    server = ServerThread(app, what="JWKS server").start()
+    state.url, state.server = f"{server.url}/.well-known/jwks.json", server
     yield state
-    if thread.is_alive():
-        state.stop()
+    state.stop()
 
 
 def jwks_settings(server: JwksServer, **overrides: Any) -> JwtSettings:

@@ -3,24 +3,43 @@ serving on when that Redis dies, and tokens per minute charged from the replicas
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import shutil
 import signal
 import subprocess
+import threading
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
-from conftest import Fleet, free_port, running_gateway, spawn_gateway
+from rerankd.gateway.cost import estimate_prompt_tokens, scoring_tasks
 from rerankd.gateway.settings import GatewaySettings
+from rerankd.protocol import RerankRequest
+from support import Fleet, clear_of_a_minute_boundary, free_port, running_gateway, serving_in_thread, spawn_gateway
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.redis]
 
 ADMIN = "limits-admin"
+REDIS_URL = "redis://127.0.0.1:6379/0"
 BODY = {"query": "limits", "documents": ["one", "two"]}
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
 
 
 @pytest.fixture
@@ -95,17 +114,123 @@ def test_tokens_per_minute_are_charged_from_real_usage(fleet: Fleet, tmp_path: P
                                admin_key=ADMIN)
     with running_gateway(settings) as url:
         tokens_per_request = httpx.post(f"{fleet.urls[0]}/v1/rerank", json=BODY).json()["usage"]["prompt_tokens"]
-        tpm = int(tokens_per_request * 2.5)
+        estimate = estimate_prompt_tokens(scoring_tasks(RerankRequest.model_validate(BODY)),
+                                          settings.upstream_max_model_len)
+        assert tokens_per_request < estimate
+        # Admission reserves the estimate and settles to the real count: two requests settled plus one
+        # estimate fit exactly, so three are admitted and the fourth is not (nothing overshoots).
+        tpm = 2 * tokens_per_request + estimate
         key = httpx.post(f"{url}/admin/keys", json={"name": "tokens", "tpm": tpm},
                          headers={"Authorization": f"Bearer {ADMIN}"}).json()["key"]
         auth = {"Authorization": f"Bearer {key}"}
+        clear_of_a_minute_boundary()  # this gateway's limiter is in-process: wall-clock minute windows
         replies = [httpx.post(f"{url}/v1/rerank", json=BODY, headers=auth) for _ in range(4)]
-        # Admitted while budget is left: 2.5 requests' worth admits three (the third overshoots), not four.
         assert [r.status_code for r in replies] == [200, 200, 200, 429]
         assert replies[0].headers["x-ratelimit-limit-tokens"] == str(tpm)
-        assert replies[1].headers["x-ratelimit-remaining-tokens"] == str(tpm - tokens_per_request)
+        # Remaining after this request's settlement: the real counts, not the estimates.
+        assert replies[1].headers["x-ratelimit-remaining-tokens"] == str(tpm - 2 * tokens_per_request)
+        assert replies[2].headers["x-ratelimit-remaining-tokens"] == str(tpm - 3 * tokens_per_request)
         assert "token limit" in replies[3].json()["error"]["message"]
         assert int(replies[3].headers["retry-after"]) >= 1
         metrics = httpx.get(f"{url}/metrics").text
         assert 'rerankd_gateway_rate_limited_total{limit="tokens"} 1.0' in metrics
         assert f'rerankd_gateway_key_tokens_total{{key="tokens"}} {3 * tokens_per_request}.0' in metrics
+
+
+# -- tokens per minute under parallel load, through real gateways in front of a fake replica ---------------
+
+REPORTED_TOKENS = 100  # what the fake replica bills for every request: less than any request's estimate
+PARALLEL_BODY = {"query": "what does the budget admit?", "documents": ["a document of some length " * 12]}
+
+
+class HoldingReplica:
+    """A replica that bills ``REPORTED_TOKENS`` per request and holds every request until ``release``;
+    a query of "fail" is answered 400 at once (a failed request, which must refund its reservation)."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.arrived = 0
+
+        async def rerank(request: Request) -> Response:
+            body = await request.json()
+            if body["query"] == "fail":
+                return JSONResponse({"error": {"message": "refused"}}, status_code=400)
+            self.arrived += 1
+            await asyncio.to_thread(self.release.wait, 60)
+            return JSONResponse({"id": "x", "model": "fake", "results": [{"index": 0, "relevance_score": 0.5}],
+                                 "usage": {"prompt_tokens": REPORTED_TOKENS, "total_tokens": REPORTED_TOKENS}})
+
+        async def ready(request: Request) -> Response:
+            return JSONResponse({"status": "ready"})
+
+        self.app = Starlette(routes=[Route("/v1/rerank", rerank, methods=["POST"]), Route("/ready", ready)])
+
+
+@pytest.mark.parametrize("gateways", [1, 2], ids=["one-gateway", "two-gateways-on-redis"])
+def test_parallel_requests_never_overshoot_tokens_per_minute(tmp_path: Path, gateways: int) -> None:
+    tpm = 2000
+    estimate = estimate_prompt_tokens(scoring_tasks(RerankRequest.model_validate(PARALLEL_BODY)), 32768)
+    fits = tpm // estimate  # 4
+    assert 1 <= fits < 12 and fits * REPORTED_TOKENS <= tpm
+    replica = HoldingReplica()
+    namespace = f"test-{uuid.uuid4().hex}"  # a fresh budget in the shared Redis
+    with contextlib.ExitStack() as stack:
+        upstream = stack.enter_context(serving_in_thread(replica.app, free_port(), what="fake replica"))
+        settings = GatewaySettings(upstreams=[upstream], database_url=f"sqlite:///{tmp_path / 'gw.db'}",
+                                   admin_key=ADMIN, redis_url=REDIS_URL if gateways == 2 else None)
+        urls = [stack.enter_context(running_gateway(settings)) for _ in range(gateways)]
+        for url in urls:  # the fake replica must pass a health check before the gateway sends to it
+            wait_until(lambda u=url: httpx.get(f"{u}/ready").status_code == 200)
+        key = httpx.post(f"{urls[0]}/admin/keys", json={"name": namespace, "tpm": tpm},
+                         headers={"Authorization": f"Bearer {ADMIN}"}).json()["key"]
+        auth = {"Authorization": f"Bearer {key}"}
+
+        with ThreadPoolExecutor(12) as pool:
+            futures = [pool.submit(httpx.post, f"{urls[i % gateways]}/v1/rerank", json=PARALLEL_BODY,
+                                   headers=auth, timeout=60) for i in range(12)]
+            # The denied come back at once; the admitted are held by the replica until all are in.
+            wait_until(lambda: sum(f.done() for f in futures) == 12 - fits and replica.arrived == fits)
+            replica.release.set()
+            replies = [f.result() for f in futures]
+        statuses = [r.status_code for r in replies]
+        assert statuses.count(200) == fits and statuses.count(429) == 12 - fits, statuses
+        denied = next(r for r in replies if r.status_code == 429)
+        assert "token limit of 2000 tokens per minute" in denied.json()["error"]["message"]
+        # While the admitted were in flight, their estimates were held: honest remaining at the denial.
+        assert int(denied.headers["x-ratelimit-remaining-tokens"]) == tpm - fits * estimate
+        assert int(denied.headers["retry-after"]) >= 1
+
+        # Settled to what the replica billed: the estimates are refunded down to the real count (each
+        # answer says what was left at its settlement; the last one settled sees every refund).
+        left = tpm - fits * REPORTED_TOKENS
+        assert max(int(r.headers["x-ratelimit-remaining-tokens"]) for r in replies if r.status_code == 200) == left
+        failed = httpx.post(f"{urls[-1]}/v1/rerank", json={**PARALLEL_BODY, "query": "fail"}, headers=auth)
+        assert failed.status_code == 400
+        replica.release.set()
+        after = httpx.post(f"{urls[0]}/v1/rerank", json=PARALLEL_BODY, headers=auth, timeout=60)
+        assert after.status_code == 200, after.text  # the failed request refunded its whole reservation
+        assert after.headers["x-ratelimit-remaining-tokens"] == str(left - REPORTED_TOKENS)
+
+
+def test_a_request_that_can_never_fit_is_413_naming_the_limit(tmp_path: Path) -> None:
+    replica = HoldingReplica()
+    replica.release.set()
+    with serving_in_thread(replica.app, free_port(), what="fake replica") as upstream:
+        settings = GatewaySettings(upstreams=[upstream], database_url=f"sqlite:///{tmp_path / 'gw.db'}",
+                                   admin_key=ADMIN)
+        with running_gateway(settings) as url:
+            wait_until(lambda: httpx.get(f"{url}/ready").status_code == 200)
+            key = httpx.post(f"{url}/admin/keys", json={"name": "small", "tpm": 2000, "rpm": 2},
+                             headers={"Authorization": f"Bearer {ADMIN}"}).json()["key"]
+            auth = {"Authorization": f"Bearer {key}"}
+            big = {"query": "q", "documents": ["x" * 80_000]}  # the issue's 78,272-token request
+            too_big = httpx.post(f"{url}/v1/rerank", json=big, headers=auth)
+            assert too_big.status_code == 413
+            message = too_big.json()["error"]["message"]
+            assert "2000 tokens per minute" in message and "max_tokens_per_doc" in message
+            assert replica.arrived == 0
+            # Capping each document makes it fit. The 413 spent one of the key's two requests a minute (work the
+            # gateway did: oversized requests are not free), so after the capped one the key is out of requests.
+            capped = httpx.post(f"{url}/v1/rerank", json={**big, "max_tokens_per_doc": 1000}, headers=auth)
+            assert capped.status_code == 200, capped.text
+            assert capped.headers["X-RateLimit-Remaining"] == "0"

@@ -16,9 +16,9 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from conftest import free_port, serving_in_thread
 from rerankd.gateway.breaker import BreakerState, CircuitBreaker
 from rerankd.gateway.pool import UpstreamPool
+from support import free_port, serving_in_thread
 
 pytestmark = pytest.mark.timeout(60)
 

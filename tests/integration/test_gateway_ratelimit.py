@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import shutil
 import socket
 import subprocess
@@ -14,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from rerankd.gateway.ratelimit import Decision, RateLimiter
+from support import free_port
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 DEAD_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
@@ -21,12 +23,6 @@ DEAD_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
 
 def _namespace() -> str:
     return f"test-{uuid.uuid4().hex}"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -39,14 +35,6 @@ async def limiters() -> AsyncIterator[list[RateLimiter]]:
 
 
 # -- in-process storage ------------------------------------------------------------------------
-# In-process windows are aligned to wall-clock minutes, and just after a boundary the previous minute's
-# count is weighted slightly below its full value, so a test that straddles one could see an extra unit.
-
-
-@pytest.fixture(autouse=True)
-def _away_from_minute_boundary(request: pytest.FixtureRequest) -> None:
-    if request.node.get_closest_marker("redis") is None and time.time() % 60 > 58.0:
-        time.sleep(60.5 - time.time() % 60)
 
 
 async def test_memory_rpm_denies_after_limit() -> None:
@@ -222,7 +210,7 @@ def private_redis() -> Iterator[tuple[str, list[subprocess.Popen[bytes]]]]:
     """A throw-away redis-server on a free port; the test may stop and restart it. Always killed at the end."""
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not on PATH")
-    port = _free_port()
+    port = free_port()
     processes: list[subprocess.Popen[bytes]] = []
     try:
         yield f"redis://127.0.0.1:{port}/0", processes
@@ -276,3 +264,214 @@ async def test_limiting_resumes_after_redis_returns(
     assert [d.allowed for d in back] == [True, True, False]
     assert back[0].remaining == 1 and back[2].remaining == 0
     assert limiter.storage_errors == errors_while_down
+
+
+# -- requests per minute: exact in any 60 s span, Retry-After = the real wait ----------------------------
+
+
+class FakeWallClock:
+    """Stands in for the ``time`` module of the ``limits`` storage, which stamps moving-window entries
+    with ``time.time()``: the test moves time instead of sleeping through a window."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def time(self) -> float:
+        return self.now
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+async def clocked_limiter(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+                          ) -> AsyncIterator[tuple[RateLimiter, FakeWallClock]]:
+    """A limiter (in-process or on the Redis test server) whose moving window runs on a fake wall clock."""
+    from limits.aio.storage import memory
+    from limits.aio.storage.redis import redispy
+
+    clock = FakeWallClock(1_800_000_059.0)  # one second before a wall-clock minute boundary
+    monkeypatch.setattr(memory if request.param == "memory" else redispy, "time", clock)
+    url = None if request.param == "memory" else REDIS_URL
+    limiter = RateLimiter(url, namespace=_namespace(), wall_clock=clock.time)
+    yield limiter, clock
+    await limiter.close()
+
+
+async def test_rpm_admits_at_most_rpm_in_any_60_seconds(clocked_limiter: tuple[RateLimiter, FakeWallClock]) -> None:
+    limiter, clock = clocked_limiter
+    start = clock.now
+    # The issue's case: a 2-rpm key was admitted 3 times in 1.55 s across a minute boundary.
+    assert (await limiter.check_request("k", 2)).allowed
+    clock.now = start + 0.5
+    assert (await limiter.check_request("k", 2)).allowed
+    clock.now = start + 1.55
+    denied = await limiter.check_request("k", 2)
+    assert not denied.allowed and denied.remaining == 0
+    real_wait = start + 60 - clock.now  # the first entry leaves the window then: 58.45 s
+    assert denied.reset_after == pytest.approx(real_wait, abs=0.01)
+    assert 0 <= denied.retry_after - real_wait < 1 and denied.headers()["Retry-After"] == "59"
+    clock.now = start + 59.99
+    assert not (await limiter.check_request("k", 2)).allowed  # still inside the first entry's 60 s
+    clock.now = start + 60.01
+    third = await limiter.check_request("k", 2)
+    assert third.allowed and third.remaining == 0
+    assert third.reset_after == pytest.approx(0.49, abs=0.01)  # the second entry leaves at start + 60.5
+    clock.now = start + 60.2
+    late = await limiter.check_request("k", 2)
+    assert not late.allowed and late.retry_after == 1 and late.reset_after == pytest.approx(0.3, abs=0.01)
+
+
+@pytest.mark.redis
+async def test_redis_rpm_reset_is_the_oldest_entrys_expiry(limiters: list[RateLimiter]) -> None:
+    """On real time: the reset a denial reports is when the oldest stored entry turns 60 s old."""
+    import redis.asyncio as aioredis
+
+    namespace = _namespace()
+    limiter = RateLimiter(REDIS_URL, namespace=namespace)
+    limiters.append(limiter)
+    for _ in range(3):
+        assert (await limiter.check_request("k", 3)).allowed
+    denied = await limiter.check_request("k", 3)
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        [key] = [k async for k in client.scan_iter(match=f"*{namespace}*rpm*")]
+        oldest = float(await client.lindex(key, -1))
+    finally:
+        await client.aclose()
+    assert not denied.allowed
+    assert denied.reset_after == pytest.approx(oldest + 60 - time.time(), abs=0.5)
+    assert 0 <= denied.retry_after - denied.reset_after < 1
+
+
+# -- tokens per minute: reserve, settle ---------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+async def token_limiter(request: pytest.FixtureRequest) -> AsyncIterator[RateLimiter]:
+    limiter = RateLimiter(None if request.param == "memory" else REDIS_URL, namespace=_namespace())
+    yield limiter
+    await limiter.close()
+
+
+async def test_tpm_reservation_denies_when_the_estimate_does_not_fit(token_limiter: RateLimiter) -> None:
+    first = await token_limiter.reserve_tokens("k", 2000, 1200)
+    assert first.allowed and first.tokens == 1200 and first.decision.remaining == 800
+    denied = await token_limiter.reserve_tokens("k", 2000, 900)
+    assert not denied.allowed and denied.tokens == 0 and denied.decision.remaining == 800  # nothing taken
+    assert 1 <= denied.decision.retry_after <= 60
+    headers = denied.decision.headers()
+    assert headers["X-RateLimit-Remaining"] == "800" and "Retry-After" in headers
+    fits = await token_limiter.reserve_tokens("k", 2000, 800)
+    assert fits.allowed and fits.decision.remaining == 0
+    never = await token_limiter.reserve_tokens("k", 2000, 2001)
+    assert not never.allowed and never.decision.retry_after == 60
+
+
+async def test_tpm_settle_refunds_and_charges(token_limiter: RateLimiter) -> None:
+    high = await token_limiter.reserve_tokens("k", 2000, 1500)
+    assert (await token_limiter.settle(high, 300)).remaining == 1700  # refunded 1200
+    low = await token_limiter.reserve_tokens("k", 2000, 1000)
+    assert low.decision.remaining == 700
+    charged = await token_limiter.settle(low, 1500)  # the estimate was low: the excess is charged
+    assert charged.allowed and charged.remaining == 200
+    assert not (await token_limiter.reserve_tokens("k", 2000, 201)).allowed
+    refunded = await token_limiter.settle(high, 0)  # settling to 0 frees the whole entry, never below
+    assert refunded.remaining == 500
+    failed = await token_limiter.reserve_tokens("k", 2000, 500)
+    assert (await token_limiter.settle(failed, 0)).remaining == 500
+    with pytest.raises(ValueError):
+        await token_limiter.settle(failed, -1)
+
+
+async def test_memory_token_window_retry_after_is_the_real_wait() -> None:
+    from rerankd.gateway.token_window import MemoryTokenWindow
+
+    clock = FakeClock()
+    window = MemoryTokenWindow(60.0, clock)
+    assert (await window.reserve("k", 1000, 600, "a")).allowed
+    clock.now += 10
+    assert (await window.reserve("k", 1000, 300, "b")).allowed
+    clock.now += 10
+    denied = await window.reserve("k", 1000, 500, "c")  # needs 400 more: "a" (600) must leave, at t0 + 60
+    assert not denied.allowed and denied.used == 900 and denied.reset_after == pytest.approx(40.0)
+    clock.now += 39.99
+    assert not (await window.reserve("k", 1000, 500, "c")).allowed
+    clock.now += 0.02
+    after = await window.reserve("k", 1000, 500, "c")
+    assert after.allowed and after.used == 800 and after.reset_after == pytest.approx(10.0 - 0.01)
+    # Settling an entry that already left the window refunds nothing and charges only the excess.
+    clock.now += 60
+    assert (await window.settle("k", "b", 300, 250)).used == 0
+    assert (await window.settle("k", "b", 300, 350)).used == 50
+
+
+@pytest.mark.redis
+async def test_redis_token_window_reset_follows_the_server_clock(limiters: list[RateLimiter]) -> None:
+    import redis.asyncio as aioredis
+
+    from rerankd.gateway.token_window import RedisTokenWindow
+
+    client = aioredis.Redis.from_url(REDIS_URL)
+    window = RedisTokenWindow(aioredis.Redis.from_url(REDIS_URL), 60.0)
+    key = _namespace()
+    try:
+        assert (await window.reserve(key, 1000, 600, "a")).allowed
+        assert (await window.reserve(key, 1000, 300, "b")).allowed
+        denied = await window.reserve(key, 1000, 500, "c")
+        seconds, micros = await client.time()
+        made = float(await client.zscore("{" + key + "}:log", "a"))
+        assert not denied.allowed and denied.used == 900
+        assert denied.reset_after == pytest.approx((made + 60_000 - (seconds * 1000 + micros / 1000)) / 1000, abs=0.05)
+        assert await client.pttl("{" + key + "}:total") > 60_000  # kept a window (and a second) past the last write
+    finally:
+        await window.close()
+        await client.aclose()
+
+
+@pytest.mark.redis
+async def test_redis_parallel_reservations_across_two_limiters_never_exceed_tpm(limiters: list[RateLimiter]) -> None:
+    namespace = _namespace()
+    gateways = [RateLimiter(REDIS_URL, namespace=namespace) for _ in range(2)]
+    limiters += gateways
+    # The issue's load: 12 parallel requests on a 2000 tokens/min key, through two gateways.
+    first = await asyncio.gather(*(gateways[i % 2].reserve_tokens("k", 2000, 700) for i in range(12)))
+    assert sum(r.allowed for r in first) == 2  # 2 * 700 <= 2000 < 3 * 700
+    assert min(r.decision.remaining for r in first) == 600  # type: ignore[type-var]
+    settled = await asyncio.gather(*(gateways[i % 2].settle(r, 300) for i, r in enumerate(first) if r.allowed))
+    assert max(d.remaining for d in settled) == 1400  # type: ignore[type-var]
+    # Under churn (reserve, settle for less, in parallel), the billed total never passes the limit.
+    rng = random.Random(3)
+
+    async def request(i: int) -> int:
+        estimate = rng.randint(50, 900)
+        reservation = await gateways[i % 2].reserve_tokens("k", 2000, estimate)
+        if not reservation.allowed:
+            return 0
+        actual = rng.randint(0, estimate)
+        await gateways[(i + 1) % 2].settle(reservation, actual)
+        return actual
+
+    billed = 600 + sum(await asyncio.gather(*(request(i) for i in range(200))))
+    assert billed <= 2000
+    final = await gateways[0].reserve_tokens("k", 2000, 0)
+    assert final.decision.remaining == 2000 - billed  # the storage agrees with what was billed
+    assert gateways[0].storage_errors == gateways[1].storage_errors == 0
+
+
+async def test_reservations_without_storage_fail_open_or_closed(limiters: list[RateLimiter]) -> None:
+    open_, closed = (RateLimiter(DEAD_URL, namespace=_namespace(), fail_open=f, retry_interval=0)
+                     for f in (True, False))
+    limiters += [open_, closed]
+    granted = await open_.reserve_tokens("k", 100, 50)
+    assert granted.allowed and granted.tokens == 0 and granted.decision.remaining is None
+    assert (await open_.settle(granted, 80)).remaining is None  # nothing was held: nothing to settle
+    assert open_.storage_errors == 1
+    refused = await closed.reserve_tokens("k", 100, 50)
+    assert not refused.allowed and refused.decision.retry_after == 1
+    assert closed.storage_errors == 1

@@ -13,8 +13,8 @@ import httpx
 import pytest
 from sqlalchemy import func, select, text
 
-from conftest import Fleet, free_port, spawn_gateway
 from rerankd.gateway.db import UsageRecord, create_engine_for
+from support import Fleet, free_port, spawn_gateway
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import Proc, _process_env, free_port, spawn_gateway, spawn_replica
+from support import Proc, free_port, process_env, spawn_gateway, spawn_replica
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -310,7 +310,7 @@ def test_the_server_caps_headers_and_never_redirects(tiny_model_dir: Path, tmp_p
 def test_the_relay_caps_headers_and_times_out_slow_ones(tmp_path: Path) -> None:
     port = free_port()
     relay = Proc(["alert-relay", "--wecom-url", "http://127.0.0.1:9/robot"], port, tmp_path / "relay.log",
-                 _process_env()).start()
+                 process_env()).start()
     try:
         relay.wait_ready(60, path="/health")
         answer, _ = exchange(port, big_head(64 * 1024))

@@ -14,9 +14,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import running_gateway
 from promql_names import all_exprs, metric_names, rules
 from rerankd.gateway.settings import GatewaySettings
+from support import running_gateway
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port
 from rerankd.server.command import EXIT_BAD_MODEL_PATH, EXIT_MODEL_LOAD_FAILED
+from support import free_port
 
 _PR_CAPBSET_DROP = 24
 _CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH = 1, 2

@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import metric_value, running_server
 from rerankd.server.settings import ServerSettings
+from support import metric_value, running_server
 
 QUERY = "what is the capital of France?"
 DOCS = ["Paris is the capital of France.", "Bananas are yellow.", "Berlin is in Germany.", "France"]

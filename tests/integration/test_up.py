@@ -17,7 +17,7 @@ import httpx
 import psutil
 import pytest
 
-from conftest import free_port
+from support import free_port
 
 pytestmark = pytest.mark.timeout(300)
 

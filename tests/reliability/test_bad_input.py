@@ -19,9 +19,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import running_gateway, running_server
 from rerankd.gateway.settings import GatewaySettings
 from rerankd.server.settings import ServerSettings
+from support import running_gateway, running_server
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -19,8 +19,8 @@ import httpx
 import psutil
 import pytest
 
-from conftest import Fleet, spawn_gateway
-from loadgen import record, run_load
+from reliability.figures import fault_figures, p99_between, record, run_load
+from support import Fleet, spawn_gateway
 
 SOAK_SECONDS = float(os.environ.get("RERANKD_SOAK_SECONDS", "60"))
 ADMIN = "soak-admin"
@@ -106,9 +106,9 @@ def test_soak_with_rolling_replica_restarts(fleet: Fleet, tmp_path: Path) -> Non
         end_rss = {"gateway": rss_mb(gateway_pid)}
         end_rss.update({f"replica {i}": rss_mb(r.popen.pid if r.popen else None)
                         for i, r in enumerate(fleet.replicas)})
-        figures = run.summary(0.0)
+        figures = fault_figures(run, 0.0)
         figures.update({
-            "p99_ms": round(run.p99_between(0.0, SOAK_SECONDS) * 1000, 1),
+            "p99_ms": round(p99_between(run, 0.0, SOAK_SECONDS) * 1000, 1),
             "seconds": SOAK_SECONDS, "capacity_rps": round(max_rate, 1), "rate_rps": rate,
             "restarts": len(actions), "rss_start_mb": {k: round(v, 1) for k, v in start_rss.items()},
             "rss_end_mb": {k: round(v, 1) for k, v in end_rss.items()},

@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import shutil
-import socket
 from pathlib import Path
 
 from click.testing import CliRunner, Result
 
 from rerankd.cli import cli
+from support import free_port
 
 MINI = Path(__file__).resolve().parents[1] / "data" / "beir-mini"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
@@ -67,7 +61,7 @@ def test_flags_read_the_environment(tmp_path: Path) -> None:
 
 
 def test_unreachable_reranker_fails_fast_naming_the_flag(tmp_path: Path) -> None:
-    result = invoke("--dataset", str(MINI), "--reranker", f"http://127.0.0.1:{_free_port()}",
+    result = invoke("--dataset", str(MINI), "--reranker", f"http://127.0.0.1:{free_port()}",
                     "--checkpoint", str(tmp_path / "ck.jsonl"))
     assert result.exit_code == 1
     assert "could not reach the reranker" in result.output and "--reranker" in result.output

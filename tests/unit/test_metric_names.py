@@ -15,6 +15,10 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
 from promql_names import DASHBOARDS, RULE_FILES, all_exprs, metric_names, rules, selector_labels
+from rerankd.gateway.db import create_engine_for
+from rerankd.gateway.ledger import UsageLedger
+from rerankd.gateway.pool import UpstreamPool
+from rerankd.gateway.ratelimit import RateLimiter
 from rerankd.observability.alert_delivery import Robot
 from rerankd.observability.alert_relay import RelaySettings, create_relay_app
 from rerankd.observability.gateway_metrics import GatewayMetrics
@@ -57,6 +61,8 @@ def _exported() -> tuple[set[str], dict[str, set[str]]]:
     """(every series name the code can export, label names per series name): server, gateway, relay."""
     server = ServerMetrics(gpu=GpuCollector(_FakeNvml(), cuda_visible_devices=""))
     gateway = GatewayMetrics()
+    # The components' state is read from real (never started) components: one replica, so labelled series exist.
+    gateway.mirror(UpstreamPool(["http://replica:8000"]), UsageLedger(create_engine_for("sqlite://")), RateLimiter())
     relay = create_relay_app(RelaySettings(robots=(Robot("wecom", "http://robot"),)))
     relay_registry: CollectorRegistry = relay.state.registry
     names: set[str] = set()

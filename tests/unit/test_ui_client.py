@@ -1,4 +1,5 @@
-"""The UI's rerank client: URLs, Retry-After, and one human sentence per failure (real sockets, no mocks)."""
+"""The rerank client as the UI sets it up: URLs, Retry-After, and one human sentence per failure (real sockets,
+no mocks)."""
 
 from __future__ import annotations
 
@@ -10,14 +11,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from rerankd.ui.client import (
-    RerankAPIError,
-    RerankClient,
-    describe_status,
-    error_detail,
-    parse_retry_after,
-    rerank_url,
-)
+from rerankd.client import RerankAPIError, error_detail, rerank_url
+from rerankd.http.headers import parse_retry_after
+from rerankd.ui.upstream import describe_status, page_client
+from support import free_port
 
 
 def test_rerank_url_appends_the_route_only_to_a_base_url() -> None:
@@ -78,7 +75,7 @@ def silent_server() -> Iterator[str]:
 
 
 async def test_a_hung_upstream_becomes_a_timeout_message(silent_server: str) -> None:
-    client = RerankClient(silent_server, api_key="secret-key-xyz", timeout=0.5)
+    client = page_client(silent_server, api_key="secret-key-xyz", timeout=0.5)
     started = time.monotonic()
     with pytest.raises(RerankAPIError) as caught:
         await client.rerank("q", ["d"])
@@ -89,8 +86,6 @@ async def test_a_hung_upstream_becomes_a_timeout_message(silent_server: str) -> 
 
 
 async def test_a_closed_port_becomes_a_cannot_reach_message() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed again when the block ends: nothing listens there
+    port = free_port()  # nothing listens there
     with pytest.raises(RerankAPIError, match=r"Cannot reach the rerank service at http://127\.0\.0\.1:\d+/v1/rerank"):
-        await RerankClient(f"http://127.0.0.1:{port}", timeout=5).rerank("q", ["d"])
+        await page_client(f"http://127.0.0.1:{port}", timeout=5).rerank("q", ["d"])

@@ -14,12 +14,12 @@ import httpx
 import psutil
 import pytest
 
-from conftest import Proc, _process_env, free_port
 from rerankd.engine.backends.base import TokenGroup
 from rerankd.engine.backends.torch_backend import TorchBackend
 from rerankd.engine.backends.vllm_backend import CPU_BLOCK_SIZE, VllmBackend, vllm_platform_device
 from rerankd.engine.model_source import load_tokenizer
 from rerankd.engine.prompt import PromptBuilder
+from support import Proc, free_port, process_env
 
 BLOCK = CPU_BLOCK_SIZE  # the backend's KV block size on CPU: prefix caching shares whole blocks only
 QUERY = "how do vector databases index embeddings"
@@ -107,7 +107,7 @@ def test_rerankd_serve_with_the_vllm_backend_answers_over_http(small_model_dir: 
     port = free_port()
     args = ["serve", "--model", str(small_model_dir), "--backend", "vllm", "--device", "cpu", "--dtype", "float32",
             "--max-model-len", "2048", "--gpu-memory-utilization", "0.2"]
-    server = Proc(args, port, tmp_path / "serve.log", _process_env()).start()
+    server = Proc(args, port, tmp_path / "serve.log", process_env()).start()
     engine_processes: list[psutil.Process] = []
     try:
         server.wait_ready(timeout=240)

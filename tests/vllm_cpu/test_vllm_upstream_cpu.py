@@ -18,10 +18,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import Proc, free_port, spawn_gateway
 from rerankd.engine.backends.torch_backend import TorchBackend
 from rerankd.engine.model_source import load_tokenizer
 from rerankd.engine.prompt import PromptBuilder
+from support import Proc, free_port, spawn_gateway
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN = "admin-" + "v" * 32

@@ -7,7 +7,9 @@
   its queueing by slowing the client down (no coordinated omission).
 
 Both record every request's latency, status and billed tokens; :mod:`rerankd.benchmark.report` turns
-that into percentiles, rates and tables.
+that into percentiles, rates and tables. The open loop can also leave at a fixed rate
+(:func:`fixed_rate_schedule`) and run actions at set times during the load (kill a replica, stop Redis),
+recording when each ran: the reliability tests measure faults under load with it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import random
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +27,20 @@ import httpx
 
 from rerankd.benchmark.workload import Workload
 
-__all__ = ["LoadResult", "RssSampler", "Sample", "poisson_schedule", "run_closed_loop", "run_open_loop"]
+__all__ = [
+    "LoadResult",
+    "RssSampler",
+    "Sample",
+    "TimedAction",
+    "Traffic",
+    "fixed_rate_schedule",
+    "poisson_schedule",
+    "run_closed_loop",
+    "run_open_loop",
+]
+
+TimedAction = tuple[float, str, Callable[[], object]]
+"""``(at_s, name, action)``: run ``action()`` (in a thread) ``at_s`` seconds into an open-loop run."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +57,11 @@ class Sample:
     def ok(self) -> bool:
         return self.status == 200
 
+    @property
+    def answered(self) -> bool:
+        """An HTTP answer came (any status); False for a timeout or a connection that failed."""
+        return isinstance(self.status, int)
+
 
 @dataclass
 class LoadResult:
@@ -54,10 +75,37 @@ class LoadResult:
     concurrency: int | None = None
     target_qps: float | None = None
     peak_rss_bytes: int | None = None
+    events: dict[str, float] = field(default_factory=dict)  # timed action name (and "<name> done") -> s from start
 
     @property
     def errors(self) -> dict[str, int]:
         return dict(Counter(str(s.status) for s in self.samples if not s.ok))
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """What a load driver sends: the body of its ``i``-th request, and the name and size the report shows."""
+
+    name: str
+    n_docs: int
+    body: Callable[[int], dict[str, Any]]
+
+    @classmethod
+    def of(cls, workload: Workload, model: str | None = None) -> Traffic:
+        """Cycle through ``workload``'s requests."""
+        bodies = [r.body(model) for r in workload.requests]
+        return cls(workload.name, workload.n_docs, lambda i: bodies[i % len(bodies)])
+
+
+def _traffic(workload: Workload | Traffic, model: str | None) -> Traffic:
+    return workload if isinstance(workload, Traffic) else Traffic.of(workload, model)
+
+
+def fixed_rate_schedule(qps: float, duration_s: float) -> list[float]:
+    """Send times (seconds from start) exactly ``1/qps`` apart over ``duration_s``: the same load every run."""
+    if qps <= 0:
+        raise ValueError("qps must be positive")
+    return [i / qps for i in range(int(qps * duration_s))]
 
 
 def poisson_schedule(qps: float, duration_s: float, seed: int = 0) -> list[float]:
@@ -144,9 +192,10 @@ def _client(base_url: str, api_key: str | None, timeout_s: float, connections: i
     return httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout_s, limits=limits)
 
 
-async def _send(client: httpx.AsyncClient, path: str, body: dict[str, Any], n_docs: int,
-                scheduled: float, started: float) -> Sample:
+async def _send(client: httpx.AsyncClient, path: str, body: dict[str, Any], scheduled: float,
+                started: float) -> Sample:
     """POST one request; ``scheduled`` is when it was due (open loop) or sent (closed loop)."""
+    n_docs = len(body.get("documents") or ())
     try:
         resp = await client.post(path, json=body)
         status: int | str = resp.status_code
@@ -162,14 +211,14 @@ async def _send(client: httpx.AsyncClient, path: str, body: dict[str, Any], n_do
     return Sample(scheduled - started, done - scheduled, status, n_docs, tokens)
 
 
-async def run_closed_loop(base_url: str, workload: Workload, *, concurrency: int, duration_s: float,
+async def run_closed_loop(base_url: str, workload: Workload | Traffic, *, concurrency: int, duration_s: float,
                           max_requests: int | None = None, api_key: str | None = None, path: str = "/v1/rerank",
                           model: str | None = None, timeout_s: float = 600.0) -> LoadResult:
     """``concurrency`` clients send back to back until ``duration_s`` passed or ``max_requests`` were sent.
 
     Requests in flight at the deadline are waited for and counted; the wall time ends at the last answer.
     """
-    bodies = [r.body(model) for r in workload.requests]
+    traffic = _traffic(workload, model)
     samples: list[Sample] = []
     sent = 0
     async with _client(base_url, api_key, timeout_s, concurrency) as client:
@@ -182,25 +231,29 @@ async def run_closed_loop(base_url: str, workload: Workload, *, concurrency: int
             while time.perf_counter() < deadline and (max_requests is None or sent < max_requests):
                 sent += 1
                 t = time.perf_counter()
-                samples.append(await _send(client, path, bodies[i % len(bodies)], workload.n_docs, t, started))
+                samples.append(await _send(client, path, traffic.body(i), t, started))
                 i += concurrency
 
         await asyncio.gather(*(worker(w) for w in range(concurrency)))
         wall = time.perf_counter() - started
-    return LoadResult("closed", workload.name, workload.n_docs, wall, samples, concurrency=concurrency)
+    return LoadResult("closed", traffic.name, traffic.n_docs, wall, samples, concurrency=concurrency)
 
 
-async def run_open_loop(base_url: str, workload: Workload, *, qps: float, duration_s: float, seed: int = 0,
-                        api_key: str | None = None, path: str = "/v1/rerank", model: str | None = None,
-                        timeout_s: float = 600.0, max_in_flight: int = 1024) -> LoadResult:
-    """Send at Poisson times for ``qps`` during ``duration_s``; latency counts from the scheduled time.
+async def run_open_loop(base_url: str, workload: Workload | Traffic, *, qps: float, duration_s: float,
+                        seed: int = 0, api_key: str | None = None, path: str = "/v1/rerank", model: str | None = None,
+                        timeout_s: float = 600.0, max_in_flight: int = 1024, schedule: Sequence[float] | None = None,
+                        actions: Sequence[TimedAction] = ()) -> LoadResult:
+    """Send at Poisson times for ``qps`` during ``duration_s`` (or at the times in ``schedule``); latency
+    counts from the scheduled time. Each of ``actions`` runs in a thread at its time, and the run waits for
+    it; when it started and ended are in ``LoadResult.events``.
 
     Past ``max_in_flight`` unanswered requests a due request is not sent and counts as ``client_overflow``
     (the service is far past saturation; sending more only measures the client).
     """
-    bodies = [r.body(model) for r in workload.requests]
-    schedule = poisson_schedule(qps, duration_s, seed)
+    traffic = _traffic(workload, model)
+    send_times = poisson_schedule(qps, duration_s, seed) if schedule is None else schedule
     samples: list[Sample] = []
+    events: dict[str, float] = {}
     in_flight = 0
     async with _client(base_url, api_key, timeout_s, max_in_flight) as client:
         started = time.perf_counter()
@@ -209,21 +262,28 @@ async def run_open_loop(base_url: str, workload: Workload, *, qps: float, durati
             nonlocal in_flight
             in_flight += 1
             try:
-                samples.append(await _send(client, path, bodies[i % len(bodies)], workload.n_docs, due, started))
+                samples.append(await _send(client, path, traffic.body(i), due, started))
             finally:
                 in_flight -= 1
 
-        tasks: list[asyncio.Task[None]] = []
-        for i, offset in enumerate(schedule):
+        async def act(at_s: float, name: str, action: Callable[[], object]) -> None:
+            await asyncio.sleep(max(0.0, started + at_s - time.perf_counter()))
+            events[name] = round(time.perf_counter() - started, 3)
+            await asyncio.to_thread(action)
+            events[f"{name} done"] = round(time.perf_counter() - started, 3)
+
+        tasks: list[asyncio.Task[None]] = [asyncio.create_task(act(*action)) for action in actions]
+        for i, offset in enumerate(send_times):
             due = started + offset
             delay = due - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
             if in_flight >= max_in_flight:
-                samples.append(Sample(offset, 0.0, "client_overflow", workload.n_docs, 0))
+                samples.append(Sample(offset, 0.0, "client_overflow", len(traffic.body(i).get("documents") or ()), 0))
                 continue
             tasks.append(asyncio.create_task(fire(i, due)))
         if tasks:
             await asyncio.gather(*tasks)
         wall = max(duration_s, time.perf_counter() - started)
-    return LoadResult("open", workload.name, workload.n_docs, wall, samples, target_qps=qps)
+    samples.sort(key=lambda s: s.scheduled_s)
+    return LoadResult("open", traffic.name, traffic.n_docs, wall, samples, target_qps=qps, events=events)

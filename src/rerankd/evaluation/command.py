@@ -15,15 +15,19 @@ from typing import Any
 
 import click
 
+from rerankd.client import RerankAPIError, RerankClient, rerank_url
 from rerankd.evaluation.beir import BeirDataset, DatasetError, load_beir
 from rerankd.evaluation.bm25 import LANGUAGES, detect_language
 from rerankd.evaluation.checkpoint import Checkpoint, run_key
 from rerankd.evaluation.report import build_report, format_report, write_json
-from rerankd.evaluation.rerank_client import RerankClient, RerankError, rerank_url
 from rerankd.evaluation.runner import FirstStage, RerankRun, bm25_first_stage, rerank_run
 from rerankd.options import env_option
 
 __all__ = ["eval_command"]
+
+# An evaluation sends thousands of requests over minutes to a service that may restart meanwhile: it rides
+# out more refusals than an interactive caller would (each waits Retry-After, or backs off up to 60 s).
+EVAL_MAX_RETRIES = 8
 
 
 class _LinesParamType(click.ParamType):  # type: ignore[type-arg]
@@ -144,7 +148,7 @@ def eval_command(**flags: Any) -> None:
                    err=True)
         runs, client_info = asyncio.run(_rerank_all(flags, dataset, first_stage, language, ks, instructions,
                                                     checkpoint_path))
-    except RerankError as exc:
+    except RerankAPIError as exc:
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted: finished queries are saved in {checkpoint_path}; run the same command "
@@ -167,7 +171,7 @@ def eval_command(**flags: Any) -> None:
 
 def _client(flags: dict[str, Any]) -> RerankClient:
     return RerankClient(flags["reranker"], api_key=flags["api_key"], model=flags["model"],
-                        concurrency=flags["concurrency"], timeout=flags["timeout"])
+                        concurrency=flags["concurrency"], timeout=flags["timeout"], max_retries=EVAL_MAX_RETRIES)
 
 
 async def _preflight(flags: dict[str, Any]) -> str | None:

@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
 
+from rerankd.client import RerankClient
 from rerankd.evaluation.beir import BeirDataset
 from rerankd.evaluation.bm25 import Bm25Index
 from rerankd.evaluation.checkpoint import Checkpoint
 from rerankd.evaluation.metrics import QueryMetrics, evaluate_rankings
-from rerankd.evaluation.rerank_client import RerankClient
 
 __all__ = ["FirstStage", "RerankRun", "bm25_first_stage", "rerank_order", "rerank_run"]
 

@@ -6,20 +6,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
 
-from rerankd.errors import ConflictError, ModelNotFoundError
-from rerankd.gateway.auth import Identity
-from rerankd.gateway.db import AuditEvent
+from rerankd.errors import ConflictError, KeyNotFoundError
+from rerankd.gateway.dependencies import Admin, Caller, Components
 from rerankd.gateway.keys import ApiKeyRecord
-from rerankd.gateway.proxy import ScoringProxy
-from rerankd.gateway.state import GatewayState
 from rerankd.http.middleware import request_id_of
 
 __all__ = ["admin_router"]
@@ -69,63 +64,64 @@ def _info(record: ApiKeyRecord) -> dict[str, Any]:
             "revoked_at": record.revoked_at}
 
 
-def admin_router(proxy: ScoringProxy, state_of: Callable[[], GatewayState]) -> APIRouter:
+def admin_router() -> APIRouter:
     router = APIRouter()
 
-    async def admin(request: Request) -> Identity:
-        identity = await proxy.identify(request)
-        state_of().auth.require_admin(identity, request_id=request_id_of(request.scope))
-        return identity
-
-    Admin = Depends(admin)
-    Caller = Depends(proxy.identify)
-
     @router.get("/v1/usage", response_model=UsageReport, summary="The caller's own usage per UTC day")
-    async def own_usage(identity: Identity = Caller) -> dict[str, Any]:
-        return {"key": identity.name, "usage": await state_of().ledger.usage_by_day(identity.key_id)}
+    async def own_usage(identity: Caller, components: Components) -> dict[str, Any]:
+        return {"key": identity.name, "usage": await components.ledger.usage_by_day(identity.key_id)}
 
     @router.get("/admin/keys", response_model=list[KeyInfo], summary="Every API key (never the key itself)")
-    async def list_keys(_: Identity = Admin) -> list[dict[str, Any]]:
-        return [_info(r) for r in await state_of().keys.list()]
+    async def list_keys(_: Admin, components: Components) -> list[dict[str, Any]]:
+        return [_info(r) for r in await components.keys.list()]
 
     @router.post("/admin/keys", response_model=CreatedKey, status_code=201, summary="Create an API key")
-    async def create_key(request: Request, body: KeyCreate, identity: Identity = Admin) -> dict[str, Any]:
-        state = state_of()
+    async def create_key(request: Request, body: KeyCreate, identity: Admin, components: Components) -> dict[str, Any]:
         try:
-            record, plaintext = await state.keys.create(body.name, body.rpm, body.tpm, is_admin=body.admin)
+            record, plaintext = await components.keys.create(body.name, body.rpm, body.tpm, is_admin=body.admin)
         except ValueError as exc:
             raise ConflictError(str(exc), field="name") from None
-        await state.audit(identity.name, "key.create", record.name, request_id_of(request.scope), _client(request))
+        await components.audit.record(identity.name, "key.create", record.name, request_id=request_id_of(request.scope),
+                                      client=_client(request))
         return {**_info(record), "key": plaintext}
 
+    @router.get("/admin/keys/{name_or_id}", response_model=KeyInfo, summary="One API key (never the key itself)")
+    async def get_key(name_or_id: str, _: Admin, components: Components) -> dict[str, Any]:
+        record = await components.keys.get(name_or_id)
+        if record is None:
+            raise _unknown_key(name_or_id)
+        return _info(record)
+
     @router.delete("/admin/keys/{name_or_id}", summary="Revoke an API key (takes effect at once here)")
-    async def revoke_key(request: Request, name_or_id: str, identity: Identity = Admin) -> dict[str, str]:
-        state = state_of()
-        if not await state.keys.revoke(name_or_id):
-            raise ModelNotFoundError(f"no active API key named or with id {name_or_id!r}", field="name_or_id")
-        state.auth.forget_keys()
-        await state.audit(identity.name, "key.revoke", name_or_id, request_id_of(request.scope), _client(request))
+    async def revoke_key(request: Request, name_or_id: str, identity: Admin, components: Components) -> dict[str, str]:
+        if not await components.keys.revoke(name_or_id):
+            raise _unknown_key(name_or_id, active=True)
+        components.auth.forget_keys()
+        await components.audit.record(identity.name, "key.revoke", name_or_id, request_id=request_id_of(request.scope),
+                                      client=_client(request))
         return {"revoked": name_or_id}
 
     @router.get("/admin/upstreams", summary="Each replica: health, breaker state, requests in flight")
-    async def upstreams(_: Identity = Admin) -> list[dict[str, Any]]:
-        return state_of().pool.snapshot()
+    async def upstreams(_: Admin, components: Components) -> list[dict[str, Any]]:
+        return components.pool.snapshot()
 
     @router.get("/admin/usage", response_model=list[UsageDay], summary="Usage per UTC day, all keys or one")
-    async def all_usage(key_id: str | None = Query(None, description="Only this key id"),
-                        _: Identity = Admin) -> list[dict[str, Any]]:
-        return await state_of().ledger.usage_by_day(key_id)
+    async def all_usage(_: Admin, components: Components,
+                        key_id: str | None = Query(None, description="Only this key id")) -> list[dict[str, Any]]:
+        return await components.ledger.usage_by_day(key_id)
 
     @router.get("/admin/audit", summary="Most recent audit events, newest first")
-    async def audit(limit: int = Query(100, ge=1, le=10_000), _: Identity = Admin) -> list[dict[str, Any]]:
-        table = AuditEvent.__table__
-        statement = select(table).order_by(table.c.id.desc()).limit(limit)
-        async with state_of().engine.connect() as conn:
-            rows = (await conn.execute(statement)).mappings().all()
-        return [{k: row[k] for k in ("created_at", "actor", "action", "target", "request_id", "client")}
-                for row in rows]
+    async def audit(_: Admin, components: Components,
+                    limit: int = Query(100, ge=1, le=10_000)) -> list[dict[str, Any]]:
+        return await components.audit.recent(limit)
 
     return router
+
+
+def _unknown_key(name_or_id: str, *, active: bool = False) -> KeyNotFoundError:
+    which = "active API key" if active else "API key"
+    return KeyNotFoundError(f"no {which} named or with id {name_or_id!r}; `GET /admin/keys` lists them",
+                            field="name_or_id")
 
 
 def _client(request: Request) -> str | None:

@@ -15,19 +15,21 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import Scope
 
 from rerankd import __version__
 from rerankd.gateway.admin import admin_router
-from rerankd.gateway.proxy import ScoringProxy, scoring_router
+from rerankd.gateway.components import open_components
+from rerankd.gateway.dependencies import COMPONENTS_STATE
+from rerankd.gateway.probes import add_probes
+from rerankd.gateway.routes import scoring_router
 from rerankd.gateway.settings import GatewaySettings
-from rerankd.gateway.state import GatewayState, open_gateway_state
-from rerankd.http import HttpMiddleware, known_routes_label, request_id_of
+from rerankd.http import HttpMiddleware, known_routes_label
 from rerankd.http.errors import ERROR_RESPONSES, error_response, install_error_handlers
 from rerankd.observability.gateway_metrics import GatewayMetrics
+from rerankd.protocol import ErrorBody
 from rerankd.runtime import freeze_startup_heap
 
 __all__ = ["create_gateway_app"]
@@ -46,31 +48,36 @@ def _caller_log_fields(scope: Scope) -> dict[str, str]:
     return {"key": name} if name else {}
 
 
+# The gateway's own error statuses besides the server's (OpenAPI).
+_GATEWAY_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody, "description": "Unknown route, model, or API key (`/admin/keys/{name_or_id}`)"},
+    502: {"model": ErrorBody, "description": "A replica's answer was malformed (e.g. an implausible token count)"},
+}
+
+
 def create_gateway_app(settings: GatewaySettings) -> FastAPI:
-    """Build the gateway for ``settings`` (its parts connect in the app's lifespan)."""
+    """Build the gateway for ``settings`` (its components connect in the app's lifespan)."""
     settings.check_runnable()
     metrics = GatewayMetrics()
     metrics.build_info.info({"version": __version__})
-    holder: dict[str, GatewayState] = {}
-
-    def state_of() -> GatewayState:
-        return holder["state"]
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        state = await open_gateway_state(settings, metrics)
-        holder["state"] = state
+    async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        components = await open_components(settings, metrics)
         freeze_startup_heap()
-        healthy = state.pool.available_count()
-        log.info("gateway ready: %d/%d replicas healthy", healthy, len(state.pool.upstreams))
+        healthy = components.pool.available_count()
+        log.info("gateway ready: %d/%d replicas healthy", healthy, len(components.pool.upstreams))
         try:
-            yield
+            yield {COMPONENTS_STATE: components}  # every request's ``request.state`` (see dependencies.py)
         finally:
-            await state.close()
-            log.info("gateway stopped; usage ledger flushed")
+            await components.close()
+            summary = components.ledger.summary()
+            # "usage ledger flushed" only when every row reached the database (ledger.summary's contract).
+            log.log(logging.ERROR if summary.startswith("usage ledger NOT") else logging.INFO,
+                    "gateway stopped; %s", summary)
 
-    app = FastAPI(title="rerankd gateway", version=__version__, lifespan=lifespan, responses=ERROR_RESPONSES,
-                  redirect_slashes=False,
+    app = FastAPI(title="rerankd gateway", version=__version__, lifespan=lifespan, redirect_slashes=False,
+                  responses={**ERROR_RESPONSES, **_GATEWAY_ERRORS},
                   description="One entry point in front of rerankd replicas: the same rerank API, with keys, "
                               "limits, failover and a usage ledger.")
     install_error_handlers(app)
@@ -86,43 +93,8 @@ def create_gateway_app(settings: GatewaySettings) -> FastAPI:
     app.add_middleware(HttpMiddleware, route_label=known_routes_label(GATEWAY_ROUTES, {"/admin/": "/admin"}),
                        metrics=metrics, access_log_fields=_caller_log_fields,
                        max_body_bytes=settings.max_body_bytes, body_timeout=settings.body_timeout,
-                       body_deadline=settings.body_deadline,
-                       max_concurrent_requests=settings.max_concurrent_requests)
-    proxy = ScoringProxy(state_of)
-    app.include_router(scoring_router(proxy, state_of))
-    app.include_router(admin_router(proxy, state_of))
-
-    @app.get("/v1/models", summary="Models the replicas serve (OpenAI list)")
-    async def models(request: Request) -> Response:
-        await proxy.identify(request)
-        reply = await state_of().forwarder.send("/v1/models", b"", request_id_of(request.scope), method="GET")
-        return Response(reply.body, status_code=reply.status, media_type="application/json")
-
-    @app.get("/health", summary="200 while the process lives")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/ready", summary="200 when at least one replica can take a request, else 503")
-    async def ready() -> JSONResponse:
-        pool = state_of().pool
-        upstreams, healthy = pool.upstreams, pool.available_count()
-        if not healthy:
-            return error_response(503, f"no replica is available (0 of {len(upstreams)} healthy)", retry_after=2,
-                                  error_type="not_ready")
-        return JSONResponse({"ready": True, "healthy_replicas": healthy, "replicas": len(upstreams)})
-
-    @app.get("/info", summary="Version, replicas, limits")
-    async def info() -> dict[str, Any]:
-        state = state_of()
-        return {"version": __version__, "role": "gateway", "replicas": len(state.pool.upstreams),
-                "healthy_replicas": state.pool.available_count(),
-                "max_documents": settings.max_documents, "max_body_bytes": settings.max_body_bytes,
-                "split_threshold": settings.split_threshold, "shared_limits": settings.redis_url is not None,
-                "jwt": settings.jwt_enabled}
-
-    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
-    async def prometheus_metrics() -> Response:
-        state_of().refresh_metrics()
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
+                       body_deadline=settings.body_deadline, max_concurrent_requests=settings.max_concurrent_requests)
+    app.include_router(scoring_router())
+    app.include_router(admin_router())
+    add_probes(app, metrics)
     return app

@@ -57,6 +57,8 @@ def _default(name: str) -> Any:
             help="Accept a plain-http --jwt-jwks-url (keys fetched without TLS can be swapped on the way).")
 @env_option("--ratelimit-fail-open/--ratelimit-fail-closed", default=True,
             help="When Redis is unreachable: serve without limits (open) or answer 429 (closed).")
+@env_option("--upstream-max-model-len", type=click.IntRange(min=1), default=_default("upstream_max_model_len"),
+            help="The replicas' --max-model-len; caps each document's share of the tokens/min estimate.")
 @env_option("--split-threshold", type=click.IntRange(min=1), default=_default("split_threshold"),
             help="Requests with more documents are split across replicas.")
 @env_option("--max-documents", type=click.IntRange(min=1), default=_default("max_documents"))
@@ -78,7 +80,7 @@ def _default(name: str) -> Any:
 @env_option("--log-format", type=click.Choice(["auto", "json", "text"]), default="auto")
 @env_option("--log-file", default=None, help="Also write logs to this file, rotated at 50 MB.")
 @click.pass_context
-def gateway(ctx: click.Context, config_file: str | None, log_format: str, log_file: str | None,
+def gateway(ctx: click.Context, /, config_file: str | None, log_format: str, log_file: str | None,
             **flags: Any) -> None:
     """Serve the rerank API in front of many replicas: keys, limits, failover, usage ledger."""
     from rerankd.gateway.app import create_gateway_app

@@ -94,6 +94,12 @@ class KeyStore:
             rows = await session.scalars(select(ApiKey).order_by(ApiKey.created_at, ApiKey.name))
             return [ApiKeyRecord._from_row(row) for row in rows]
 
+    async def get(self, name_or_id: str) -> ApiKeyRecord | None:
+        """The key with this name or id (revoked or not); None when there is none."""
+        async with self._sessions() as session:
+            row = await session.scalar(select(ApiKey).where(or_(ApiKey.id == name_or_id, ApiKey.name == name_or_id)))
+        return None if row is None else ApiKeyRecord._from_row(row)
+
     async def revoke(self, name_or_id: str) -> bool:
         """Revoke the key with this name or id. False when no active key matched (unknown or already revoked)."""
         statement = (
@@ -104,7 +110,7 @@ class KeyStore:
         async with self._sessions() as session:
             result = await session.execute(statement)
             await session.commit()
-            return bool(result.rowcount)
+            return bool(getattr(result, "rowcount", 0))  # a CursorResult for UPDATE (Result's type lacks it)
 
     async def verify(self, plaintext: str) -> ApiKeyRecord | None:
         """The key's record when ``plaintext`` is a known, unrevoked key; otherwise None."""

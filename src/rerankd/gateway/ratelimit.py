@@ -1,13 +1,22 @@
 """Per-key rate limits for the gateway: requests per minute and tokens per minute.
 
-Why the ``limits`` library's sliding-window counter: it keeps two integers per key and limit (this
-minute's count and the last minute's), so a tokens-per-minute budget of a million costs the same as one
-of ten, unlike a moving window that stores one entry per unit. It approximates a true sliding window by
-weighting the previous minute, which smooths the burst a fixed window allows at a minute boundary.
+Requests per minute: the ``limits`` library's moving window, which keeps the time of each admitted
+request, so a key is never admitted more than ``rpm`` times in ANY 60 s span (a fixed or weighted
+window lets a burst through at a minute boundary). ``Retry-After`` is when the oldest of those entries
+leaves the window, which is exactly when the next request fits. The entries are stamped with each
+gateway's wall clock, so across gateways the window is as exact as their clocks agree (NTP: ms).
+
+Tokens per minute: a reservation, because a request's real token count is known only after the
+replica answered. :meth:`RateLimiter.reserve_tokens` sets aside an upper bound of the request's tokens
+(:mod:`rerankd.gateway.cost`) before it is forwarded, and admits it only if that fits;
+:meth:`RateLimiter.settle` then replaces the reservation with the real count (refunding the
+difference; a failed request refunds all). The budget is an exact sliding window
+(:mod:`rerankd.gateway.token_window`): the tokens reserved in any 60 s span never exceed ``tpm``, and
+since settlement only lowers a reservation that was an upper bound, neither do the tokens billed.
 
 Why Redis: gateway replicas must share one budget per key, so with a ``redis://`` URL every replica
-counts in the same Redis keys (the check-and-increment is one Lua script, atomic across replicas);
-without one the counts live in this process.
+counts in the same Redis keys (each check-and-add is one Lua script, atomic across replicas); without
+one the counts live in this process.
 
 Why fail open by default: the limiter protects capacity, it is not an authorisation check, so an
 outage of Redis should not take the whole gateway down with it. ``fail_open=False`` denies instead.
@@ -20,14 +29,18 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
-from limits import RateLimitItem, RateLimitItemPerMinute
-from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from limits import RateLimitItemPerMinute
+from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
 
-__all__ = ["Decision", "RateLimiter"]
+from rerankd.gateway.token_window import MemoryTokenWindow, RedisTokenWindow, TokenWindow, WindowState
+
+__all__ = ["Decision", "RateLimiter", "Reservation"]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +80,26 @@ class Decision:
 _UNLIMITED = Decision(allowed=True, limit=None, remaining=None, reset_after=0.0, retry_after=0)
 
 
+@dataclass(frozen=True)
+class Reservation:
+    """Tokens set aside for one request until :meth:`RateLimiter.settle` replaces them with its real count.
+
+    ``decision`` says whether the request may go (with ``remaining`` counted after this reservation).
+    ``tokens`` is what is held in the storage: 0 when denied, unlimited, or decided without storage, in
+    which case settling has nothing to do.
+    """
+
+    decision: Decision
+    key_id: str
+    tpm: int | None
+    tokens: int
+    entry_id: str
+
+    @property
+    def allowed(self) -> bool:
+        return self.decision.allowed
+
+
 def _async_storage_url(storage_url: str | None) -> str:
     """Map a user-facing URL (``redis://host:port/db``, ``memory://``) to the ``limits`` async scheme."""
     if storage_url is None or storage_url in ("", "memory://"):
@@ -78,6 +111,12 @@ def _async_storage_url(storage_url: str | None) -> str:
     if storage_url.startswith(("redis://", "rediss://", "redis+unix://")):
         return "async+" + storage_url
     raise ValueError("rate-limit storage must be a redis://, rediss:// or unix:// URL, or None for in-process")
+
+
+def _redis_client_url(async_url: str) -> str:
+    """The redis-py spelling of a ``limits`` async URL (``async+redis+unix://p`` is ``unix://p``)."""
+    url = async_url.removeprefix("async+")
+    return "unix://" + url.removeprefix("redis+unix://") if url.startswith("redis+unix://") else url
 
 
 class RateLimiter:
@@ -95,75 +134,148 @@ class RateLimiter:
         namespace: str = "rerankd",
         timeout: float = 0.5,
         retry_interval: float = 1.0,
+        max_connections: int = 100,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         """Open the storage: in-process when ``storage_url`` is None, Redis for ``redis://host:port/db``.
 
         ``timeout`` bounds each Redis connect and command, so a hung Redis costs a request at most that.
         After a storage error the limiter decides without storage (per ``fail_open``) for
         ``retry_interval`` seconds before it tries again, so an outage does not add a timeout to every
-        request. Nothing connects here; the first check does.
+        request. ``max_connections`` caps the Redis connections; a call waits for a free one up to
+        ``timeout``. Nothing connects here; the first check does. ``clock`` times that pause and the
+        in-process token window; ``wall_clock`` must be the clock the ``limits`` moving window stamps
+        its entries with (``time.time``), to turn them into seconds to wait.
         """
         url = _async_storage_url(storage_url)
-        options: dict[str, object] = {}
-        if not url.startswith("async+memory"):
+        self._tokens: TokenWindow
+        self._pool: Any = None
+        if url.startswith("async+memory"):
+            self._storage = storage_from_string(url)
+            self._tokens = MemoryTokenWindow(WINDOW_SECONDS, clock)
+        else:
+            from redis.asyncio import BlockingConnectionPool, Redis
             from redis.asyncio.retry import Retry
             from redis.backoff import NoBackoff
 
-            # One immediate retry replaces a pooled connection that died while Redis restarted; the
-            # client's default (several retries with backoff up to seconds) would stall requests.
-            options = {"implementation": "redispy", "socket_connect_timeout": timeout, "socket_timeout": timeout,
-                       "retry": Retry(NoBackoff(), 1)}
-        self._storage = storage_from_string(url, **options)  # type: ignore[arg-type]
-        self._strategy = SlidingWindowCounterRateLimiter(self._storage)
+            # One pool for both strategies. A blocking one: under a burst, a command waits (up to
+            # ``timeout``) for one of its connections instead of failing with "too many connections",
+            # which would decide the request without storage. One immediate retry replaces a pooled
+            # connection that died while Redis restarted; the client's default (several retries with
+            # backoff up to seconds) would stall requests.
+            self._pool = BlockingConnectionPool.from_url(
+                _redis_client_url(url), max_connections=max_connections, timeout=timeout,
+                socket_connect_timeout=timeout, socket_timeout=timeout, retry=Retry(NoBackoff(), 1))
+            self._storage = storage_from_string(url, implementation="redispy", connection_pool=self._pool)
+            self._tokens = RedisTokenWindow(Redis(connection_pool=self._pool), WINDOW_SECONDS)
+        self._requests = MovingWindowRateLimiter(self._storage)
         self.fail_open = fail_open
         self.namespace = namespace
         self.retry_interval = retry_interval
         self.storage_errors = 0  # decisions made without the storage (failed, or skipped while it is down)
         self._clock = clock
+        self._wall_clock = wall_clock
         self._last_warning: float | None = None
         self._skip_storage_until = 0.0
 
     async def check_request(self, key_id: str, rpm: int | None) -> Decision:
-        """Consume one request from the key's requests-per-minute budget (None: unlimited)."""
-        return await self._consume("rpm", key_id, rpm, 1)
+        """Consume one request from the key's requests-per-minute budget (None: unlimited).
+
+        Denied once ``rpm`` requests were admitted in the last 60 s; ``reset_after`` is then the time
+        until the oldest of them is 60 s old, when the next request fits.
+        """
+        if rpm is None:
+            return _UNLIMITED
+        _check_limit("rpm", rpm)
+        item = RateLimitItemPerMinute(rpm)
+        identifiers = (self.namespace, "rpm", key_id)
+
+        async def hit() -> Decision:
+            allowed = await self._requests.hit(item, *identifiers)
+            # reset_time: when the oldest request in the window is 60 s old (now + 60 for an empty window).
+            reset_time, remaining = await self._requests.get_window_stats(item, *identifiers)
+            reset_after = max(0.0, reset_time - self._wall_clock()) if remaining < rpm else 0.0
+            return _decision(allowed, rpm, remaining, reset_after)
+
+        return await self._guarded(rpm, hit, lambda d: d)
+
+    async def reserve_tokens(self, key_id: str, tpm: int | None, estimate: int) -> Reservation:
+        """Set ``estimate`` tokens aside from the key's tokens-per-minute budget if they fit (None: unlimited).
+
+        A denial reserves nothing; its ``reset_after`` is the time until the estimate fits, assuming
+        nobody else spends meanwhile. An estimate above the whole limit can never fit: it is denied with
+        ``reset_after`` of a full window, and the caller should rather reject such a request outright.
+        """
+        if estimate < 0:
+            raise ValueError(f"tokens must be >= 0, got {estimate}")
+        entry_id = uuid.uuid4().hex[:16]
+        if tpm is None:
+            return Reservation(_UNLIMITED, key_id, None, 0, entry_id)
+        _check_limit("tpm", tpm)
+
+        async def reserve() -> WindowState:
+            return await self._tokens.reserve(self._token_key(key_id, tpm), tpm, estimate, entry_id)
+
+        decision = await self._guarded(tpm, reserve, lambda state: _token_decision(state, tpm))
+        held = estimate if decision.allowed and decision.remaining is not None else 0
+        return Reservation(decision, key_id, tpm, held, entry_id)
+
+    async def settle(self, reservation: Reservation, actual_tokens: int) -> Decision:
+        """Replace a reservation with the request's real token count: refund what the estimate had too
+        much, charge what it had too little (never below zero). Returns the budget after settlement.
+
+        Settle every admitted reservation exactly once; a request that failed settles with 0.
+        """
+        if actual_tokens < 0:
+            raise ValueError(f"tokens must be >= 0, got {actual_tokens}")
+        tpm = reservation.tpm
+        if tpm is None:
+            return _UNLIMITED
+        if not reservation.allowed or (reservation.tokens == 0 and actual_tokens == 0):
+            return reservation.decision
+        if reservation.decision.remaining is None:
+            return reservation.decision  # decided without storage: nothing was held there
+
+        async def settle() -> WindowState:
+            return await self._tokens.settle(self._token_key(reservation.key_id, tpm), reservation.entry_id,
+                                             reservation.tokens, actual_tokens)
+
+        decision = await self._guarded(tpm, settle, lambda state: _token_decision(state, tpm))
+        if not decision.allowed:  # fail-closed without storage: the request already ran; report, do not deny
+            return Decision(allowed=True, limit=tpm, remaining=None, reset_after=0.0, retry_after=0)
+        return decision
 
     async def check_tokens(self, key_id: str, tpm: int | None, tokens: int) -> Decision:
-        """Consume ``tokens`` from the key's tokens-per-minute budget (None: unlimited).
-
-        A denied call consumes nothing. A cost above the whole limit can never pass; it is denied with
-        ``retry_after`` of one window, and the caller should rather reject such a request outright.
-        """
-        if tokens < 0:
-            raise ValueError(f"tokens must be >= 0, got {tokens}")
-        return await self._consume("tpm", key_id, tpm, tokens)
+        """Consume ``tokens`` from the key's tokens-per-minute budget (None: unlimited); a reservation
+        that is never settled. A denied call consumes nothing; a cost above the whole limit never fits
+        (``retry_after`` of one window)."""
+        return (await self.reserve_tokens(key_id, tpm, tokens)).decision
 
     async def close(self) -> None:
         """Release the Redis connections (a no-op for in-process storage)."""
-        bridge = getattr(self._storage, "bridge", None)
-        client = getattr(bridge, "storage", None)
-        if client is not None and hasattr(client, "aclose"):
-            with contextlib.suppress(Exception):  # closing a dead connection must not fail shutdown
-                await client.aclose()
+        with contextlib.suppress(Exception):  # closing a dead connection must not fail shutdown
+            await self._tokens.close()
+        if self._pool is not None:
+            with contextlib.suppress(Exception):
+                await self._pool.disconnect()
 
     # -- internals -----------------------------------------------------------------------------
 
-    async def _consume(self, kind: str, key_id: str, limit: int | None, cost: int) -> Decision:
-        if limit is None:
-            return _UNLIMITED
-        if limit < 1:
-            raise ValueError(f"{kind} must be a positive integer or None (unlimited), got {limit}")
+    def _token_key(self, key_id: str, tpm: int) -> str:
+        return f"{self.namespace}/tpm/{key_id}/{tpm}"
+
+    async def _guarded(self, limit: int, ask: Callable[[], Awaitable[Any]],
+                       decide: Callable[[Any], Decision]) -> Decision:
+        """Ask the storage, or decide without it (per ``fail_open``) when it fails or is paused."""
         if self._clock() < self._skip_storage_until:
             self.storage_errors += 1  # decided without storage, like the failure that started the pause
             return self._degraded(limit)
-        item = RateLimitItemPerMinute(limit)
-        identifiers = (self.namespace, kind, key_id)
         try:
-            allowed = True if cost == 0 else await self._strategy.hit(item, *identifiers, cost=cost)
-            window = await self._storage.get_sliding_window(item.key_for(*identifiers), item.get_expiry())
+            answer = await ask()
         except Exception as exc:  # any storage failure (refused, timeout, script error) degrades, never raises
             return self._storage_failed(limit, exc)
-        return _decide(item, allowed, cost, *window)
+        return decide(answer)
 
     def _storage_failed(self, limit: int, exc: Exception) -> Decision:
         self.storage_errors += 1
@@ -182,40 +294,16 @@ class RateLimiter:
         return Decision(allowed=False, limit=limit, remaining=None, reset_after=1.0, retry_after=1)
 
 
-def _decide(item: RateLimitItem, allowed: bool, cost: int, previous_count: int, previous_ttl: float,
-            current_count: int, current_ttl: float) -> Decision:
-    """Turn the window's counters (read after the hit) into a Decision.
-
-    The counters follow ``limits``' sliding-window counter: the weighted count is
-    ``previous_count * previous_ttl / window + current_count``; the current window ends in
-    ``current_ttl - window`` seconds, when its count becomes the previous one with a full window to fade.
-    """
-    limit, window = item.amount, float(item.get_expiry())
-    weighted = previous_count * previous_ttl / window + current_count
-    remaining = max(0, limit - math.floor(weighted))
-    window_ends_in = max(0.0, current_ttl - window) if current_ttl > 0 else window
-    if allowed:
-        # When the next unit frees up: the previous minute's weight drops by one, or this minute ends.
-        candidates = [window_ends_in] if current_count else []
-        if previous_count:
-            candidates.append(previous_ttl % (window / previous_count))
-        reset_after = min(candidates) if candidates else 0.0
-        return Decision(allowed=True, limit=limit, remaining=remaining, reset_after=reset_after, retry_after=0)
-    reset_after = _wait_for(limit, window, cost, previous_count, previous_ttl, current_count, window_ends_in)
-    return Decision(allowed=False, limit=limit, remaining=remaining, reset_after=reset_after,
-                    retry_after=max(1, math.ceil(reset_after)))
+def _check_limit(kind: str, limit: int) -> None:
+    if limit < 1:
+        raise ValueError(f"{kind} must be a positive integer or None (unlimited), got {limit}")
 
 
-def _wait_for(limit: int, window: float, cost: int, previous_count: int, previous_ttl: float,
-              current_count: int, window_ends_in: float) -> float:
-    """Seconds until ``cost`` more units fit, assuming nobody else spends meanwhile."""
-    if cost > limit:
-        return window  # never fits; tell the client to wait a full window rather than hammer
-    room = limit - cost
-    if current_count <= room:
-        # Fits once the previous minute's weight has faded enough: P * (Tp - t) / W <= room - C.
-        if not previous_count:
-            return 1.0  # only reachable through a race with another replica; retry shortly
-        return max(0.0, previous_ttl - (room - current_count) * window / previous_count)
-    # Not this minute: wait for it to end, then for its count (now weighted) to fade enough.
-    return window_ends_in + window * (1.0 - room / current_count)
+def _decision(allowed: bool, limit: int, remaining: int, reset_after: float) -> Decision:
+    """A Decision whose ``retry_after`` is ``reset_after`` rounded up (at least 1) when denied."""
+    return Decision(allowed=allowed, limit=limit, remaining=max(0, remaining), reset_after=reset_after,
+                    retry_after=0 if allowed else max(1, math.ceil(reset_after)))
+
+
+def _token_decision(state: WindowState, tpm: int) -> Decision:
+    return _decision(state.allowed, tpm, tpm - state.used, state.reset_after)

@@ -15,6 +15,7 @@ import yaml
 from pydantic import ConfigDict, Field, ValidationError, field_validator
 
 from rerankd.edge_settings import EdgeSettings
+from rerankd.engine.model_source import DEFAULT_MAX_MODEL_LEN
 
 __all__ = ["GatewayConfigError", "GatewaySettings", "load_yaml_config"]
 
@@ -56,6 +57,9 @@ class GatewaySettings(EdgeSettings):
     jwt_allow_http_jwks: bool = Field(False, description="Accept a plain-http JWKS URL (a loopback sidecar, tests).")
     # Limits
     ratelimit_fail_open: bool = True
+    upstream_max_model_len: int = Field(
+        DEFAULT_MAX_MODEL_LEN, ge=1,
+        description="The replicas' --max-model-len (theirs by default): caps each document's tokens/min estimate.")
     key_cache_seconds: float = Field(5.0, ge=0, description="How long a verified key is trusted without the DB.")
     max_documents: int = Field(1000, ge=1)
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)

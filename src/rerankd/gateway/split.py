@@ -13,6 +13,7 @@ import json
 import math
 from typing import Any
 
+from rerankd.gateway.tokens import usage_count
 from rerankd.protocol import DocumentObject, RerankRequest
 
 __all__ = ["SplitPlan", "merge_rerank_parts", "plan_split"]
@@ -51,17 +52,21 @@ def plan_split(request: RerankRequest, threshold: int, replicas: int) -> SplitPl
 
 
 def merge_rerank_parts(plan: SplitPlan, answers: list[dict[str, Any]], request_id: str) -> dict[str, Any]:
-    """One response as a single replica would have given it: global indices, order, ``top_n``, usage."""
+    """One response as a single replica would have given it: global indices, order, ``top_n``, usage.
+
+    A part's implausible token count raises :class:`~rerankd.errors.UpstreamMalformedError`; a part
+    without ``results`` or with non-numeric fields raises KeyError/TypeError/ValueError (the caller's 502).
+    """
     request = plan.request
     texts = request.document_texts()
     merged: list[tuple[float, int]] = []
     prompt_tokens = total_tokens = 0
     for (start, _end), answer in zip(plan.slices, answers, strict=True):
-        for result in answer["results"]:
-            merged.append((float(result["relevance_score"]), start + int(result["index"])))
-        usage = answer.get("usage") or {}
-        prompt_tokens += int(usage.get("prompt_tokens", 0))
-        total_tokens += int(usage.get("total_tokens", 0))
+        for item in answer["results"]:
+            merged.append((float(item["relevance_score"]), start + int(item["index"])))
+        usage = answer.get("usage")
+        prompt_tokens += usage_count(usage, "prompt_tokens")
+        total_tokens += usage_count(usage, "total_tokens")
     merged.sort(key=lambda item: (-item[0], item[1]))
     if request.top_n is not None:
         merged = merged[: request.top_n]

@@ -1,22 +1,36 @@
 """Prometheus metrics of the gateway, under ``rerankd_gateway_``.
 
 One registry per app, like :class:`~rerankd.observability.metrics.ServerMetrics`. Key labels carry the
-key's *name* (chosen by the operator at creation), never the key or its hash.
+key's *name* (chosen by the operator at creation), never the key or its hash. Events are counted where
+they happen (:class:`GatewayMetrics`); the components' standing state (replicas up, in flight, breaker
+state; ledger backlog and rows written; limiter storage errors) is read from them on each scrape by
+:class:`GatewayStateCollector`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, NamedTuple
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from rerankd.observability.metrics import LATENCY_BUCKETS
 
-__all__ = ["BREAKER_STATES", "GatewayMetrics"]
+if TYPE_CHECKING:  # the gateway's components import this module; typing only, no import cycle
+    from rerankd.gateway.ledger import UsageLedger
+    from rerankd.gateway.pool import UpstreamPool
+    from rerankd.gateway.ratelimit import RateLimiter
+
+__all__ = ["BREAKER_STATES", "GatewayMetrics", "GatewayStateCollector"]
 
 BREAKER_STATES = ("closed", "open", "half_open")
 
 
 class GatewayMetrics:
-    """Every metric ``rerankd gateway`` exports. Attribute names follow the metric names."""
+    """The metrics ``rerankd gateway`` counts as things happen (attribute names follow the metric names),
+    plus, once :meth:`mirror` is called, its components' state (:class:`GatewayStateCollector`)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
@@ -43,22 +57,7 @@ class GatewayMetrics:
         self.key_documents_total = Counter(
             "rerankd_gateway_key_documents_total", "Documents reranked, by key name.", ["key"], registry=r,
         )
-        # Upstreams
-        self.upstreams = Gauge("rerankd_gateway_upstreams", "Replicas known to the gateway.", registry=r)
-        self.healthy_upstreams = Gauge(
-            "rerankd_gateway_healthy_upstreams", "Replicas passing health checks with a closed breaker.", registry=r,
-        )
-        self.upstream_up = Gauge(
-            "rerankd_gateway_upstream_up", "1 when the replica's last health check passed, else 0.",
-            ["upstream"], registry=r,
-        )
-        self.upstream_breaker_state = Gauge(
-            "rerankd_gateway_upstream_breaker_state", "1 for the breaker's current state of each replica.",
-            ["upstream", "state"], registry=r,
-        )
-        self.upstream_inflight = Gauge(
-            "rerankd_gateway_upstream_inflight", "Attempts outstanding at each replica.", ["upstream"], registry=r,
-        )
+        # Upstreams (their current state: up, in flight, breaker, is mirrored by GatewayStateCollector)
         self.upstream_requests_total = Counter(
             "rerankd_gateway_upstream_requests_total",
             "Attempts sent to replicas, by outcome (success, error, timeout, connect_error, rejected).",
@@ -99,25 +98,6 @@ class GatewayMetrics:
             "rerankd_gateway_rate_limited_total", "Requests answered 429, by limit (requests, tokens).",
             ["limit"], registry=r,
         )
-        self.ratelimit_storage_errors_total = Counter(
-            "rerankd_gateway_ratelimit_storage_errors_total",
-            "Rate-limit checks that could not reach the storage (Redis); answered per --ratelimit-fail-open.",
-            registry=r,
-        )
-        # Ledger
-        self.ledger_rows_total = Counter(
-            "rerankd_gateway_ledger_rows_total", "Usage rows committed to the ledger database.", registry=r,
-        )
-        self.ledger_write_errors_total = Counter(
-            "rerankd_gateway_ledger_write_errors_total", "Ledger batch writes that failed (retried).", registry=r,
-        )
-        self.ledger_pending_rows = Gauge(
-            "rerankd_gateway_ledger_pending_rows", "Usage rows waiting to be written.", registry=r,
-        )
-        self.ledger_lag_seconds = Gauge(
-            "rerankd_gateway_ledger_lag_seconds", "Age of the oldest usage row not yet written.", registry=r,
-        )
-
         # Labelled counters start at 0 so rate() and dashboards show 0, not "no data", before the first event.
         for reason in ("connect_error", "timeout", "error", "server_error", "busy"):
             self.retries_total.labels(reason=reason)
@@ -128,12 +108,101 @@ class GatewayMetrics:
             self.auth_failures_total.labels(reason=reason)
 
     def watch_upstream(self, upstream: str) -> None:
-        """Create a replica's labelled series at 0 when it joins the pool."""
+        """Create a replica's labelled transition series at 0 when it joins the pool."""
         for state in BREAKER_STATES:
             self.breaker_transitions_total.labels(upstream=upstream, to=state)
-        self.set_breaker_state(upstream, "closed")
 
-    def set_breaker_state(self, upstream: str, state: str) -> None:
-        """One-hot the replica's breaker state so `== 1` selects it in PromQL."""
-        for name in BREAKER_STATES:
-            self.upstream_breaker_state.labels(upstream=upstream, state=name).set(1 if name == state else 0)
+    def mirror(self, pool: UpstreamPool, ledger: UsageLedger, limiter: RateLimiter) -> GatewayStateCollector:
+        """Export the components' own state from now on (until :meth:`unmirror`)."""
+        collector = GatewayStateCollector(pool, ledger, limiter)
+        self.registry.register(collector)
+        return collector
+
+    def unmirror(self, collector: GatewayStateCollector) -> None:
+        """Stop exporting ``collector`` (at shutdown: a later start mirrors its new components)."""
+        self.registry.unregister(collector)
+
+
+class GatewayStateCollector(Collector):
+    """The gateway components' state, read from the components themselves on each scrape.
+
+    Why a collector and not gauges set from the outside: the pool, the ledger and the limiter already
+    count what they do (``ledger.written``, ``limiter.storage_errors``, ...). Reading those at scrape
+    time exports the truth with no delta bookkeeping that could drift, and a replica that left the pool
+    (DNS) simply stops appearing, with no stale series to remove. ``collect`` runs on the event loop
+    (``/metrics`` is an ``async`` route), the only thread that changes these components.
+    """
+
+    def __init__(self, pool: UpstreamPool, ledger: UsageLedger, limiter: RateLimiter) -> None:
+        self._pool = pool
+        self._ledger = ledger
+        self._limiter = limiter
+
+    def describe(self) -> Iterator[Metric]:
+        """The families without samples, so the registry can refuse a duplicate name at registration."""
+        return iter(_families())
+
+    def collect(self) -> Iterator[Metric]:
+        f = _families()
+        upstreams = self._pool.upstreams
+        f.upstreams.add_metric([], len(upstreams))
+        f.healthy.add_metric([], self._pool.available_count())
+        for u in upstreams:
+            f.up.add_metric([u.url], 1 if u.healthy else 0)
+            f.inflight.add_metric([u.url], u.outstanding)
+            current = u.breaker.state.value
+            for state in BREAKER_STATES:  # one-hot, so `== 1` selects the state in PromQL
+                f.breaker.add_metric([u.url, state], 1 if state == current else 0)
+        ledger = self._ledger
+        f.ledger_rows.add_metric([], ledger.written)
+        f.ledger_errors.add_metric([], ledger.flush_failures)
+        # Rows the ledger set aside after repeated failures (a ledger without a dead-letter path has none).
+        f.ledger_dead_letter.add_metric([], ledger.dead_lettered)
+        f.ledger_pending.add_metric([], ledger.pending())
+        f.ledger_lag.add_metric([], ledger.lag_seconds())
+        f.storage_errors.add_metric([], self._limiter.storage_errors)
+        return iter(f)
+
+
+class _Families(NamedTuple):
+    upstreams: GaugeMetricFamily
+    healthy: GaugeMetricFamily
+    up: GaugeMetricFamily
+    breaker: GaugeMetricFamily
+    inflight: GaugeMetricFamily
+    ledger_rows: CounterMetricFamily
+    ledger_errors: CounterMetricFamily
+    ledger_dead_letter: CounterMetricFamily
+    ledger_pending: GaugeMetricFamily
+    ledger_lag: GaugeMetricFamily
+    storage_errors: CounterMetricFamily
+
+
+def _families() -> _Families:
+    """Fresh, empty families of everything :class:`GatewayStateCollector` exports (names are the contract)."""
+    return _Families(
+        upstreams=GaugeMetricFamily("rerankd_gateway_upstreams", "Replicas known to the gateway."),
+        healthy=GaugeMetricFamily(
+            "rerankd_gateway_healthy_upstreams", "Replicas passing health checks with a closed breaker."),
+        up=GaugeMetricFamily(
+            "rerankd_gateway_upstream_up", "1 when the replica's last health check passed, else 0.",
+            labels=["upstream"]),
+        breaker=GaugeMetricFamily(
+            "rerankd_gateway_upstream_breaker_state", "1 for the breaker's current state of each replica.",
+            labels=["upstream", "state"]),
+        inflight=GaugeMetricFamily(
+            "rerankd_gateway_upstream_inflight", "Attempts outstanding at each replica.", labels=["upstream"]),
+        ledger_rows=CounterMetricFamily(
+            "rerankd_gateway_ledger_rows_total", "Usage rows committed to the ledger database."),
+        ledger_errors=CounterMetricFamily(
+            "rerankd_gateway_ledger_write_errors_total", "Ledger batch writes that failed (retried)."),
+        ledger_dead_letter=CounterMetricFamily(
+            "rerankd_gateway_ledger_dead_letter_rows_total",
+            "Usage rows the ledger set aside (dead letter) instead of writing them."),
+        ledger_pending=GaugeMetricFamily("rerankd_gateway_ledger_pending_rows", "Usage rows waiting to be written."),
+        ledger_lag=GaugeMetricFamily(
+            "rerankd_gateway_ledger_lag_seconds", "Age of the oldest usage row not yet written."),
+        storage_errors=CounterMetricFamily(
+            "rerankd_gateway_ratelimit_storage_errors_total",
+            "Rate-limit checks that could not reach the storage (Redis); answered per --ratelimit-fail-open."),
+    )

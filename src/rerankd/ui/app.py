@@ -2,7 +2,7 @@
 
 Why it is shaped this way:
 
-- The API key lives only in the :class:`~rerankd.ui.client.RerankClient` captured by the handler's
+- The API key lives only in the :class:`~rerankd.client.RerankClient` captured by the handler's
   closure, on the server side. It is never a component value, a default, an example or a config entry,
   so it cannot reach the page's HTML, ``/config`` or the API description (the e2e tests check this).
 - The handler is ``async`` and awaits the upstream with a timeout, and the event has its own
@@ -23,8 +23,9 @@ from typing import Any, NoReturn
 
 import gradio as gr
 
-from rerankd.ui.client import RerankAPIError, RerankClient, RerankOutcome
+from rerankd.client import RerankAPIError, RerankClient, RerankOutcome
 from rerankd.ui.documents import SUPPORTED_SUFFIXES, DocumentParseError, collect_documents
+from rerankd.ui.upstream import page_client
 
 __all__ = [
     "API_DESCRIPTION",
@@ -210,7 +211,7 @@ def build_ui(
     ``api_key`` is sent as ``Authorization: Bearer`` from the UI's server process only. ``timeout`` bounds
     each upstream call; ``max_concurrency`` upstream calls run at once and ``max_queue`` more may wait.
     """
-    client = RerankClient(gateway_url, api_key=api_key, timeout=timeout)
+    client = page_client(gateway_url, api_key=api_key, timeout=timeout)
     errors = _LastErrors()
     rank = _make_rank_handler(client, errors)
 

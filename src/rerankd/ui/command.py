@@ -1,21 +1,38 @@
 """``rerankd ui``: serve the Gradio page in front of a gateway (or a server).
 
 Gradio is imported only when the command runs, so ``rerankd --help`` stays fast.
+
+Why the command waits for SIGTERM/SIGINT itself instead of letting Gradio block: Gradio's loop only
+catches ``KeyboardInterrupt``, and SIGTERM's default action does nothing to PID 1 in a container, so the
+UI sat out the whole grace period until it was killed. Here both signals close the server and the
+command returns (exit status 0) at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
+from typing import Any
 
 import click
 
+from rerankd.client import rerank_url
 from rerankd.options import env_option
 
 __all__ = ["ui"]
 
 
+def _check_gateway_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    try:
+        rerank_url(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
+
+
 @click.command()
-@env_option("--gateway-url", default="http://127.0.0.1:8080",
+@env_option("--gateway-url", default="http://127.0.0.1:8080", callback=_check_gateway_url,
             help="Base URL of the rerank API (gateway or server); /v1/rerank is appended.")
 @env_option("--api-key", default=None, show_default=False,
             help="Key sent as `Authorization: Bearer` by the UI's server process; never shown in the page.")
@@ -44,4 +61,30 @@ def ui(gateway_url: str, api_key: str | None, host: str, port: int, root_path: s
     public = f"; public path {root_path}" if root_path else ""
     click.echo(f"rerankd ui: listening on http://{host}:{port}/{public} → {gateway_url} "
                f"({'with' if api_key else 'without'} an API key)", err=True)
-    launch_ui(blocks, host=host, port=port, root_path=root_path)
+    signal_name = asyncio.run(_serve_until_stopped(blocks, launch_ui, host=host, port=port, root_path=root_path))
+    click.echo(f"rerankd ui: {signal_name} received, stopped", err=True)
+
+
+async def _serve_until_stopped(blocks: Any, launch: Any, **launch_args: Any) -> str:
+    """Launch ``blocks`` without Gradio's blocking loop, wait for SIGTERM or SIGINT, close; the signal's name.
+
+    The handlers go through the event loop's signal wake-up, so a signal delivered to any of Gradio's
+    threads still wakes this one; they are installed before launching, so one sent during startup counts.
+    """
+    loop = asyncio.get_running_loop()
+    stopped: asyncio.Future[str] = loop.create_future()
+    signals = (signal.SIGTERM, signal.SIGINT)
+
+    def stop(name: str) -> None:
+        if not stopped.done():
+            stopped.set_result(name)
+
+    for sig in signals:
+        loop.add_signal_handler(sig, stop, sig.name)
+    try:
+        launch(blocks, prevent_thread_lock=True, **launch_args)
+        return await stopped
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+        blocks.close(verbose=False)

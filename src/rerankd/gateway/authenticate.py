@@ -1,10 +1,10 @@
-"""Who is calling: API keys, JWT bearer tokens and the bootstrap admin key, behind one function.
+"""Step 1 of a gateway request, authenticate: who is calling (API key, JWT or the bootstrap admin key).
 
 Why one place: every route asks the same question ("which identity, with which limits, admin or
 not?"), and every refusal must be counted and logged the same way without ever printing the credential.
 Verified API keys are cached for ``key_cache_seconds`` so a request does not pay a database round trip;
 revoking through ``/admin/keys`` clears the cache at once, revoking from another process takes effect
-within that time.
+within that time. :func:`identify` is the HTTP side: it also names the caller for the access log.
 """
 
 from __future__ import annotations
@@ -14,12 +14,15 @@ import logging
 import time
 from dataclasses import dataclass
 
+from starlette.requests import Request
+
 from rerankd.errors import ForbiddenError, NotReadyError, UnauthorizedError
 from rerankd.gateway.jwt_auth import JwtError, JwtVerifier, is_probably_jwt
 from rerankd.gateway.keys import KEY_PREFIX, KeyStore, hash_key
+from rerankd.http.middleware import request_id_of
 from rerankd.observability.gateway_metrics import GatewayMetrics
 
-__all__ = ["Authenticator", "Identity"]
+__all__ = ["Authenticator", "Identity", "identify", "identify_admin"]
 
 log = logging.getLogger("rerankd.audit")
 
@@ -122,3 +125,17 @@ class Authenticator:
         self._metrics.auth_failures_total.labels(reason=reason).inc()
         log.warning("authentication failed", extra={"request_id": request_id, "reason": reason})
         return UnauthorizedError(message)
+
+
+async def identify(request: Request, auth: Authenticator) -> Identity:
+    """The request's caller (401/503 raise); its key *name* goes where the access log reads it."""
+    identity = await auth.identify(request.headers.get("authorization"), request_id=request_id_of(request.scope))
+    request.scope["state"]["key_name"] = identity.name
+    return identity
+
+
+async def identify_admin(request: Request, auth: Authenticator) -> Identity:
+    """The caller, who must hold admin rights (403 otherwise)."""
+    identity = await identify(request, auth)
+    auth.require_admin(identity, request_id=request_id_of(request.scope))
+    return identity

@@ -1,0 +1,77 @@
+"""Step 3 of a scoring request, forward: to one replica, or split across several and merged.
+
+:class:`~rerankd.gateway.forward.Forwarder` sends one body with failover; :mod:`rerankd.gateway.split`
+plans the parts and merges their answers exactly. This module runs a split: the parts go out at once,
+each preferring a replica no sibling took, and the first part that fails fails the request (its
+answer is what the client sees) and cancels the others, which nobody will read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable
+
+from rerankd.errors import UpstreamMalformedError
+from rerankd.gateway.forward import Forwarder, UpstreamReply
+from rerankd.gateway.pool import UpstreamPool
+from rerankd.gateway.split import SplitPlan, merge_rerank_parts, plan_split
+from rerankd.observability.gateway_metrics import GatewayMetrics
+from rerankd.protocol import RerankRequest
+
+__all__ = ["Distributor", "gather_or_cancel"]
+
+
+class Distributor:
+    """Sends scoring bodies to the fleet: as they came, or a large rerank split over the replicas."""
+
+    def __init__(self, forwarder: Forwarder, pool: UpstreamPool, metrics: GatewayMetrics, *,
+                 split_threshold: int) -> None:
+        self._forwarder = forwarder
+        self._pool = pool
+        self._metrics = metrics
+        self._split_threshold = split_threshold
+
+    async def send(self, path: str, body: bytes, request_id: str) -> UpstreamReply:
+        """The client's bytes as they came (already validated): no re-encoding cost, nothing lost."""
+        return await self._forwarder.send(path, body, request_id)
+
+    async def send_rerank(self, path: str, body: bytes, request: RerankRequest, request_id: str) -> UpstreamReply:
+        """A rerank request: split when it is large and more than one replica can help, else as it came."""
+        plan = plan_split(request, self._split_threshold, self._pool.available_count())
+        if plan is None:
+            return await self.send(path, body, request_id)
+        return await self._send_split(path, plan, request_id)
+
+    async def _send_split(self, path: str, plan: SplitPlan, request_id: str) -> UpstreamReply:
+        self._metrics.split_requests_total.inc()
+        self._metrics.split_parts.observe(len(plan.slices))
+        spread: set[str] = set()
+        replies = await gather_or_cancel([
+            self._forwarder.send(path, part, f"{request_id}.p{i}", spread=spread)
+            for i, part in enumerate(plan.bodies())])
+        failed = next((r for r in replies if r.status != 200), None)
+        if failed is not None:
+            return failed
+        upstreams = ",".join(r.upstream for r in replies)
+        try:
+            merged = merge_rerank_parts(plan, [json.loads(r.body) for r in replies], request_id)
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+            # Raised before anything is charged: the request is answered 502 and recorded unbilled.
+            raise UpstreamMalformedError(
+                f"a replica answered a split part with a malformed rerank response ({upstreams}: "
+                f"{type(exc).__name__})") from None
+        return UpstreamReply(status=200, body=json.dumps(merged, ensure_ascii=False).encode(), headers={},
+                             upstream=upstreams, attempts=max(r.attempts for r in replies))
+
+
+async def gather_or_cancel(jobs: list[Awaitable[UpstreamReply]]) -> list[UpstreamReply]:
+    """Await all parts; if one raises, cancel the rest instead of letting them run unobserved."""
+    tasks = [asyncio.ensure_future(job) for job in jobs]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise

@@ -1,0 +1,103 @@
+"""One scoring request through the gateway, step by step: admit → forward → charge → record.
+
+The caller was authenticated before (:mod:`rerankd.gateway.authenticate`, a route dependency, so it
+runs before body validation: strangers learn nothing), and the body was validated with the server's own
+models, so bad input gets the same 4xx here as from a replica. Then:
+
+1. admit (:mod:`~rerankd.gateway.admit`): requests/min spent, document count and cost checked, an upper
+   bound of the tokens reserved from the key's tokens/min;
+2. forward (:mod:`~rerankd.gateway.distribute`): to a replica with failover, or split and merged;
+3. charge (:mod:`~rerankd.gateway.charge`): the reservation settled to the tokens the replica reports
+   (:mod:`~rerankd.gateway.tokens`; an implausible count is a 502 and the reservation is refunded), and
+   refunded whole when the request failed, was cancelled or never reached a replica;
+4. record: exactly one usage row and the per-key metrics, whatever happened above.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from rerankd.errors import RerankdError
+from rerankd.gateway.admit import Admission
+from rerankd.gateway.authenticate import Identity
+from rerankd.gateway.charge import Outcome, UsageCharger
+from rerankd.gateway.cost import ScoringBody
+from rerankd.gateway.distribute import Distributor
+from rerankd.gateway.forward import UpstreamReply
+from rerankd.gateway.ratelimit import Reservation
+from rerankd.gateway.tokens import reported_tokens
+from rerankd.http.disconnect import CLIENT_CLOSED_STATUS, ClientDisconnectedError
+from rerankd.protocol import RerankRequest
+
+__all__ = ["Guard", "ScoringAnswer", "ScoringCall", "ScoringPipeline"]
+
+Guard = Callable[[Awaitable[UpstreamReply]], Awaitable[UpstreamReply]]
+"""Wraps the upstream part of a request; the routes pass one that cancels it when the client hangs up."""
+
+
+@dataclass(frozen=True)
+class ScoringCall:
+    """What the pipeline needs of one scoring request, taken from HTTP by the route."""
+
+    route: str  # the upstream path, and the ledger's route
+    body: bytes  # the client's bytes, sent on as they are unless the request is split
+    model: str
+    documents: int
+    request_id: str
+    request_id_given: bool  # the client chose the id (it may reuse it)
+    parsed: ScoringBody  # the validated body: what admission estimates the tokens of
+    rerank: RerankRequest | None = None  # set when the request may be split across replicas
+
+
+@dataclass(frozen=True)
+class ScoringAnswer:
+    """The answer to send: the replica's status and body, its headers and the rate-limit ones."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str]
+
+
+class ScoringPipeline:
+    """Runs :class:`ScoringCall`\\ s through the steps; each step is a component with its own tests."""
+
+    def __init__(self, admission: Admission, distributor: Distributor, charger: UsageCharger) -> None:
+        self._admission = admission
+        self._distributor = distributor
+        self._charger = charger
+
+    async def run(self, call: ScoringCall, identity: Identity, guard: Guard) -> ScoringAnswer:
+        """The request end to end; typed errors propagate (their status is recorded first)."""
+        started = time.perf_counter()
+        status, tokens, upstream = 500, 0, None
+        reservation: Reservation | None = None
+        try:
+            limit_headers, reservation = await self._admission.admit(identity, call.documents, call.parsed)
+            reply = await guard(self._forward(call))
+            status, upstream = reply.status, reply.upstream
+            if status == 200:
+                tokens = reported_tokens(reply.headers, reply.body)  # a garbage count raises the 502 here
+            settling, reservation = reservation, None
+            limit_headers.update(await self._charger.settle(settling, tokens))  # a failed request refunds all
+            return ScoringAnswer(status=status, body=reply.body, headers={**reply.headers, **limit_headers})
+        except RerankdError as exc:
+            status = exc.status_code
+            raise
+        except (ClientDisconnectedError, asyncio.CancelledError):
+            status = CLIENT_CLOSED_STATUS
+            raise
+        finally:
+            if reservation is not None:  # never answered (cancelled, a 502, an error): give the tokens back
+                await asyncio.shield(self._charger.settle(reservation, 0))
+            self._charger.record(Outcome(
+                identity=identity, route=call.route, model=call.model, documents=call.documents, status=status,
+                tokens=tokens, latency_ms=(time.perf_counter() - started) * 1000, request_id=call.request_id,
+                request_id_given=call.request_id_given, upstream=upstream))
+
+    def _forward(self, call: ScoringCall) -> Awaitable[UpstreamReply]:
+        if call.rerank is not None:
+            return self._distributor.send_rerank(call.route, call.body, call.rerank, call.request_id)
+        return self._distributor.send(call.route, call.body, call.request_id)

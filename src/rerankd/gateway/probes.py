@@ -1,0 +1,51 @@
+"""What operators and orchestrators poll: liveness, readiness, a summary, Prometheus metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from rerankd import __version__
+from rerankd.gateway.dependencies import Components
+from rerankd.http.errors import error_response
+from rerankd.observability.gateway_metrics import GatewayMetrics
+
+__all__ = ["add_probes"]
+
+
+def add_probes(app: FastAPI, metrics: GatewayMetrics) -> None:
+    """``/health``, ``/ready``, ``/info`` and ``/metrics`` (``metrics`` is scraped as it is: no refresh step).
+
+    Declared on the app itself, not an included router: deployment checks (tests/integration/
+    test_deploy_manifests.py) find the probe paths among the app's own routes.
+    """
+
+    @app.get("/health", summary="200 while the process lives")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready", summary="200 when at least one replica can take a request, else 503")
+    async def ready(components: Components) -> JSONResponse:
+        pool = components.pool
+        upstreams, healthy = pool.upstreams, pool.available_count()
+        if not healthy:
+            return error_response(503, f"no replica is available (0 of {len(upstreams)} healthy)", retry_after=2,
+                                  error_type="not_ready")
+        return JSONResponse({"ready": True, "healthy_replicas": healthy, "replicas": len(upstreams)})
+
+    @app.get("/info", summary="Version, replicas, limits")
+    async def info(components: Components) -> dict[str, Any]:
+        settings, pool = components.settings, components.pool
+        return {"version": __version__, "role": "gateway", "replicas": len(pool.upstreams),
+                "healthy_replicas": pool.available_count(),
+                "max_documents": settings.max_documents, "max_body_bytes": settings.max_body_bytes,
+                "split_threshold": settings.split_threshold, "shared_limits": settings.redis_url is not None,
+                "jwt": settings.jwt_enabled}
+
+    # ``async`` on purpose: the state collector reads the components on the event loop, their only thread.
+    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

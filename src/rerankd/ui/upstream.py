@@ -1,0 +1,73 @@
+"""The UI's calls to the rerank API: :class:`rerankd.client.RerankClient` set up for a person at the page.
+
+Why not the client's defaults: a person clicking "Rank" is waiting, so the UI does not retry (a 429 or 503
+is shown at once with how long to wait, from ``Retry-After``), and every failure (an HTTP status, a
+timeout, a refused connection, an answer that is not a rerank response) is one sentence saying what
+happened and what to do, in the UI's own flags (``--gateway-url``, ``--api-key``, ``--timeout``).
+"""
+
+from __future__ import annotations
+
+from rerankd.client import ErrorWording, RerankClient
+
+__all__ = ["PageWording", "describe_status", "page_client"]
+
+
+def _wait_hint(retry_after: float | None) -> str:
+    if retry_after is None:
+        return "Try again in a moment."
+    seconds = max(1, round(retry_after))
+    return f"Try again in {seconds} second{'s' if seconds != 1 else ''} (Retry-After)."
+
+
+def describe_status(status: int, detail: str, retry_after: float | None, url: str) -> str:
+    """The sentence for an HTTP error status: what it means for the person at the page, then the service's words."""
+    if status == 401:
+        what = ("The service rejected the UI's API key (401 Unauthorized). Start `rerankd ui` with a valid "
+                "`--api-key` (or RERANKD_API_KEY).")
+    elif status == 403:
+        what = "This API key is not allowed to do that (403 Forbidden). Ask an admin for access or use another key."
+    elif status == 413:
+        what = "Too much input (413): send fewer or shorter documents."
+    elif status in (400, 422):
+        what = f"The service refused the request ({status}): fix the input below."
+    elif status == 429:
+        what = f"Rate limited (429): this API key sent too many requests or tokens. {_wait_hint(retry_after)}"
+    elif status == 503:
+        what = f"The service is overloaded or not ready yet (503). {_wait_hint(retry_after)}"
+    elif status == 404:
+        what = f"Nothing answers at {url} (404). Check `--gateway-url`: it should point at a rerankd gateway or server."
+    elif status >= 500:
+        what = f"The service failed ({status}). {_wait_hint(retry_after)}"
+    else:
+        what = f"The service answered HTTP {status}."
+    return f"{what} Service said: {detail}" if detail else what
+
+
+class PageWording(ErrorWording):
+    """Failures worded for the page: what happened, what to do, and the service's own words."""
+
+    def __init__(self) -> None:
+        super().__init__(url_option="--gateway-url", key_option="--api-key", timeout_option="--timeout")
+
+    def unreachable(self, url: str, exc: Exception) -> str:
+        return (f"Cannot reach the rerank service at {url} ({type(exc).__name__}: {exc}). "
+                f"Check that it is running and that `{self.url_option}` is right.")
+
+    def timed_out(self, url: str, timeout: float) -> str:
+        return (f"No answer from {url} within {timeout:g} s (timeout). The service may be overloaded: "
+                f"try fewer documents, try again later, or start the UI with a larger `{self.timeout_option}`.")
+
+    def refused(self, status: int, detail: str, retry_after: float | None, url: str, request_id: str | None) -> str:
+        message = describe_status(status, detail, retry_after, url)
+        return f"{message} (request id {request_id})" if request_id else message
+
+    def malformed(self, url: str, problem: str) -> str:
+        return (f"{url} answered 200 but not with a rerank response ({problem}). "
+                f"Check that `{self.url_option}` points at a rerankd gateway or server.")
+
+
+def page_client(gateway_url: str, api_key: str | None = None, timeout: float = 60.0) -> RerankClient:
+    """The client behind the page: no retries, no bound of its own (Gradio's queue limits concurrency)."""
+    return RerankClient(gateway_url, api_key=api_key, timeout=timeout, max_retries=0, concurrency=None,
+                        wording=PageWording(), user_agent="rerankd-ui")
