@@ -30,6 +30,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 
 from rerankd.errors import BadRequestError, PayloadTooLargeError
+from rerankd.server.memory import IdleMemoryReturn
 
 __all__ = ["AdmissionLimits", "AdmittedRequest", "admission_route", "check_texts", "parse_bounded"]
 
@@ -189,15 +190,19 @@ async def admit(request: Request, limits: AdmissionLimits) -> AdmittedRequest:
     return admitted
 
 
-def admission_route(limits: AdmissionLimits) -> type[APIRoute]:
-    """A route class whose handler admits the body (:func:`admit`) before FastAPI parses and validates it."""
+def admission_route(limits: AdmissionLimits, memory: IdleMemoryReturn | None = None) -> type[APIRoute]:
+    """A route class whose handler admits the body (:func:`admit`) before FastAPI parses and validates it;
+    with ``memory``, every request is counted in flight so memory goes back once a large one is done."""
 
     class AdmissionRoute(APIRoute):
         def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
             handle = super().get_route_handler()
 
             async def admitted_handler(request: Request) -> Response:
-                return await handle(await admit(request, limits))
+                if memory is None:
+                    return await handle(await admit(request, limits))
+                async with memory.tracking(int(request.headers.get("content-length") or 0)):
+                    return await handle(await admit(request, limits))
 
             return admitted_handler
 

@@ -40,8 +40,9 @@ from rerankd.protocol import (
     build_score_response,
     build_tei_response,
 )
-from rerankd.runtime import freeze_startup_heap
+from rerankd.runtime import free_memory_releaser, freeze_startup_heap
 from rerankd.server.admission import AdmissionLimits, admission_route
+from rerankd.server.memory import IdleMemoryReturn
 from rerankd.server.settings import ServerSettings
 
 __all__ = ["create_server_app"]
@@ -59,6 +60,8 @@ PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics"})
 # Who asks, as the gateway (which holds this replica's --api-key) names the key: requests of one tenant share
 # the batcher's turns. Honoured only behind --api-key; without one, anyone could name any tenant.
 TENANT_HEADER = "X-Rerankd-Tenant"
+# A body this large (~250k tokens of text) leaves enough freed memory behind to hand back once idle.
+LARGE_BODY_BYTES = 1024 * 1024
 
 
 class _State:
@@ -160,8 +163,9 @@ def create_server_app(settings: ServerSettings, *, engine_loader: EngineLoader |
         return await unless_disconnected(request, engine.score_all(tasks, tenant_of(request)))
 
     # The scoring routes read their body through admission (size bounds before validation and tokenizing).
-    scoring = APIRouter(route_class=admission_route(
-        AdmissionLimits(max_documents=settings.max_documents, max_request_chars=settings.max_request_chars)))
+    limits = AdmissionLimits(max_documents=settings.max_documents, max_request_chars=settings.max_request_chars)
+    memory = IdleMemoryReturn(free_memory_releaser(), threshold_bytes=LARGE_BODY_BYTES)
+    scoring = APIRouter(route_class=admission_route(limits, memory))
 
     async def rerank(request: Request, body: RerankRequest) -> RerankResponse:
         check_model(body.model)
