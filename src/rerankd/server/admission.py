@@ -107,7 +107,7 @@ def parse_bounded(body: bytes, limits: AdmissionLimits) -> Any:
                 key = _KEY_BEFORE.search(string, max(0, start - 80), start - 1)
                 field = key.group(1) if key else "documents"
                 raise PayloadTooLargeError(
-                    f"`{field}` has more than {limits.max_documents} items, the limit (--max-documents); "
+                    f"`{field}` has more items than the limit of {limits.max_documents} (--max-documents); "
                     "split the request", field=field)
 
         try:
