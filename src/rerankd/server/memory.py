@@ -31,6 +31,11 @@ class IdleMemoryReturn:
         self._large_since_release = False
         self._releasing: asyncio.Task[None] | None = None
 
+    @property
+    def release_scheduled(self) -> bool:
+        """Whether a release is scheduled or running now."""
+        return self._releasing is not None
+
     @contextlib.asynccontextmanager
     async def tracking(self, body_bytes: int) -> AsyncIterator[None]:
         self.in_flight += 1
