@@ -7,5 +7,6 @@ script imports ``benchlib`` without installing anything, and the tests reach it 
 
 * :mod:`benchlib.engine_path`: rerankd's scoring path without HTTP, batched by the server's own cut rule.
 * :mod:`benchlib.agreement`: how far two score lists are apart (max |Δ|, Spearman, ranking).
+* :mod:`benchlib.serve`: a real ``rerankd serve`` process for the scripts that measure over HTTP, and its RSS.
 * :mod:`benchlib.cpu`: the CPU knobs a script sets for itself (``--malloc``, oneDNN bf16 matmuls).
 """

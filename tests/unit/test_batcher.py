@@ -1,4 +1,4 @@
-"""DynamicBatcher and its cut rule: FIFO token-budgeted batches, cancellation, failures, back-pressure, shutdown.
+"""DynamicBatcher and its rules: token-budgeted batches, fair turns, cancellation, failures, back-pressure, shutdown.
 
 The backend is a recording fake (the one fake these tests allow: no model, no GPU). Everything else is
 real: the batcher's worker and executor thread, and a ``ServerMetrics`` with its own registry. Tests order
@@ -18,7 +18,7 @@ import pytest
 from benchlib.engine_path import micro_batches
 from rerankd.engine.backends.base import BackendInfo, ScoringBackend, TokenGroup
 from rerankd.engine.batcher import DynamicBatcher
-from rerankd.engine.batching import WaitingRows, cut_batch, dispatch_order
+from rerankd.engine.batching import Turn, WaitingRows, cut_batch, dispatch_order, service_order
 from rerankd.errors import NotReadyError, OverloadedError
 from rerankd.observability.metrics import ServerMetrics
 
@@ -59,6 +59,10 @@ class RecordingBackend:
 
     def close(self) -> None:
         pass
+
+    def batch_of(self, doc_id: int) -> int:
+        """The index of the first batch that scored document ``doc_id``."""
+        return next(n for n, batch in enumerate(self.seen()) if any(doc_id in ids for _, ids in batch))
 
     async def next_batch(self) -> list[tuple[int, list[int]]]:
         """The next batch to reach the backend, as soon as it does, in :func:`shape`."""
@@ -106,10 +110,11 @@ async def on_the_model(batcher: DynamicBatcher, backend: RecordingBackend,
     return task
 
 
-async def queued(batcher: DynamicBatcher, request: tuple[list[int], list[list[int]]]) -> asyncio.Task[list[float]]:
+async def queued(batcher: DynamicBatcher, request: tuple[list[int], list[list[int]]],
+                 tenant: str | None = None) -> asyncio.Task[list[float]]:
     """Submit ``request``; return once it waits in the queue."""
     before = batcher.waiting
-    task = asyncio.create_task(batcher.submit(*request))
+    task = asyncio.create_task(batcher.submit(*request, tenant=tenant))
     await wait_until(lambda: batcher.waiting == before + 1, "the request waits in the queue")
     return task
 
@@ -164,6 +169,22 @@ def test_the_cut_continues_where_earlier_batches_stopped_and_reads_no_further() 
     assert cut_batch(queue(), 6) == [0, 2]  # rows 2 and 3 of the second request: 2 × 3, its prefix once
 
 
+def test_service_order_puts_a_request_never_served_before_one_served() -> None:
+    big = Turn(tenant=None, last_served=7, arrived=0)
+    small = Turn(tenant=None, last_served=-1, arrived=1)
+    assert service_order([big, small], {None: 7}) == [1, 0]
+    # Among requests never served (or served in the same batch), arrival order stands.
+    assert service_order([Turn(None, -1, 0), Turn(None, -1, 1), Turn(None, -1, 2)], {}) == [0, 1, 2]
+
+
+def test_service_order_interleaves_tenants_least_recently_served_first() -> None:
+    turns = [Turn("a", -1, 0), Turn("a", -1, 1), Turn("a", -1, 2), Turn("b", -1, 3), Turn("b", -1, 4)]
+    assert service_order(turns, {"a": 3, "b": 2}) == [3, 0, 4, 1, 2]  # b was served longer ago: b first
+    assert service_order(turns, {}) == [0, 3, 1, 4, 2]  # neither served yet: the earlier arrival first
+    # Within a tenant, its own requests take turns too.
+    assert service_order([Turn("a", 5, 0), Turn("a", -1, 1)], {"a": 5}) == [1, 0]
+
+
 # ---------------------------------------------------------------------------------------------- the batcher
 async def test_rows_go_shortest_first_and_scores_come_back_in_document_order() -> None:
     backend = RecordingBackend()
@@ -185,6 +206,33 @@ async def test_requests_are_served_first_in_first_out() -> None:
         assert await a == [10.0] and await b == [20.0, 21.0] and await c == [30.0]
     assert backend.seen() == [[(1, [10])], [(2, [20, 21]), (3, [30])]]
     assert sample(batcher, "rerankd_batch_requests_count") == 2
+
+
+async def test_a_small_request_behind_a_large_one_runs_in_the_next_batch() -> None:
+    backend = RecordingBackend()
+    # Rows 5 tokens wide, 50 a batch: the 1000-row request takes 100 batches; the 1-row one must not wait for them.
+    async with running(backend, max_batch_tokens=50) as batcher:
+        large = await on_the_model(batcher, backend, request(1, 2, *[(1000 + i, 3) for i in range(1000)]))
+        small = await queued(batcher, request(2, 2, (7, 3)))
+        backend.release()
+        assert await small == [7.0]
+        assert len(await large) == 1000
+    assert backend.batch_of(7) == 1  # the batch right after the one running when it arrived
+    assert backend.batch_of(1999) >= 100  # 10 rows a batch
+
+
+async def test_two_tenants_take_turns_whoever_queued_more() -> None:
+    backend = RecordingBackend()
+    async with running(backend, max_batch_tokens=1) as batcher:  # one row per forward pass
+        backend.hold()
+        plug = asyncio.create_task(batcher.submit(*request(9, 2, (90, 3)), tenant="a"))
+        await backend.next_batch()
+        tasks = [await queued(batcher, request(1, 2, (10 + i, 3)), "a") for i in range(3)]
+        tasks += [await queued(batcher, request(2, 2, (20 + i, 3)), "b") for i in range(3)]
+        backend.release()
+        await asyncio.gather(plug, *tasks)
+    # b was never served, a just was (the plug): b first, then one each, though a queued all of its three first.
+    assert [ids for batch in backend.seen() for _, ids in batch] == [[90], [20], [10], [21], [11], [22], [12]]
 
 
 async def test_a_cut_inside_a_request_continues_in_the_next_batch() -> None:

@@ -2,8 +2,10 @@
 
 Why: a forward pass over 32 short pairs costs little more than one over 4, so pairs of concurrent
 requests are packed into the same micro-batch. Where a batch is cut is :func:`rerankd.engine.batching.cut_batch`
-(a token budget over padded rows, each request's documents shortest first); this module owns the queue,
-the worker and what happens to each request's results.
+(a token budget over padded rows, each request's documents shortest first), and in which order waiting
+requests are offered rows is :func:`~rerankd.engine.batching.service_order` (round robin over tenants and
+requests, so a 1-document request is not stuck behind the 1000 rows of one that arrived just before it);
+this module owns the queue, the worker and what happens to each request's results.
 
 One worker task forms batches and hands them to a single-thread executor: the backend never runs two
 forwards at once and the event loop never blocks on the model. A request whose client went away is
@@ -21,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from rerankd.engine.backends.base import ScoringBackend, TokenGroup
-from rerankd.engine.batching import WaitingRows, cut_batch, dispatch_order
+from rerankd.engine.batching import Turn, WaitingRows, cut_batch, dispatch_order, service_order
 from rerankd.errors import NotReadyError, OverloadedError
 from rerankd.observability.metrics import ServerMetrics
 
@@ -38,6 +40,9 @@ class _Pending:
     tails: list[list[int]]
     future: asyncio.Future[list[float]]
     enqueued_at: float
+    tenant: str | None
+    arrived: int
+    last_served: int = -1
     order: list[int] = field(init=False)
     lengths: list[int] = field(init=False)
     next_tail: int = 0
@@ -62,6 +67,9 @@ class _Pending:
 
     def waiting_rows(self) -> WaitingRows:
         return WaitingRows(len(self.shared), self.lengths, self.next_tail)
+
+    def turn(self) -> Turn:
+        return Turn(self.tenant, self.last_served, self.arrived)
 
 
 @dataclass
@@ -90,6 +98,9 @@ class DynamicBatcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rerankd-forward")
         self._worker: asyncio.Task[None] | None = None
         self._closed = False
+        self._arrivals = 0
+        self._batches = 0
+        self._tenant_served: dict[str | None, int] = {}  # last batch per tenant; forgotten when the queue empties
 
     @property
     def waiting(self) -> int:
@@ -114,8 +125,8 @@ class DynamicBatcher:
         # Off the loop: a forward pass still running must not stall every other coroutine while it ends.
         await asyncio.to_thread(self._executor.shutdown, wait=True)
 
-    async def submit(self, shared: list[int], tails: list[list[int]]) -> list[float]:
-        """Queue one request's prompts; return their raw scores in order.
+    async def submit(self, shared: list[int], tails: list[list[int]], *, tenant: str | None = None) -> list[float]:
+        """Queue one request's prompts; return their raw scores in order. ``tenant``: who asks, for fair turns.
 
         Raises :class:`OverloadedError` at once when ``max_queue`` requests already wait.
         """
@@ -126,7 +137,8 @@ class DynamicBatcher:
                 f"the queue is full ({self.max_queue} requests waiting); retry later", retry_after=1
             )
         loop = asyncio.get_running_loop()
-        pending = _Pending(shared, tails, loop.create_future(), time.perf_counter())
+        pending = _Pending(shared, tails, loop.create_future(), time.perf_counter(), tenant, self._arrivals)
+        self._arrivals += 1
         self._queue.append(pending)
         self._set_queue_gauge()
         self._wakeup.set()
@@ -141,8 +153,12 @@ class DynamicBatcher:
         self.metrics.queue_depth.set(self.waiting)
 
     def _next_batch(self) -> list[_Slice]:
-        """Take the rows :func:`cut_batch` admits, FIFO across requests, and mark them dispatched."""
+        """Take the rows :func:`cut_batch` admits, in :func:`service_order`, and mark them dispatched.
+
+        The groups of the batch are in arrival order, whoever was offered rows first.
+        """
         live = [p for p in self._queue if p.has_rows]
+        live = [live[i] for i in service_order([p.turn() for p in live], self._tenant_served)]
         counts = cut_batch((p.waiting_rows() for p in live), self.max_batch_tokens)
         slices: list[_Slice] = []
         for pending, taken in zip(live, counts, strict=False):  # counts stop where the cut falls
@@ -152,13 +168,17 @@ class DynamicBatcher:
                 self.metrics.queue_time_seconds.observe(time.perf_counter() - pending.enqueued_at)
             slices.append(_Slice(pending, pending.order[pending.next_tail : pending.next_tail + taken]))
             pending.next_tail += taken
-        return slices
+            pending.last_served = self._batches
+            self._tenant_served[pending.tenant] = self._batches
+        self._batches += 1
+        return sorted(slices, key=lambda s: s.pending.arrived)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             self._drop_finished()
             if not any(p.has_rows for p in self._queue):
+                self._tenant_served.clear()  # idle: every tenant starts even
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue

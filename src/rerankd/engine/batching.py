@@ -6,7 +6,10 @@ very batches the server forms, not a copy of the rule that can drift from it.
 
 The rule, in the order the server has always applied it:
 
-* Requests are served first in, first out. A request's rows are taken in :func:`dispatch_order`
+* Requests are offered rows in the order given: the batcher gives :func:`service_order`, round robin
+  over tenants and, within a tenant, over its requests, so a request that arrives behind a large one
+  is in the next batch instead of waiting for all of the large one's rows. A request's rows are taken
+  in :func:`dispatch_order`
   (shortest tail first), so the rows of one batch have similar lengths and little padding.
 * A row is admitted while the batch it would make costs at most ``max_batch_tokens``: the padded rows,
   ``rows × width`` with ``width`` the widest prompt (shared prefix + tail) so far, plus the shared prefix
@@ -14,21 +17,50 @@ The rule, in the order the server has always applied it:
   request's first row of the batch.
 * The first row of a batch is always admitted, whatever it costs: a prompt longer than the budget
   still runs, alone (the backend bounds its memory by chunking).
-* The cut may fall inside a request; its remaining rows open the next batch. A later request never
-  jumps ahead of an earlier one to fill the budget.
+* The cut may fall inside a request; its remaining rows wait for its next turn. A request later in
+  the order never jumps ahead of an earlier one to fill the budget.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["WaitingRows", "cut_batch", "dispatch_order"]
+__all__ = ["Turn", "WaitingRows", "cut_batch", "dispatch_order", "service_order"]
 
 
 def dispatch_order(tails: Sequence[Sequence[int]]) -> list[int]:
     """The indices of ``tails``, shortest first (ties in request order): the order rows are dispatched."""
     return sorted(range(len(tails)), key=lambda i: len(tails[i]))
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One waiting request as the fairness rule sees it."""
+
+    tenant: str | None
+    """Who asks (the gateway's ``X-Rerankd-Tenant``); ``None`` for every request that does not say."""
+    last_served: int
+    """The number of the last batch that took rows of this request; -1 before its first."""
+    arrived: int
+    """Arrival order among all requests."""
+
+
+def service_order(turns: Sequence[Turn], tenant_served: Mapping[str | None, int]) -> list[int]:
+    """The indices of ``turns`` in the order the next cut offers them rows: round robin, least recently served first.
+
+    Tenants take turns by the last batch that served any of their requests (``tenant_served``, -1 for
+    one never served), ties by their earliest arrival; the order interleaves them: every tenant's first
+    request, then every tenant's second, and so on. A tenant's own requests are ordered the same way
+    by their own ``last_served``. So a tenant with 50 requests waiting gets one share, as a tenant with
+    one does, and a request that has not been served yet goes before one that has.
+    """
+    by_tenant: dict[str | None, list[int]] = {}
+    for i, turn in enumerate(turns):
+        by_tenant.setdefault(turn.tenant, []).append(i)
+    lines = [sorted(ix, key=lambda i: (turns[i].last_served, turns[i].arrived)) for ix in by_tenant.values()]
+    lines.sort(key=lambda ix: (tenant_served.get(turns[ix[0]].tenant, -1), min(turns[i].arrived for i in ix)))
+    return [line[rank] for rank in range(max(map(len, lines), default=0)) for line in lines if rank < len(line)]
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,9 @@ class EngineConfig(BaseModel):
     max_model_len: int | None = Field(
         None, ge=16, description="Longest prompt in tokens (default: the model's own limit, capped at 32768).")
     max_batch_tokens: int = Field(16384, ge=64, description="Token budget of one forward pass (padded rows × width).")
+    max_request_tokens: int = Field(
+        1_000_000, ge=1, description="Prompt tokens one request may cost after truncation (413 past it, before any "
+                                     "forward pass): --max-documents documents of a 1000-token passage each.")
     max_queue: int = Field(256, ge=1, description="Requests allowed to wait for the model; past it, 503 with "
                                                   "Retry-After.")
     prefix_reuse: bool = Field(True, description="Run the shared system+query prefix once per request (torch "

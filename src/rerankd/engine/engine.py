@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,8 @@ from typing import Any
 from rerankd.engine.backends.base import BackendInfo, ScoringBackend
 from rerankd.engine.batcher import DynamicBatcher
 from rerankd.engine.config import BACKEND_CHOICES, EngineConfig
-from rerankd.engine.prompt import PromptBuilder
+from rerankd.engine.prompt import PromptBuilder, PromptGroup
+from rerankd.errors import PayloadTooLargeError
 from rerankd.observability.metrics import ServerMetrics
 from rerankd.protocol import RerankTask
 
@@ -38,9 +40,11 @@ class RerankEngine:
 
     def __init__(
         self, builder: PromptBuilder, batcher: DynamicBatcher, info: BackendInfo,
-        metrics: ServerMetrics | None = None,
+        metrics: ServerMetrics | None = None, *, max_request_tokens: int = EngineConfig.model_fields[
+            "max_request_tokens"].default,
     ) -> None:
         self.builder = builder
+        self.max_request_tokens = max_request_tokens
         self.batcher = batcher
         self.info = info
         self.metrics = metrics
@@ -49,23 +53,46 @@ class RerankEngine:
     def max_model_len(self) -> int:
         return self.builder.max_model_len
 
-    async def score(self, task: RerankTask) -> ScoreOutcome:
+    async def score(self, task: RerankTask, tenant: str | None = None) -> ScoreOutcome:
+        (outcome,) = await self.score_all([task], tenant)
+        return outcome
+
+    async def score_all(self, tasks: Sequence[RerankTask], tenant: str | None = None) -> list[ScoreOutcome]:
+        """Score the tasks of one request; ``tenant`` (who asks, for fair batching) shares turns with its peers.
+
+        Raises :class:`PayloadTooLargeError` when the request's prompt tokens after truncation exceed
+        ``max_request_tokens``, once every task is tokenized and before any reaches the model.
+        """
         # Identical documents are scored once: cheaper, and equal documents get exactly equal scores
         # (a row's position in a batch can move the last float bits), so ties break by index.
-        unique: dict[str, int] = {}
-        slot = [unique.setdefault(doc, len(unique)) for doc in task.documents]
+        slots: list[list[int]] = []
+        uniques: list[list[str]] = []
+        for task in tasks:
+            unique: dict[str, int] = {}
+            slots.append([unique.setdefault(doc, len(unique)) for doc in task.documents])
+            uniques.append(list(unique))
         # Tokenizing 1000 long documents takes tens of milliseconds: keep it off the event loop.
-        group = await asyncio.to_thread(
-            self.builder.build, task.query, list(unique), task.instruction, task.max_tokens_per_doc
-        )
-        raw = await self.batcher.submit(group.shared, group.tails)
-        prompt_tokens = sum(len(group.shared) + len(group.tails[i]) for i in slot)
-        truncated = [group.truncated[i] for i in slot]
-        if self.metrics:
-            self.metrics.request_documents.observe(len(task.documents))
-            self.metrics.request_tokens.observe(prompt_tokens)
-            self.metrics.truncated_documents_total.inc(sum(truncated))
-        return ScoreOutcome([raw[i] for i in slot], prompt_tokens, truncated)
+        groups = await asyncio.to_thread(self._build_all, tasks, uniques)
+        tokens = [sum(len(g.shared) + len(g.tails[i]) for i in slot) for g, slot in zip(groups, slots, strict=True)]
+        if sum(tokens) > self.max_request_tokens:
+            raise PayloadTooLargeError(
+                f"the request takes {sum(tokens)} prompt tokens after truncation, more than the limit of "
+                f"{self.max_request_tokens} (--max-request-tokens); send fewer or shorter documents",
+                field="documents")
+        raws = await asyncio.gather(*(self.batcher.submit(g.shared, g.tails, tenant=tenant) for g in groups))
+        outcomes: list[ScoreOutcome] = []
+        for group, slot, raw, prompt_tokens in zip(groups, slots, raws, tokens, strict=True):
+            truncated = [group.truncated[i] for i in slot]
+            if self.metrics:
+                self.metrics.request_documents.observe(len(slot))
+                self.metrics.request_tokens.observe(prompt_tokens)
+                self.metrics.truncated_documents_total.inc(sum(truncated))
+            outcomes.append(ScoreOutcome([raw[i] for i in slot], prompt_tokens, truncated))
+        return outcomes
+
+    def _build_all(self, tasks: Sequence[RerankTask], uniques: list[list[str]]) -> list[PromptGroup]:
+        return [self.builder.build(t.query, docs, t.instruction, t.max_tokens_per_doc)
+                for t, docs in zip(tasks, uniques, strict=True)]
 
     async def close(self) -> None:
         await self.batcher.close()
@@ -117,4 +144,4 @@ def load_engine(config: EngineConfig, metrics: ServerMetrics | None = None) -> R
     # budget still runs (alone, its memory bounded by the backend's chunking), and no floor is needed.
     batcher = DynamicBatcher(backend, max_batch_tokens=config.max_batch_tokens, max_queue=config.max_queue,
                              metrics=metrics)
-    return RerankEngine(builder, batcher, backend.info, metrics)
+    return RerankEngine(builder, batcher, backend.info, metrics, max_request_tokens=config.max_request_tokens)

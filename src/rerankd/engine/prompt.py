@@ -122,12 +122,16 @@ class PromptBuilder:
         doc_cap = budget if max_tokens_per_doc is None else min(budget, len(head_ids) + max_tokens_per_doc)
         char_cap = doc_cap * self._max_chars_per_token
         texts = [head + doc[:char_cap] for doc in documents]
+        # Offsets only when a per-document cap needs them: for 1000 long documents they are ~10^6 tuples, built
+        # and freed per request, that fragment the small-object heap and stay in the process's RSS.
+        cut_per_doc = max_tokens_per_doc is not None
         encoded = self.tokenizer(
-            texts, add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False
+            texts, add_special_tokens=False, return_offsets_mapping=cut_per_doc, return_attention_mask=False
         )
+        offset_lists = encoded["offset_mapping"] if cut_per_doc else [()] * len(texts)
         bodies: list[list[int]] = []
         truncated: list[bool] = []
-        for ids, offsets, doc in zip(encoded["input_ids"], encoded["offset_mapping"], documents, strict=True):
+        for ids, offsets, doc in zip(encoded["input_ids"], offset_lists, documents, strict=True):
             keep = min(len(ids), budget)
             if max_tokens_per_doc is not None:
                 keep = min(keep, _head_token_count(offsets, len(head)) + max_tokens_per_doc)

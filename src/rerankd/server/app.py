@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -40,7 +40,9 @@ from rerankd.protocol import (
     build_score_response,
     build_tei_response,
 )
-from rerankd.runtime import freeze_startup_heap
+from rerankd.runtime import free_memory_releaser, freeze_startup_heap
+from rerankd.server.admission import AdmissionLimits, admission_route
+from rerankd.server.memory import IdleMemoryReturn
 from rerankd.server.settings import ServerSettings
 
 __all__ = ["create_server_app"]
@@ -55,6 +57,11 @@ SERVER_ROUTES = frozenset({
     "/metrics", "/info", "/docs", "/openapi.json", "/redoc",
 })
 PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics"})
+# Who asks, as the gateway (which holds this replica's --api-key) names the key: requests of one tenant share
+# the batcher's turns. Honoured only behind --api-key; without one, anyone could name any tenant.
+TENANT_HEADER = "X-Rerankd-Tenant"
+# A body this large (~250k tokens of text) leaves enough freed memory behind to hand back once idle.
+LARGE_BODY_BYTES = 1024 * 1024
 
 
 class _State:
@@ -149,10 +156,17 @@ def create_server_app(settings: ServerSettings, *, engine_loader: EngineLoader |
                 field=field,
             )
 
+    def tenant_of(request: Request) -> str | None:
+        return request.headers.get(TENANT_HEADER) if settings.api_key else None
+
     async def score_tasks(request: Request, tasks: list[RerankTask]) -> list[ScoreOutcome]:
         engine = state.ready_engine()
-        work = asyncio.gather(*(engine.score(t) for t in tasks))
-        return await unless_disconnected(request, work)
+        return await unless_disconnected(request, engine.score_all(tasks, tenant_of(request)))
+
+    # The scoring routes read their body through admission (size bounds before validation and tokenizing).
+    limits = AdmissionLimits(max_documents=settings.max_documents, max_request_chars=settings.max_request_chars)
+    memory = IdleMemoryReturn(free_memory_releaser(), threshold_bytes=LARGE_BODY_BYTES)
+    scoring = APIRouter(route_class=admission_route(limits, memory))
 
     async def rerank(request: Request, body: RerankRequest) -> RerankResponse:
         check_model(body.model)
@@ -162,13 +176,13 @@ def create_server_app(settings: ServerSettings, *, engine_loader: EngineLoader |
             body, outcome.raw_scores, outcome.prompt_tokens, settings.model_name, request_id_of(request.scope)
         )
 
-    app.post("/v1/rerank", response_model=RerankResponse, response_model_exclude_none=True,
-             summary="Rerank documents (Jina / Cohere / vLLM shape)")(rerank)
-    app.post("/v2/rerank", response_model=RerankResponse, response_model_exclude_none=True,
-             summary="Rerank documents (Cohere v2 shape)")(rerank)
+    scoring.post("/v1/rerank", response_model=RerankResponse, response_model_exclude_none=True,
+                 summary="Rerank documents (Jina / Cohere / vLLM shape)")(rerank)
+    scoring.post("/v2/rerank", response_model=RerankResponse, response_model_exclude_none=True,
+                 summary="Rerank documents (Cohere v2 shape)")(rerank)
 
-    @app.post("/rerank", response_model=RerankResponse | list[TEIRankItem], response_model_exclude_none=True,
-              summary="Rerank: Jina/Cohere shape with `documents`, or TEI shape with `texts`")
+    @scoring.post("/rerank", response_model=RerankResponse | list[TEIRankItem], response_model_exclude_none=True,
+                  summary="Rerank: Jina/Cohere shape with `documents`, or TEI shape with `texts`")
     async def rerank_any(request: Request, response: Response, body: RerankRequest | TEIRerankRequest) -> Any:
         if isinstance(body, RerankRequest):
             return await rerank(request, body)
@@ -194,8 +208,9 @@ def create_server_app(settings: ServerSettings, *, engine_loader: EngineLoader |
         tokens = sum(o.prompt_tokens for o in outcomes)
         return build_score_response(raw, tokens, settings.model_name, request_id_of(request.scope))
 
-    app.post("/v1/score", response_model=ScoreResponse, summary="Score pairs (vLLM score shape)")(score)
-    app.post("/score", response_model=ScoreResponse, include_in_schema=False)(score)
+    scoring.post("/v1/score", response_model=ScoreResponse, summary="Score pairs (vLLM score shape)")(score)
+    scoring.post("/score", response_model=ScoreResponse, include_in_schema=False)(score)
+    app.include_router(scoring)
 
     @app.get("/v1/models", response_model=ModelList, summary="Served models (OpenAI list)")
     async def models() -> ModelList:
@@ -228,6 +243,8 @@ def create_server_app(settings: ServerSettings, *, engine_loader: EngineLoader |
             "max_batch_tokens": settings.max_batch_tokens,
             "max_queue": settings.max_queue,
             "max_documents": settings.max_documents,
+            "max_request_chars": settings.max_request_chars,
+            "max_request_tokens": settings.max_request_tokens,
             "max_body_bytes": settings.max_body_bytes,
         }
 
