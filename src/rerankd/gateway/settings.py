@@ -39,6 +39,9 @@ class GatewaySettings(BaseModel):
     redis_url: str | None = Field(None, repr=False, description="Share rate-limit counters across gateways.")
     admin_key: str | None = Field(None, repr=False, description="Bootstrap admin credential for /admin/*.")
     upstream_api_key: str | None = Field(None, repr=False, description="Bearer key the replicas require.")
+    metrics_token: str | None = Field(
+        None, repr=False, min_length=16,
+        description="Bearer token /metrics requires; only then does it list per-key series (tenant names).")
     # JWT bearer tokens
     jwt_jwks_url: str | None = None
     jwt_secret: str | None = Field(None, repr=False)
@@ -63,6 +66,10 @@ class GatewaySettings(BaseModel):
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     body_timeout: float = Field(30.0, gt=0, description="Seconds a client may stall mid-body before a 408.")
     # Upstream behaviour
+    max_upstream_answer_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024,
+        description="Largest answer read from a replica (bytes); a longer one is a 502. An answer echoing "
+                    "documents (return_documents) is about the request's size, so keep it above --max-body-bytes.")
     split_threshold: int = Field(64, ge=1, description="Split requests with more documents across replicas.")
     attempt_timeout: float = Field(60.0, gt=0, description="Seconds one attempt at one replica may take.")
     total_timeout: float = Field(120.0, gt=0, description="Seconds a request may take over all its attempts.")
