@@ -65,4 +65,4 @@ def add_probes(app: FastAPI, metrics: GatewayMetrics) -> None:
 def _holds(authorization: str | None, token: str) -> bool:
     """Whether the header is ``Bearer <token>`` (constant time: the comparison leaks no prefix)."""
     scheme, _, given = (authorization or "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.strip().encode())

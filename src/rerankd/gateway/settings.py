@@ -19,6 +19,9 @@ from rerankd.engine.model_source import DEFAULT_MAX_MODEL_LEN
 __all__ = ["GatewayConfigError", "GatewaySettings", "load_yaml_config"]
 
 
+_MIN_TOKEN_CHARS = 16
+
+
 class GatewayConfigError(ValueError):
     """The configuration cannot run; the message names the setting to fix."""
 
@@ -40,7 +43,7 @@ class GatewaySettings(BaseModel):
     admin_key: str | None = Field(None, repr=False, description="Bootstrap admin credential for /admin/*.")
     upstream_api_key: str | None = Field(None, repr=False, description="Bearer key the replicas require.")
     metrics_token: str | None = Field(
-        None, repr=False, min_length=16,
+        None, repr=False,
         description="Bearer token /metrics requires; only then does it list per-key series (tenant names).")
     # JWT bearer tokens
     jwt_jwks_url: str | None = None
@@ -101,6 +104,10 @@ class GatewaySettings(BaseModel):
                 raise GatewayConfigError(f"bad upstream URL {url!r}: use http://HOST:PORT or dns+http://NAME:PORT")
         if self.jwt_jwks_url and self.jwt_secret:
             raise GatewayConfigError("give --jwt-jwks-url or --jwt-secret, not both")
+        if self.metrics_token is not None and len(self.metrics_token.strip()) < _MIN_TOKEN_CHARS:
+            # Checked here, not by a Field constraint: pydantic's message would echo the token.
+            raise GatewayConfigError(f"--metrics-token must be at least {_MIN_TOKEN_CHARS} characters "
+                                     "(e.g. `openssl rand -hex 32`)")
         if self.total_timeout < self.attempt_timeout:
             raise GatewayConfigError("--total-timeout must be at least --attempt-timeout")
 
