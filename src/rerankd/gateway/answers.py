@@ -101,12 +101,12 @@ def safe_error_body(status: int, body: bytes, *, request_id: str, upstream: str)
     if fields is not None:
         message, error_type, field = fields
         return json.dumps(error_body(status, message, error_type=error_type, field=field),
-                          ensure_ascii=False).encode()
+                          ensure_ascii=False, separators=(",", ":")).encode()
     text = body[:_LOGGED_BODY_CHARS].decode("utf-8", "replace")
     log.warning("replica %s answered %d with a body that is not an error object (%d bytes): %s", upstream, status,
                 len(body), text, extra={"request_id": request_id})
     message = f"the replica answered {status}; see the gateway log (request id {request_id})"
-    return json.dumps(error_body(status, message, error_type="upstream_error")).encode()
+    return json.dumps(error_body(status, message, error_type="upstream_error"), separators=(",", ":")).encode()
 
 
 def _error_fields(body: bytes) -> tuple[str, str | None, str | None] | None:
