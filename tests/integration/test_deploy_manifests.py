@@ -107,6 +107,10 @@ _OBJ = {"type": "object"}
 # with their types, and no others (additionalProperties: false), so a misspelt field fails here as
 # it would on `kubectl apply` against the real CRD.
 _METADATA = {"type": "object", "required": ["name"], "properties": {"name": _STR, "labels": _OBJ}}
+# SafeAuthorization: a bearer credential read from a Secret key (the gateway's --metrics-token).
+_AUTHORIZATION = {"type": "object", "additionalProperties": False, "properties": {
+    "type": _STR, "credentials": {"type": "object", "required": ["key"], "additionalProperties": False,
+                                  "properties": {"name": _STR, "key": _STR, "optional": {"type": "boolean"}}}}}
 CRD_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): {
         "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"],
@@ -120,7 +124,8 @@ CRD_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
                     "type": "object", "required": ["port"], "additionalProperties": False,
                     "properties": {"port": _STR, "path": _STR, "interval": _STR, "scrapeTimeout": _STR,
                                    "scheme": _STR, "honorLabels": {"type": "boolean"},
-                                   "relabelings": {"type": "array"}, "metricRelabelings": {"type": "array"}}}}}}},
+                                   "relabelings": {"type": "array"}, "metricRelabelings": {"type": "array"},
+                                   "authorization": _AUTHORIZATION}}}}}},
     },
     ("monitoring.coreos.com/v1", "PrometheusRule"): {
         "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"],

@@ -30,6 +30,7 @@ from support import Fleet, clear_of_a_minute_boundary, free_port, running_gatewa
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.redis]
 
+METRICS_TOKEN = "limits-test-metrics-token"  # per-key series are named only to a scrape holding it
 ADMIN = "limits-admin"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 BODY = {"query": "limits", "documents": ["one", "two"]}
@@ -111,7 +112,7 @@ def test_fail_closed_answers_429_while_redis_is_unreachable(fleet: Fleet, tmp_pa
 
 def test_tokens_per_minute_are_charged_from_real_usage(fleet: Fleet, tmp_path: Path) -> None:
     settings = GatewaySettings(upstreams=[fleet.urls[0]], database_url=f"sqlite:///{tmp_path / 'gw.db'}",
-                               admin_key=ADMIN)
+                               admin_key=ADMIN, metrics_token=METRICS_TOKEN)
     with running_gateway(settings) as url:
         tokens_per_request = httpx.post(f"{fleet.urls[0]}/v1/rerank", json=BODY).json()["usage"]["prompt_tokens"]
         estimate = estimate_prompt_tokens(scoring_tasks(RerankRequest.model_validate(BODY)),
@@ -132,7 +133,7 @@ def test_tokens_per_minute_are_charged_from_real_usage(fleet: Fleet, tmp_path: P
         assert replies[2].headers["x-ratelimit-remaining-tokens"] == str(tpm - 3 * tokens_per_request)
         assert "token limit" in replies[3].json()["error"]["message"]
         assert int(replies[3].headers["retry-after"]) >= 1
-        metrics = httpx.get(f"{url}/metrics").text
+        metrics = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}).text
         assert 'rerankd_gateway_rate_limited_total{limit="tokens"} 1.0' in metrics
         assert f'rerankd_gateway_key_tokens_total{{key="tokens"}} {3 * tokens_per_request}.0' in metrics
 

@@ -66,3 +66,12 @@ def test_retry_budget_allows_a_share_of_recent_requests() -> None:
     assert sum(budget.try_spend() for _ in range(20)) == 5
     floor = RetryBudget(ratio=0.0, min_per_second=1.0, window=3)
     assert sum(floor.try_spend() for _ in range(10)) == 3
+
+
+def test_a_short_metrics_token_is_refused_without_echoing_it() -> None:
+    settings = GatewaySettings(upstreams=["http://replica:8000"], metrics_token="hunter2-short")
+    with pytest.raises(GatewayConfigError, match="--metrics-token must be at least 16") as caught:
+        settings.check_runnable()
+    assert "hunter2" not in str(caught.value)
+    assert "hunter2" not in repr(settings)
+    GatewaySettings(upstreams=["http://replica:8000"], metrics_token="x" * 16).check_runnable()

@@ -37,6 +37,9 @@ def _default(name: str) -> Any:
 @env_option("--redis-url", default=None, help="redis://HOST:PORT/DB to share rate limits across gateways.")
 @env_option("--admin-key", default=None, show_default=False, help="Bootstrap admin credential for /admin/*.")
 @env_option("--upstream-api-key", default=None, show_default=False, help="Bearer key the replicas require.")
+@env_option("--metrics-token", default=_default("metrics_token"), show_default=False,
+            help="Bearer token GET /metrics then requires (16+ characters); only with it are per-key series "
+                 "(API key names) exported. Without it /metrics stays open and shows all keys as one total.")
 @env_option("--jwt-jwks-url", default=None, help="Accept JWTs signed by keys from this JWKS URL.")
 @env_option("--jwt-secret", default=None, show_default=False, help="Accept HS256 JWTs signed with this secret.")
 @env_option("--jwt-issuer", default=None, help="Required `iss` of JWTs.")
@@ -63,6 +66,9 @@ def _default(name: str) -> Any:
             help="Requests with more documents are split across replicas.")
 @env_option("--max-documents", type=click.IntRange(min=1), default=_default("max_documents"))
 @env_option("--max-body-bytes", type=click.IntRange(min=1024), default=_default("max_body_bytes"))
+@env_option("--max-upstream-answer-bytes", type=click.IntRange(min=1024), default=_default("max_upstream_answer_bytes"),
+            help="Largest answer read from a replica; a longer one is abandoned and answered 502. Keep it above "
+                 "--max-body-bytes: an answer with return_documents echoes the request's texts.")
 @env_option("--body-timeout", type=click.FloatRange(min=0.1), default=_default("body_timeout"),
             help="Seconds a client may stall while sending its body before a 408 (slowloris guard).")
 @settings_options(GatewaySettings, [*EdgeSettings.model_fields, "max_concurrent_requests"])

@@ -98,6 +98,7 @@ async def open_components(settings: GatewaySettings, metrics: GatewayMetrics) ->
                                                error_ratio=settings.breaker_error_ratio,
                                                open_seconds=settings.breaker_open_seconds),
         on_new_upstream=lambda upstream: _watch_breaker(upstream, metrics),
+        on_gone_upstream=lambda upstream: metrics.forget_upstream(upstream.url),
     )
     # aiohttp rather than httpx on this hot path: about half the CPU per proxied request (bench/gateway_overhead.py).
     # Generous pool: every in-flight client request holds at most one upstream connection at a time.
@@ -106,7 +107,8 @@ async def open_components(settings: GatewaySettings, metrics: GatewayMetrics) ->
     forwarder = Forwarder(pool, client, metrics, attempt_timeout=settings.attempt_timeout,
                           total_timeout=settings.total_timeout, max_attempts=settings.max_attempts,
                           budget=RetryBudget(settings.retry_budget_ratio, settings.retry_budget_min_per_second),
-                          upstream_api_key=settings.upstream_api_key)
+                          upstream_api_key=settings.upstream_api_key,
+                          max_answer_bytes=settings.max_upstream_answer_bytes)
     pipeline = ScoringPipeline(
         Admission(limiter, metrics, max_documents=settings.max_documents,
                   upstream_max_model_len=settings.upstream_max_model_len),

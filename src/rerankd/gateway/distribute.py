@@ -13,9 +13,11 @@ import json
 from collections.abc import Awaitable
 
 from rerankd.errors import UpstreamMalformedError
+from rerankd.gateway.answers import AnswerShape, check_answer
 from rerankd.gateway.forward import Forwarder, UpstreamReply
 from rerankd.gateway.pool import UpstreamPool
 from rerankd.gateway.split import SplitPlan, merge_rerank_parts, plan_split
+from rerankd.gateway.tokens import parse_answer
 from rerankd.observability.gateway_metrics import GatewayMetrics
 from rerankd.protocol import RerankRequest
 
@@ -54,8 +56,11 @@ class Distributor:
         if failed is not None:
             return failed
         upstreams = ",".join(r.upstream for r in replies)
+        answers = [parse_answer(r.body) for r in replies]
+        for (start, end), answer in zip(plan.slices, answers, strict=True):
+            check_answer(AnswerShape.RERANK, answer, end - start)  # indexes within the part's own slice
         try:
-            merged = merge_rerank_parts(plan, [json.loads(r.body) for r in replies], request_id)
+            merged = merge_rerank_parts(plan, answers, request_id)
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             # Raised before anything is charged: the request is answered 502 and recorded unbilled.
             raise UpstreamMalformedError(

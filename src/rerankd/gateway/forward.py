@@ -12,6 +12,13 @@ Outcomes of one attempt and what they mean for the replica's circuit breaker:
 - 429 / 503 from the replica: it is busy or not ready; try another, but the breaker is not charged
   (active health checks catch a replica that stays unready).
 - 5xx, connection errors, timeouts: the replica failed; the breaker is charged and another is tried.
+- an answer longer than ``max_answer_bytes``: read no further and answer 502 (``upstream_malformed``).
+  Not retried, and the breaker is not charged: scoring is deterministic, so another replica would send
+  the same oversized answer (it is the request's size, e.g. ``return_documents`` over huge texts).
+
+Every answer is read with that byte cap, streaming, so one replica (or whatever sits in front of it)
+cannot make the gateway buffer hundreds of megabytes. Error bodies are rebuilt by
+:func:`~rerankd.gateway.answers.safe_error_body` before anyone sees them: a stack trace stays in the log.
 """
 
 from __future__ import annotations
@@ -24,7 +31,8 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from rerankd.errors import UpstreamUnavailableError
+from rerankd.errors import UpstreamMalformedError, UpstreamUnavailableError
+from rerankd.gateway.answers import safe_error_body
 from rerankd.gateway.pool import Upstream, UpstreamPool
 from rerankd.observability.gateway_metrics import GatewayMetrics
 
@@ -34,6 +42,7 @@ log = logging.getLogger(__name__)
 
 _BUSY = frozenset({429, 503})
 _FORWARDED_HEADERS = ("retry-after", "x-prompt-tokens")
+_CHUNK_BYTES = 256 * 1024
 
 
 @dataclass
@@ -88,7 +97,7 @@ class Forwarder:
 
     def __init__(self, pool: UpstreamPool, client: aiohttp.ClientSession, metrics: GatewayMetrics, *,
                  attempt_timeout: float, total_timeout: float, max_attempts: int, budget: RetryBudget,
-                 upstream_api_key: str | None = None) -> None:
+                 max_answer_bytes: int, upstream_api_key: str | None = None) -> None:
         self.pool = pool
         self.client = client
         self.metrics = metrics
@@ -96,6 +105,7 @@ class Forwarder:
         self.total_timeout = total_timeout
         self.max_attempts = max_attempts
         self.budget = budget
+        self.max_answer_bytes = max_answer_bytes
         self._auth = {"authorization": f"Bearer {upstream_api_key}"} if upstream_api_key else {}
 
     async def send(self, path: str, body: bytes, request_id: str, *, method: str = "POST",
@@ -155,7 +165,7 @@ class Forwarder:
             try:
                 async with self.client.request(method, upstream.url + path, data=body or None, headers=headers,
                                                timeout=aiohttp.ClientTimeout(total=timeout)) as response:
-                    content = await response.read()
+                    content = await self._read_capped(response, upstream, started)
             except asyncio.TimeoutError:
                 upstream.breaker.record_failure()
                 self._observe(upstream, "timeout", started)
@@ -167,6 +177,8 @@ class Forwarder:
                 self._observe(upstream, outcome, started)
                 return None, f"{type(exc).__name__}: {exc}", outcome
         status = response.status
+        if status >= 300:
+            content = safe_error_body(status, content, request_id=request_id, upstream=upstream.url)
         reply = UpstreamReply(
             status=status, body=content, upstream=upstream.url, attempts=attempt,
             headers={k.lower(): v for k, v in response.headers.items() if k.lower() in _FORWARDED_HEADERS},
@@ -182,6 +194,26 @@ class Forwarder:
         upstream.breaker.record_success()
         self._observe(upstream, "success", started)
         return reply, "", None
+
+    async def _read_capped(self, response: aiohttp.ClientResponse, upstream: Upstream, started: float) -> bytes:
+        """The answer's bytes, read in chunks and abandoned past ``max_answer_bytes`` (a 502, see above)."""
+        cap = self.max_answer_bytes
+        declared = response.content_length
+        if declared is None or declared <= cap:
+            content = bytearray()
+            async for chunk in response.content.iter_chunked(_CHUNK_BYTES):
+                content += chunk
+                if len(content) > cap:
+                    break
+            else:
+                return bytes(content)
+        response.close()  # drop the connection: the rest of the answer is never read
+        upstream.breaker.record_success()  # alive and answering; the size is the request's doing
+        self._observe(upstream, "too_large", started)
+        size = f"{declared} bytes" if declared is not None and declared > cap else f"more than {cap} bytes"
+        raise UpstreamMalformedError(
+            f"the replica's answer is too large ({size}; the gateway reads at most {cap}, "
+            "--max-upstream-answer-bytes): ask for fewer documents, a smaller top_n or return_documents=false")
 
     def _observe(self, upstream: Upstream, outcome: str, started: float) -> None:
         self.metrics.upstream_requests_total.labels(upstream=upstream.url, outcome=outcome).inc()

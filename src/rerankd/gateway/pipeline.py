@@ -8,7 +8,8 @@ models, so bad input gets the same 4xx here as from a replica. Then:
    bound of the tokens reserved from the key's tokens/min;
 2. forward (:mod:`~rerankd.gateway.distribute`): to a replica with failover, or split and merged;
 3. charge (:mod:`~rerankd.gateway.charge`): the reservation settled to the tokens the replica reports
-   (:mod:`~rerankd.gateway.tokens`; an implausible count is a 502 and the reservation is refunded), and
+   (:mod:`~rerankd.gateway.tokens`; an implausible count, or a 200 not in the route's shape
+   (:mod:`~rerankd.gateway.answers`), is a 502 and the reservation is refunded), and
    refunded whole when the request failed, was cancelled or never reached a replica;
 4. record: exactly one usage row and the per-key metrics, whatever happened above.
 """
@@ -22,13 +23,13 @@ from dataclasses import dataclass
 
 from rerankd.errors import RerankdError
 from rerankd.gateway.admit import Admission
+from rerankd.gateway.answers import AnswerShape, accept_answer
 from rerankd.gateway.authenticate import Identity
 from rerankd.gateway.charge import Outcome, UsageCharger
 from rerankd.gateway.cost import ScoringBody
 from rerankd.gateway.distribute import Distributor
 from rerankd.gateway.forward import UpstreamReply
 from rerankd.gateway.ratelimit import Reservation
-from rerankd.gateway.tokens import reported_tokens
 from rerankd.http.disconnect import CLIENT_CLOSED_STATUS, ClientDisconnectedError
 from rerankd.protocol import RerankRequest
 
@@ -50,6 +51,7 @@ class ScoringCall:
     request_id_given: bool  # the client chose the id (it may reuse it)
     parsed: ScoringBody  # the validated body: what admission estimates the tokens of
     rerank: RerankRequest | None = None  # set when the request may be split across replicas
+    shape: AnswerShape = AnswerShape.RERANK  # what the replica's 200 must look like
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,8 @@ class ScoringPipeline:
             reply = await guard(self._forward(call))
             status, upstream = reply.status, reply.upstream
             if status == 200:
-                tokens = reported_tokens(reply.headers, reply.body)  # a garbage count raises the 502 here
+                # A wrong shape or a garbage count raises the 502 here, before anything is charged.
+                tokens = accept_answer(call.shape, reply.headers, reply.body, call.documents)
             settling, reservation = reservation, None
             limit_headers.update(await self._charger.settle(settling, tokens))  # a failed request refunds all
             return ScoringAnswer(status=status, body=reply.body, headers={**reply.headers, **limit_headers})

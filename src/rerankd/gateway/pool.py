@@ -83,10 +83,13 @@ class UpstreamPool:
         rng: random.Random | None = None,
         ready_path: str = "/ready",
         on_new_upstream: Callable[[Upstream], None] | None = None,
+        on_gone_upstream: Callable[[Upstream], None] | None = None,
     ) -> None:
         """``on_new_upstream`` sees every upstream as it joins (configured or discovered): the gateway
-        hooks its breaker transitions to metrics there."""
+        hooks its breaker transitions to metrics there. ``on_gone_upstream`` sees each discovered one that
+        DNS no longer lists (its labelled series go with it: pod addresses churn without bound)."""
         self._on_new_upstream = on_new_upstream
+        self._on_gone_upstream = on_gone_upstream
         self.health_interval = health_interval
         self.health_timeout = health_timeout
         self.ready_path = ready_path
@@ -154,7 +157,12 @@ class UpstreamPool:
                 fresh.append(known.get(url) or self._new_upstream(url, source.url))
             if [u.url for u in fresh] != [u.url for u in source.upstreams]:
                 log.info("upstreams for %s: %s", source.url, [u.url for u in fresh])
+            kept = {u.url for u in fresh}
+            gone = [u for u in source.upstreams if u.url not in kept]
             source.upstreams = fresh
+            if self._on_gone_upstream is not None:
+                for upstream in gone:
+                    self._on_gone_upstream(upstream)
 
     # -- balancing -----------------------------------------------------------------------------
 

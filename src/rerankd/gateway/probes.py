@@ -1,12 +1,19 @@
-"""What operators and orchestrators poll: liveness, readiness, a summary, Prometheus metrics."""
+"""What operators and orchestrators poll: liveness, readiness, a summary, Prometheus metrics.
+
+Why ``/metrics`` has its own credential (``--metrics-token``) rather than an API key or the admin key:
+a scraper is neither a tenant nor an administrator, and its token sits in a Prometheus config; leaking it
+must not let anyone score or revoke keys. Without the token, ``/metrics`` stays open (DESIGN.md) and
+names no tenant (see :mod:`rerankd.observability.gateway_metrics`).
+"""
 
 from __future__ import annotations
 
+import hmac
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from rerankd import __version__
 from rerankd.gateway.dependencies import Components
@@ -47,5 +54,15 @@ def add_probes(app: FastAPI, metrics: GatewayMetrics) -> None:
 
     # ``async`` on purpose: the state collector reads the components on the event loop, their only thread.
     @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
-    async def prometheus_metrics() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    async def prometheus_metrics(request: Request, components: Components) -> Response:
+        token = components.settings.metrics_token
+        if token is not None and not _holds(request.headers.get("authorization"), token):
+            return error_response(401, "GET /metrics needs `Authorization: Bearer <token>` with the gateway's "
+                                       "--metrics-token")
+        return Response(metrics.exposition(with_keys=token is not None), media_type=CONTENT_TYPE_LATEST)
+
+
+def _holds(authorization: str | None, token: str) -> bool:
+    """Whether the header is ``Bearer <token>`` (constant time: the comparison leaks no prefix)."""
+    scheme, _, given = (authorization or "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.strip().encode())

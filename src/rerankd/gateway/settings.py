@@ -20,6 +20,9 @@ from rerankd.engine.model_source import DEFAULT_MAX_MODEL_LEN
 __all__ = ["GatewayConfigError", "GatewaySettings", "load_yaml_config"]
 
 
+_MIN_TOKEN_CHARS = 16
+
+
 class GatewayConfigError(ValueError):
     """The configuration cannot run; the message names the setting to fix."""
 
@@ -41,6 +44,9 @@ class GatewaySettings(EdgeSettings):
     redis_url: str | None = Field(None, repr=False, description="Share rate-limit counters across gateways.")
     admin_key: str | None = Field(None, repr=False, description="Bootstrap admin credential for /admin/*.")
     upstream_api_key: str | None = Field(None, repr=False, description="Bearer key the replicas require.")
+    metrics_token: str | None = Field(
+        None, repr=False,
+        description="Bearer token /metrics requires; only then does it list per-key series (tenant names).")
     # JWT bearer tokens
     jwt_jwks_url: str | None = None
     jwt_secret: str | None = Field(None, repr=False)
@@ -68,6 +74,10 @@ class GatewaySettings(EdgeSettings):
         1024, ge=1, description="Requests in flight at once; more get 503 with Retry-After (/health, /ready, "
                                 "/metrics exempt).")
     # Upstream behaviour
+    max_upstream_answer_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024,
+        description="Largest answer read from a replica (bytes); a longer one is a 502. An answer echoing "
+                    "documents (return_documents) is about the request's size, so keep it above --max-body-bytes.")
     split_threshold: int = Field(64, ge=1, description="Split requests with more documents across replicas.")
     attempt_timeout: float = Field(60.0, gt=0, description="Seconds one attempt at one replica may take.")
     total_timeout: float = Field(120.0, gt=0, description="Seconds a request may take over all its attempts.")
@@ -99,6 +109,10 @@ class GatewaySettings(EdgeSettings):
                 raise GatewayConfigError(f"bad upstream URL {url!r}: use http://HOST:PORT or dns+http://NAME:PORT")
         if self.jwt_jwks_url and self.jwt_secret:
             raise GatewayConfigError("give --jwt-jwks-url or --jwt-secret, not both")
+        if self.metrics_token is not None and len(self.metrics_token.strip()) < _MIN_TOKEN_CHARS:
+            # Checked here, not by a Field constraint: pydantic's message would echo the token.
+            raise GatewayConfigError(f"--metrics-token must be at least {_MIN_TOKEN_CHARS} characters "
+                                     "(e.g. `openssl rand -hex 32`)")
         if self.total_timeout < self.attempt_timeout:
             raise GatewayConfigError("--total-timeout must be at least --attempt-timeout")
 

@@ -20,7 +20,8 @@ from typing import Any
 
 from rerankd.errors import UpstreamMalformedError
 
-__all__ = ["MAX_TOKENS", "TOKENS_HEADER", "parse_token_header", "reported_tokens", "usage_count", "usage_tokens"]
+__all__ = ["MAX_TOKENS", "TOKENS_HEADER", "parse_answer", "parse_token_header", "reported_tokens", "shown",
+           "usage_count", "usage_tokens"]
 
 MAX_TOKENS = 2**31  # exclusive: the largest count the ledger's 32-bit column holds is MAX_TOKENS - 1
 TOKENS_HEADER = "x-prompt-tokens"
@@ -32,7 +33,7 @@ def parse_token_header(value: str) -> int:
     text = value.strip()
     if not (text.isascii() and text.isdigit()) or len(text) > _MAX_DIGITS or int(text) >= MAX_TOKENS:
         raise UpstreamMalformedError(
-            f"the replica reported an implausible token count in {TOKENS_HEADER} ({_shown(text)}); "
+            f"the replica reported an implausible token count in {TOKENS_HEADER} ({shown(text)}); "
             "expected an integer from 0 to 2147483647")
     return int(text)
 
@@ -51,11 +52,15 @@ def reported_tokens(headers: Mapping[str, str], body: bytes) -> int:
     header = headers.get(TOKENS_HEADER)
     if header is not None:
         return parse_token_header(header)
+    return usage_tokens(parse_answer(body))
+
+
+def parse_answer(body: bytes) -> Any:
+    """A 200's JSON; a body that is not JSON (an HTML error page from a proxy) is a 502."""
     try:
-        answer = json.loads(body)
+        return json.loads(body)
     except ValueError:
         raise UpstreamMalformedError("the replica answered 200 with a body that is not JSON") from None
-    return usage_tokens(answer)
 
 
 def usage_count(usage: Any, name: str) -> int:
@@ -63,18 +68,18 @@ def usage_count(usage: Any, name: str) -> int:
     if usage is None:
         return 0
     if not isinstance(usage, Mapping):
-        raise UpstreamMalformedError(f"the replica's `usage` is not an object ({_shown(repr(usage))})")
+        raise UpstreamMalformedError(f"the replica's `usage` is not an object ({shown(repr(usage))})")
     value = usage.get(name)
     if value is None:
         return 0
     # bool is an int subclass; a float (even 12.0) is not a count of tokens.
     if type(value) is not int or not 0 <= value < MAX_TOKENS:
         raise UpstreamMalformedError(
-            f"the replica reported an implausible `usage.{name}` ({_shown(repr(value))}); "
+            f"the replica reported an implausible `usage.{name}` ({shown(repr(value))}); "
             "expected an integer from 0 to 2147483647")
     return value
 
 
-def _shown(text: str) -> str:
+def shown(text: str) -> str:
     """The offending value for the message, cut short: it may be thousands of characters long."""
     return text if len(text) <= 24 else f"{text[:20]}... ({len(text)} characters)"

@@ -1,7 +1,14 @@
 """Prometheus metrics of the gateway, under ``rerankd_gateway_``.
 
 One registry per app, like :class:`~rerankd.observability.metrics.ServerMetrics`. Key labels carry the
-key's *name* (chosen by the operator at creation), never the key or its hash. Events are counted where
+key's *name* (chosen by the operator at creation), never the key or its hash, and never a JWT subject
+(every JWT caller shares one label value: subjects are unbounded and are someone's identity).
+
+Why the per-key series live in a registry of their own (:attr:`GatewayMetrics.tenant_registry`): key
+names are tenant names, and ``/metrics`` is open by default (DESIGN.md). :meth:`GatewayMetrics.exposition`
+therefore shows them only to a scrape holding ``--metrics-token``; any other scrape sees the same
+families summed over keys, one series with ``key="*"`` (:class:`AllKeysCollector`), so rates, alerts
+and dashboards keep working without naming anyone. Events are counted where
 they happen (:class:`GatewayMetrics`); the components' standing state (replicas up, in flight, breaker
 state; ledger backlog and rows written; limiter storage errors) is read from them on each scrape by
 :class:`GatewayStateCollector`.
@@ -9,10 +16,12 @@ state; ledger backlog and rows written; limiter storage errors) is read from the
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, NamedTuple
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -23,9 +32,10 @@ if TYPE_CHECKING:  # the gateway's components import this module; typing only, n
     from rerankd.gateway.pool import UpstreamPool
     from rerankd.gateway.ratelimit import RateLimiter
 
-__all__ = ["BREAKER_STATES", "GatewayMetrics", "GatewayStateCollector"]
+__all__ = ["ALL_KEYS_LABEL", "BREAKER_STATES", "AllKeysCollector", "GatewayMetrics", "GatewayStateCollector"]
 
 BREAKER_STATES = ("closed", "open", "half_open")
+ALL_KEYS_LABEL = "*"  # the `key` of the per-key families summed over keys (what an open /metrics shows)
 
 
 class GatewayMetrics:
@@ -47,20 +57,24 @@ class GatewayMetrics:
         self.inflight_requests = Gauge(
             "rerankd_gateway_inflight_requests", "Requests accepted and not yet answered.", registry=r,
         )
+        self.tenant_registry = CollectorRegistry()
+        t = self.tenant_registry
         self.key_requests_total = Counter(
             "rerankd_gateway_key_requests_total", "Scoring requests answered, by key name and status code.",
-            ["key", "status"], registry=r,
+            ["key", "status"], registry=t,
         )
         self.key_tokens_total = Counter(
-            "rerankd_gateway_key_tokens_total", "Prompt tokens served, by key name.", ["key"], registry=r,
+            "rerankd_gateway_key_tokens_total", "Prompt tokens served, by key name.", ["key"], registry=t,
         )
         self.key_documents_total = Counter(
-            "rerankd_gateway_key_documents_total", "Documents reranked, by key name.", ["key"], registry=r,
+            "rerankd_gateway_key_documents_total", "Documents reranked, by key name.", ["key"], registry=t,
         )
+        self._all_keys = AllKeysCollector(t)
+        r.register(self._all_keys)
         # Upstreams (their current state: up, in flight, breaker, is mirrored by GatewayStateCollector)
         self.upstream_requests_total = Counter(
             "rerankd_gateway_upstream_requests_total",
-            "Attempts sent to replicas, by outcome (success, error, timeout, connect_error, rejected).",
+            "Attempts sent to replicas, by outcome (success, error, timeout, connect_error, rejected, too_large).",
             ["upstream", "outcome"], registry=r,
         )
         self.upstream_duration_seconds = Histogram(
@@ -107,6 +121,21 @@ class GatewayMetrics:
                        "key_store_unavailable"):
             self.auth_failures_total.labels(reason=reason)
 
+    def exposition(self, *, with_keys: bool) -> bytes:
+        """The Prometheus text of a scrape: per-key series by name only ``with_keys`` (a scrape holding
+        ``--metrics-token``), else the per-key families summed over keys."""
+        if not with_keys:
+            return generate_latest(self.registry)
+        return generate_latest(_NamedKeysView(self.registry, self._all_keys, self.tenant_registry))
+
+    def forget_upstream(self, upstream: str) -> None:
+        """Drop a departed replica's labelled series: discovered addresses churn, series must not pile up."""
+        for state in BREAKER_STATES:
+            _remove(self.breaker_transitions_total, upstream, state)
+        for outcome in ("success", "error", "timeout", "connect_error", "rejected", "too_large"):
+            _remove(self.upstream_requests_total, upstream, outcome)
+        _remove(self.upstream_duration_seconds, upstream)
+
     def watch_upstream(self, upstream: str) -> None:
         """Create a replica's labelled transition series at 0 when it joins the pool."""
         for state in BREAKER_STATES:
@@ -121,6 +150,51 @@ class GatewayMetrics:
     def unmirror(self, collector: GatewayStateCollector) -> None:
         """Stop exporting ``collector`` (at shutdown: a later start mirrors its new components)."""
         self.registry.unregister(collector)
+
+
+def _remove(metric: Counter | Histogram, *labels: str) -> None:
+    with contextlib.suppress(KeyError):  # never counted
+        metric.remove(*labels)
+
+
+class AllKeysCollector(Collector):
+    """The per-key families of ``tenant`` summed over ``key`` (one ``key="*"`` series per other label set).
+
+    Read from the counters at scrape time, like :class:`GatewayStateCollector`: nothing is counted twice.
+    """
+
+    def __init__(self, tenant: CollectorRegistry) -> None:
+        self._tenant = tenant
+
+    def describe(self) -> Iterator[Metric]:
+        return (Metric(f.name, f.documentation, f.type) for f in self._tenant.collect())
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._tenant.collect():
+            totals: dict[tuple[str, tuple[tuple[str, str], ...]], float] = defaultdict(float)
+            for sample in family.samples:
+                if sample.name.endswith("_created"):
+                    continue  # one creation time per key; a sum has none
+                labels = {**sample.labels, "key": ALL_KEYS_LABEL}
+                totals[(sample.name, tuple(sorted(labels.items())))] += sample.value
+            summed = Metric(family.name, family.documentation + " Summed over keys (key=\"*\"); a scrape with "
+                            "--metrics-token sees them by name.", family.type)
+            for (name, pairs), value in totals.items():
+                summed.add_sample(name, dict(pairs), value)
+            yield summed
+
+
+class _NamedKeysView:
+    """A registry-like ``collect()`` over ``base`` without ``left_out``, then ``extra`` (the named view)."""
+
+    def __init__(self, base: CollectorRegistry, left_out: AllKeysCollector, extra: CollectorRegistry) -> None:
+        self._base = base
+        self._left_out = {m.name for m in left_out.describe()}
+        self._extra = extra
+
+    def collect(self) -> Iterable[Metric]:
+        yield from (m for m in self._base.collect() if m.name not in self._left_out)
+        yield from self._extra.collect()
 
 
 class GatewayStateCollector(Collector):

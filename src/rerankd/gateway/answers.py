@@ -1,0 +1,141 @@
+"""Judging what a replica answered before a client sees it: the shape of a 200, the words of an error.
+
+Why the gateway checks at all: a replica is another process (ours, a plain vLLM, or whatever sits in
+between: an ingress, a sidecar, a misrouted port). A 200 that is an HTML login page, or JSON of the wrong
+shape, would reach the client as a "success" it cannot parse, and be billed. So a 200 is accepted only in
+the shape its route promises (:func:`accept_answer`), else a 502 naming what was wrong.
+
+Why error bodies are rebuilt rather than passed on: a 4xx/5xx body from upstream may be a stack trace or a
+framework's debug page carrying a database URL or a secret. Only rerankd's error shape (and vLLM's, which
+the gateway also fronts) is understood; its fields are re-serialised through the one error writer, the
+message cut to :data:`MAX_ERROR_MESSAGE_CHARS`. Anything else becomes a generic message with the status;
+the raw body goes to the gateway log (cut short, with the request id), never to the client.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from rerankd.errors import UpstreamMalformedError
+from rerankd.gateway.tokens import TOKENS_HEADER, parse_answer, parse_token_header, shown, usage_tokens
+from rerankd.http.errors import error_body
+
+__all__ = ["MAX_ERROR_MESSAGE_CHARS", "AnswerShape", "accept_answer", "check_answer", "safe_error_body"]
+
+log = logging.getLogger(__name__)
+
+MAX_ERROR_MESSAGE_CHARS = 1024  # a rerankd message names a field and a limit; anything longer is noise
+_LOGGED_BODY_CHARS = 2048  # enough of a stack trace to see where it came from
+_SAFE_TYPE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")  # an error type is an identifier, not prose
+_SAFE_FIELD = re.compile(r"^[A-Za-z0-9_.\[\]-]{1,128}$")
+
+
+class AnswerShape(enum.Enum):
+    """What a route's 200 must look like (DESIGN.md's HTTP contract)."""
+
+    RERANK = "rerank"  # {"results": [{"index", "relevance_score", ...}], ...}
+    TEI = "tei"  # [{"index", "score", ...}]
+    SCORE = "score"  # {"data": [{"index", "score", ...}], ...}
+    MODELS = "models"  # {"data": [...]} (OpenAI model list)
+
+
+# shape -> (the list's key in the body, None for a bare list; the score's field name)
+_LISTS: dict[AnswerShape, tuple[str | None, str]] = {
+    AnswerShape.RERANK: ("results", "relevance_score"),
+    AnswerShape.TEI: (None, "score"),
+    AnswerShape.SCORE: ("data", "score"),
+}
+
+
+def accept_answer(shape: AnswerShape, headers: Mapping[str, str], body: bytes, documents: int) -> int:
+    """Check a 200's shape for ``documents`` inputs and return the tokens it reports; 502 otherwise."""
+    answer = parse_answer(body)
+    check_answer(shape, answer, documents)
+    header = headers.get(TOKENS_HEADER)
+    return parse_token_header(header) if header is not None else usage_tokens(answer)
+
+
+def check_answer(shape: AnswerShape, answer: Any, documents: int) -> None:
+    """Raise :class:`UpstreamMalformedError` naming the first thing about ``answer`` that breaks ``shape``."""
+    if shape is AnswerShape.MODELS:
+        if not isinstance(answer, Mapping) or not isinstance(answer.get("data"), list):
+            raise _malformed("a model list needs a `data` list")
+        return
+    key, score = _LISTS[shape]
+    if key is None:
+        items = answer
+        where = "the answer"
+        if not isinstance(items, list):
+            raise _malformed(f"{where} must be a JSON list of {{index, {score}}}, got {_kind(items)}")
+    else:
+        if not isinstance(answer, Mapping):
+            raise _malformed(f"the answer must be a JSON object with `{key}`, got {_kind(answer)}")
+        items = answer.get(key)
+        where = f"`{key}`"
+        if not isinstance(items, list):
+            raise _malformed(f"{where} must be a list of {{index, {score}}}, got {_kind(items)}")
+    if len(items) > documents:
+        raise _malformed(f"{where} has {len(items)} items for {documents} inputs")
+    for position, item in enumerate(items):
+        if not isinstance(item, Mapping):
+            raise _malformed(f"{where}[{position}] must be an object, got {_kind(item)}")
+        index = item.get("index")
+        if type(index) is not int or not 0 <= index < documents:  # bool is an int; a float is no index
+            raise _malformed(f"{where}[{position}].index must be an integer from 0 to {documents - 1}, "
+                             f"got {shown(repr(index))}")
+        value = item.get(score)
+        if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+            raise _malformed(f"{where}[{position}].{score} must be a finite number, got {shown(repr(value))}")
+
+
+def safe_error_body(status: int, body: bytes, *, request_id: str, upstream: str) -> bytes:
+    """The error body a client may see for a replica's ``status`` answer: its own fields when it is
+    rerankd's or vLLM's error shape, else a generic message (the raw body is logged, not sent)."""
+    fields = _error_fields(body)
+    if fields is not None:
+        message, error_type, field = fields
+        return json.dumps(error_body(status, message, error_type=error_type, field=field),
+                          ensure_ascii=False, separators=(",", ":")).encode()
+    text = body[:_LOGGED_BODY_CHARS].decode("utf-8", "replace")
+    log.warning("replica %s answered %d with a body that is not an error object (%d bytes): %s", upstream, status,
+                len(body), text, extra={"request_id": request_id})
+    message = f"the replica answered {status}; see the gateway log (request id {request_id})"
+    return json.dumps(error_body(status, message, error_type="upstream_error"), separators=(",", ":")).encode()
+
+
+def _error_fields(body: bytes) -> tuple[str, str | None, str | None] | None:
+    """(message, type, field) of ``{"error": {...}}`` (rerankd, newer vLLM) or ``{"object": "error", ...}``
+    (older vLLM); None for anything else."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(parsed, dict):
+        return None
+    error = parsed.get("error")
+    if not isinstance(error, dict):
+        error = parsed if parsed.get("object") == "error" else None
+    if error is None or not isinstance(error.get("message"), str):
+        return None
+    message: str = error["message"]
+    if len(message) > MAX_ERROR_MESSAGE_CHARS:
+        message = message[:MAX_ERROR_MESSAGE_CHARS] + "... (cut)"
+    error_type = error.get("type")
+    field = error.get("field", error.get("param"))
+    return (message, error_type if isinstance(error_type, str) and _SAFE_TYPE.match(error_type) else None,
+            field if isinstance(field, str) and _SAFE_FIELD.match(field) else None)
+
+
+def _malformed(what: str) -> UpstreamMalformedError:
+    return UpstreamMalformedError(f"the replica answered 200 in the wrong shape: {what}")
+
+
+def _kind(value: Any) -> str:
+    kinds = {dict: "an object", list: "a list", str: "a string", type(None): "null"}
+    return kinds.get(type(value), type(value).__name__)
