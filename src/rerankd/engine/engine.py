@@ -39,9 +39,8 @@ class RerankEngine:
     """Scores (query, documents) tasks; safe to call from many coroutines at once."""
 
     def __init__(
-        self, builder: PromptBuilder, batcher: DynamicBatcher, info: BackendInfo,
-        metrics: ServerMetrics | None = None, *, max_request_tokens: int = EngineConfig.model_fields[
-            "max_request_tokens"].default,
+        self, builder: PromptBuilder, batcher: DynamicBatcher, info: BackendInfo, metrics: ServerMetrics, *,
+        max_request_tokens: int,
     ) -> None:
         self.builder = builder
         self.max_request_tokens = max_request_tokens
@@ -83,10 +82,9 @@ class RerankEngine:
         outcomes: list[ScoreOutcome] = []
         for group, slot, raw, prompt_tokens in zip(groups, slots, raws, tokens, strict=True):
             truncated = [group.truncated[i] for i in slot]
-            if self.metrics:
-                self.metrics.request_documents.observe(len(slot))
-                self.metrics.request_tokens.observe(prompt_tokens)
-                self.metrics.truncated_documents_total.inc(sum(truncated))
+            self.metrics.request_documents.observe(len(slot))
+            self.metrics.request_tokens.observe(prompt_tokens)
+            self.metrics.truncated_documents_total.inc(sum(truncated))
             outcomes.append(ScoreOutcome([raw[i] for i in slot], prompt_tokens, truncated))
         return outcomes
 
