@@ -84,6 +84,12 @@ def test_up_serves_through_the_gateway_restarts_a_dead_replica_and_stops_cleanly
         assert {r["index"] for r in answer.json()["results"]} == {0, 1}
         assert httpx.get(printed["web UI"], timeout=10).status_code == 200
         assert oct((tmp_path / "data" / "api-key").stat().st_mode & 0o777) == "0o600"
+        # The replicas are reachable only through the gateway: a local client without the replica key is refused
+        # (and so cannot skip the gateway's keys, limits and ledger, or claim another tenant's batching turns).
+        direct = httpx.post(f"http://127.0.0.1:{base}/v1/rerank", json={"query": "q", "documents": ["a"]},
+                            headers=auth, timeout=30)
+        assert direct.status_code == 401, direct.text
+        assert oct((tmp_path / "data" / "replica-key").stat().st_mode & 0o777) == "0o600"
 
         children = psutil.Process(proc.pid).children(recursive=True)
         assert len(children) >= 4  # two servers, the gateway, the UI

@@ -150,6 +150,9 @@ def up(model: str, replicas: int, host: str, gateway_port: int, ui_port: int, wi
     database_url = f"sqlite:///{data_dir / 'gateway.db'}"
     admin_key = _secret_file(data_dir / "admin-key", lambda: "adm-" + secrets.token_urlsafe(24))
     api_key = _first_api_key(database_url, data_dir / "api-key")
+    # The replicas listen on 127.0.0.1 beside the gateway: a local process must not bypass the gateway's keys,
+    # limits and ledger, and only a replica with --api-key trusts the gateway's per-tenant batching header.
+    replica_key = _secret_file(data_dir / "replica-key", lambda: "rep-" + secrets.token_urlsafe(24))
 
     python = [sys.executable, "-m", "rerankd.cli"]
     env = {**os.environ, "RERANKD_LOG_FORMAT": "json"}
@@ -160,11 +163,12 @@ def up(model: str, replicas: int, host: str, gateway_port: int, ui_port: int, wi
     serve_extra = settings_argv(replica, [n for n in REPLICA_SETTINGS if n != "served_model_name"])
     servers = [Child(f"server-{i + 1}", [*python, "serve", "--model", str(model_path), "--served-model-name", name,
                                          "--host", "127.0.0.1", "--port", str(server_base_port + i), *serve_extra],
-                     logs / f"server-{i + 1}.log", env) for i in range(replicas)]
+                     logs / f"server-{i + 1}.log", {**env, "RERANKD_API_KEY": replica_key}) for i in range(replicas)]
     server_urls = [f"http://127.0.0.1:{server_base_port + i}" for i in range(replicas)]
     gateway = Child("gateway", [*python, "gateway", *[a for u in server_urls for a in ("--upstream", u)],
                                 "--host", host, "--port", str(gateway_port), "--database-url", database_url],
-                    logs / "gateway.log", {**env, "RERANKD_ADMIN_KEY": admin_key})
+                    logs / "gateway.log",
+                    {**env, "RERANKD_ADMIN_KEY": admin_key, "RERANKD_UPSTREAM_API_KEY": replica_key})
     local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     gateway_url = f"http://{local}:{gateway_port}"
     children = [*servers, gateway]
