@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import metric_value, running_server
 from rerankd.server.settings import ServerSettings
+from support import metric_value, running_server
 
 MAX_REQUEST_TOKENS = 3000
 MAX_REQUEST_CHARS = 200_000
