@@ -19,6 +19,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
+    "TENANT_HEADER",
     "DocumentObject",
     "ErrorBody",
     "ModelCard",
@@ -40,6 +41,10 @@ __all__ = [
     "rank_order",
     "sigmoid",
 ]
+
+# Who asks, as the gateway (which holds the replica's --api-key) names the key: requests of one tenant share a
+# replica's batcher turns. A replica honours it only behind --api-key; without one, anyone could name any tenant.
+TENANT_HEADER = "X-Rerankd-Tenant"
 
 MaxTokens = Annotated[int, Field(ge=1, le=1_000_000)]
 

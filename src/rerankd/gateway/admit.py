@@ -96,12 +96,7 @@ class Admission:
     async def admit(self, identity: Identity, documents: int,
                     body: ScoringBody) -> tuple[dict[str, str], Reservation]:
         """Spend one request of the key's requests/min, refuse a request too big, reserve its tokens."""
-        decision = await self._limiter.check_request(identity.key_id, identity.rpm)
-        refusal = request_refusal(decision, identity.rpm)
-        if refusal is not None:
-            self._metrics.rate_limited_total.labels(limit="requests").inc()
-            raise refusal
-        headers = decision.headers()
+        headers = await self.spend_request(identity)
         too_large = document_refusal(documents, self._max_documents)
         if too_large is not None:
             raise too_large
@@ -117,3 +112,12 @@ class Admission:
             self._metrics.rate_limited_total.labels(limit="tokens").inc()
             raise refused
         return {**headers, **token_headers(reservation.decision)}, reservation
+
+    async def spend_request(self, identity: Identity) -> dict[str, str]:
+        """Spend one request of the key's requests/min (429 when it is spent); its ``X-RateLimit-*`` headers."""
+        decision = await self._limiter.check_request(identity.key_id, identity.rpm)
+        refusal = request_refusal(decision, identity.rpm)
+        if refusal is not None:
+            self._metrics.rate_limited_total.labels(limit="requests").inc()
+            raise refusal
+        return decision.headers()

@@ -71,7 +71,7 @@ def _default(name: str) -> Any:
                  "--max-body-bytes: an answer with return_documents echoes the request's texts.")
 @env_option("--body-timeout", type=click.FloatRange(min=0.1), default=_default("body_timeout"),
             help="Seconds a client may stall while sending its body before a 408 (slowloris guard).")
-@settings_options(GatewaySettings, [*EdgeSettings.model_fields, "max_concurrent_requests"])
+@settings_options(GatewaySettings, [*EdgeSettings.model_fields, "max_concurrent_requests", "max_request_chars"])
 @env_option("--attempt-timeout", type=click.FloatRange(min=0.001), default=_default("attempt_timeout"),
             help="Seconds one attempt at one replica may take.")
 @env_option("--total-timeout", type=click.FloatRange(min=0.001), default=_default("total_timeout"),

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import aiohttp
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from rerankd.admission import AdmissionLimits
 from rerankd.gateway.admit import Admission
 from rerankd.gateway.audit import AuditLog
 from rerankd.gateway.authenticate import Authenticator
@@ -54,6 +55,7 @@ class GatewayComponents:
     pipeline: ScoringPipeline
     audit: AuditLog
     mirrored: GatewayStateCollector
+    admission: AdmissionLimits  # the bounds of a scoring body, checked before validation
     jwt: JwtVerifier | None = None
 
     async def close(self) -> None:
@@ -118,6 +120,8 @@ async def open_components(settings: GatewaySettings, metrics: GatewayMetrics) ->
     return GatewayComponents(settings=settings, metrics=metrics, engine=engine, keys=keys, ledger=ledger,
                              limiter=limiter, auth=auth, pool=pool, client=client, forwarder=forwarder,
                              pipeline=pipeline, audit=AuditLog(engine), mirrored=metrics.mirror(pool, ledger, limiter),
+                             admission=AdmissionLimits(max_documents=settings.max_documents,
+                                                       max_request_chars=settings.max_request_chars),
                              jwt=jwt)
 
 

@@ -15,9 +15,10 @@ from fastapi import Depends, Request
 from rerankd.gateway.authenticate import Identity, identify, identify_admin
 from rerankd.gateway.components import GatewayComponents
 
-__all__ = ["COMPONENTS_STATE", "Admin", "Caller", "Components", "components_of"]
+__all__ = ["COMPONENTS_STATE", "Admin", "Caller", "Components", "caller_of", "components_of"]
 
 COMPONENTS_STATE = "gateway"  # the lifespan state's key
+_IDENTITY_STATE = "identity"  # the request's caller, once known (per request: Starlette copies the state)
 
 
 def components_of(request: Request) -> GatewayComponents:
@@ -29,8 +30,18 @@ def components_of(request: Request) -> GatewayComponents:
 Components = Annotated[GatewayComponents, Depends(components_of)]
 
 
+async def caller_of(request: Request, components: GatewayComponents) -> Identity:
+    """The request's authenticated caller (401 otherwise), identified once per request: the scoring routes'
+    admission (:mod:`rerankd.gateway.admission`) asks before the body is parsed, the :data:`Caller` after."""
+    state = request.scope["state"]
+    known: Identity | None = state.get(_IDENTITY_STATE)
+    if known is None:
+        known = state[_IDENTITY_STATE] = await identify(request, components.auth)
+    return known
+
+
 async def _caller(request: Request, components: Components) -> Identity:
-    return await identify(request, components.auth)
+    return await caller_of(request, components)
 
 
 async def _admin(request: Request, components: Components) -> Identity:

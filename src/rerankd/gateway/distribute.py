@@ -34,23 +34,25 @@ class Distributor:
         self._metrics = metrics
         self._split_threshold = split_threshold
 
-    async def send(self, path: str, body: bytes, request_id: str) -> UpstreamReply:
-        """The client's bytes as they came (already validated): no re-encoding cost, nothing lost."""
-        return await self._forwarder.send(path, body, request_id)
+    async def send(self, path: str, body: bytes, request_id: str, *, tenant: str | None = None) -> UpstreamReply:
+        """The client's bytes as they came (already validated): no re-encoding cost, nothing lost.
+        ``tenant`` is the caller's key id, for the replicas' batchers (:meth:`Forwarder.send`)."""
+        return await self._forwarder.send(path, body, request_id, tenant=tenant)
 
-    async def send_rerank(self, path: str, body: bytes, request: RerankRequest, request_id: str) -> UpstreamReply:
+    async def send_rerank(self, path: str, body: bytes, request: RerankRequest, request_id: str, *,
+                          tenant: str | None = None) -> UpstreamReply:
         """A rerank request: split when it is large and more than one replica can help, else as it came."""
         plan = plan_split(request, self._split_threshold, self._pool.available_count())
         if plan is None:
-            return await self.send(path, body, request_id)
-        return await self._send_split(path, plan, request_id)
+            return await self.send(path, body, request_id, tenant=tenant)
+        return await self._send_split(path, plan, request_id, tenant)
 
-    async def _send_split(self, path: str, plan: SplitPlan, request_id: str) -> UpstreamReply:
+    async def _send_split(self, path: str, plan: SplitPlan, request_id: str, tenant: str | None) -> UpstreamReply:
         self._metrics.split_requests_total.inc()
         self._metrics.split_parts.observe(len(plan.slices))
         spread: set[str] = set()
         replies = await gather_or_cancel([
-            self._forwarder.send(path, part, f"{request_id}.p{i}", spread=spread)
+            self._forwarder.send(path, part, f"{request_id}.p{i}", spread=spread, tenant=tenant)
             for i, part in enumerate(plan.bodies())])
         failed = next((r for r in replies if r.status != 200), None)
         if failed is not None:

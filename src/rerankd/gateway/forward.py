@@ -35,6 +35,7 @@ from rerankd.errors import UpstreamMalformedError, UpstreamUnavailableError
 from rerankd.gateway.answers import safe_error_body
 from rerankd.gateway.pool import Upstream, UpstreamPool
 from rerankd.observability.gateway_metrics import GatewayMetrics
+from rerankd.protocol import TENANT_HEADER
 
 __all__ = ["Forwarder", "RetryBudget", "UpstreamReply"]
 
@@ -109,11 +110,14 @@ class Forwarder:
         self._auth = {"authorization": f"Bearer {upstream_api_key}"} if upstream_api_key else {}
 
     async def send(self, path: str, body: bytes, request_id: str, *, method: str = "POST",
-                   spread: set[str] | None = None) -> UpstreamReply:
+                   spread: set[str] | None = None, tenant: str | None = None) -> UpstreamReply:
         """Send ``body`` (JSON) to ``path``; fail over on replica failure. Raises 503 when nothing answers.
 
         ``spread`` is shared by the parts of one split request: each part prefers a replica no sibling
-        has taken yet, so N parts land on N replicas whenever N are available.
+        has taken yet, so N parts land on N replicas whenever N are available. ``tenant`` (the caller's key
+        id) is sent as ``X-Rerankd-Tenant``, so a replica run with ``--api-key`` shares its batcher's turns
+        per tenant; the headers are built here from nothing, so a client's own ``X-Rerankd-Tenant`` never
+        reaches a replica.
         """
         self.budget.note_request()
         deadline = time.monotonic() + self.total_timeout
@@ -140,7 +144,7 @@ class Forwarder:
             tried.add(upstream.url)
             if spread is not None:
                 spread.add(upstream.url)
-            reply, problem, reason = await self._attempt(upstream, method, path, body, request_id,
+            reply, problem, reason = await self._attempt(upstream, method, path, body, request_id, tenant,
                                                          min(self.attempt_timeout, remaining), attempt)
             if reply is not None and reason is None:
                 return reply
@@ -157,9 +161,12 @@ class Forwarder:
                                        retry_after=2)
 
     async def _attempt(self, upstream: Upstream, method: str, path: str, body: bytes, request_id: str,
-                       timeout: float, attempt: int) -> tuple[UpstreamReply | None, str, str | None]:
+                       tenant: str | None, timeout: float,
+                       attempt: int) -> tuple[UpstreamReply | None, str, str | None]:
         """One try. Returns (reply, problem, retry reason): reason None means the reply is final."""
         headers = {"content-type": "application/json", "x-request-id": request_id, **self._auth}
+        if tenant is not None:
+            headers[TENANT_HEADER] = tenant
         started = time.perf_counter()
         async with self.pool.lease(upstream):  # in flight counts come from the leases at scrape time
             try:

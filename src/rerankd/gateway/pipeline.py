@@ -78,7 +78,7 @@ class ScoringPipeline:
         reservation: Reservation | None = None
         try:
             limit_headers, reservation = await self._admission.admit(identity, call.documents, call.parsed)
-            reply = await guard(self._forward(call))
+            reply = await guard(self._forward(call, identity))
             status, upstream = reply.status, reply.upstream
             if status == 200:
                 # A wrong shape or a garbage count raises the 502 here, before anything is charged.
@@ -100,7 +100,24 @@ class ScoringPipeline:
                 tokens=tokens, latency_ms=(time.perf_counter() - started) * 1000, request_id=call.request_id,
                 request_id_given=call.request_id_given, upstream=upstream))
 
-    def _forward(self, call: ScoringCall) -> Awaitable[UpstreamReply]:
+    async def refuse(self, identity: Identity, *, route: str, request_id: str, request_id_given: bool,
+                     status: int, started: float) -> None:
+        """Charge a request refused before the pipeline (its size or shape: 400/413/422): it spends one of the
+        key's requests/min and gets its usage row (0 tokens) like any other refusal, so oversized requests
+        are not free. Raises the 429 instead when the key's requests/min was already spent."""
+        try:
+            await self._admission.spend_request(identity)
+        except RerankdError as exc:
+            status = exc.status_code
+            raise
+        finally:
+            self._charger.record(Outcome(
+                identity=identity, route=route, model="", documents=0, status=status, tokens=0,
+                latency_ms=(time.perf_counter() - started) * 1000, request_id=request_id,
+                request_id_given=request_id_given))
+
+    def _forward(self, call: ScoringCall, identity: Identity) -> Awaitable[UpstreamReply]:
+        tenant = identity.key_id  # the replicas share their batcher's turns per tenant
         if call.rerank is not None:
-            return self._distributor.send_rerank(call.route, call.body, call.rerank, call.request_id)
-        return self._distributor.send(call.route, call.body, call.request_id)
+            return self._distributor.send_rerank(call.route, call.body, call.rerank, call.request_id, tenant=tenant)
+        return self._distributor.send(call.route, call.body, call.request_id, tenant=tenant)

@@ -11,6 +11,7 @@ from functools import partial
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from rerankd.gateway.admission import GatewayAdmissionRoute, ledger_route
 from rerankd.gateway.answers import AnswerShape, check_answer
 from rerankd.gateway.cost import ScoringBody
 from rerankd.gateway.dependencies import Caller, Components
@@ -38,8 +39,8 @@ async def _score(request: Request, components: Components, identity: Caller, rou
 
 
 def scoring_router() -> APIRouter:
-    """The rerank, score and model-list routes."""
-    router = APIRouter()
+    """The rerank, score and model-list routes; the scoring ones admit their body before validating it."""
+    router = APIRouter(route_class=GatewayAdmissionRoute)
 
     async def rerank(request: Request, body: RerankRequest, identity: Caller, components: Components) -> Response:
         return await _score(request, components, identity, request.url.path, body.model, len(body.documents),
@@ -60,17 +61,20 @@ def scoring_router() -> APIRouter:
 
     async def score(request: Request, body: ScoreRequest, identity: Caller, components: Components) -> Response:
         # ``/score`` is the same route as ``/v1/score`` upstream and in the ledger.
-        return await _score(request, components, identity, "/v1/score", body.model, len(body.pairs()), body,
-                            shape=AnswerShape.SCORE)
+        return await _score(request, components, identity, ledger_route(request.url.path), body.model,
+                            len(body.pairs()), body, shape=AnswerShape.SCORE)
 
     router.post("/v1/score", response_model=ScoreResponse, summary="Score pairs (vLLM score shape)")(score)
     router.post("/score", response_model=ScoreResponse, include_in_schema=False)(score)
 
-    @router.get("/v1/models", summary="Models the replicas serve (OpenAI list)")
+    listing = APIRouter()
+
+    @listing.get("/v1/models", summary="Models the replicas serve (OpenAI list)")
     async def models(request: Request, _: Caller, components: Components) -> Response:
         reply = await components.forwarder.send("/v1/models", b"", request_id_of(request.scope), method="GET")
         if reply.status == 200:
             check_answer(AnswerShape.MODELS, parse_answer(reply.body), 0)
         return Response(reply.body, status_code=reply.status, media_type=_JSON)
 
+    router.include_router(listing)
     return router

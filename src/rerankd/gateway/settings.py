@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import ConfigDict, Field, ValidationError, field_validator
 
+from rerankd.admission import DEFAULT_MAX_REQUEST_CHARS
 from rerankd.edge_settings import EdgeSettings
 from rerankd.engine.model_source import DEFAULT_MAX_MODEL_LEN
 
@@ -68,6 +69,10 @@ class GatewaySettings(EdgeSettings):
         description="The replicas' --max-model-len (theirs by default): caps each document's tokens/min estimate.")
     key_cache_seconds: float = Field(5.0, ge=0, description="How long a verified key is trusted without the DB.")
     max_documents: int = Field(1000, ge=1)
+    max_request_chars: int = Field(
+        DEFAULT_MAX_REQUEST_CHARS, ge=1,
+        description="Characters of query, instruction and documents one request may send (413 past it, checked "
+                    "before validation, after authentication; counts against the key's requests/min).")
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     body_timeout: float = Field(30.0, gt=0, description="Seconds a client may stall mid-body before a 408.")
     max_concurrent_requests: int = Field(

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from rerankd import __version__
+from rerankd.admission import AdmissionLimits
 from rerankd.engine.config import EngineConfig
 from rerankd.engine.engine import RerankEngine, ScoreOutcome, load_engine
 from rerankd.errors import ModelNotFoundError, NotReadyError, PayloadTooLargeError
@@ -27,6 +28,7 @@ from rerankd.http.disconnect import unless_disconnected
 from rerankd.http.errors import ERROR_RESPONSES, install_error_handlers
 from rerankd.observability.metrics import ServerMetrics
 from rerankd.protocol import (
+    TENANT_HEADER,
     ModelCard,
     ModelList,
     RerankRequest,
@@ -41,7 +43,7 @@ from rerankd.protocol import (
     build_tei_response,
 )
 from rerankd.runtime import free_memory_releaser, freeze_startup_heap
-from rerankd.server.admission import AdmissionLimits, admission_route
+from rerankd.server.admission import admission_route
 from rerankd.server.memory import IdleMemoryReturn
 from rerankd.server.settings import ServerSettings
 
@@ -57,9 +59,6 @@ SERVER_ROUTES = frozenset({
     "/metrics", "/info", "/docs", "/openapi.json", "/redoc",
 })
 PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics"})
-# Who asks, as the gateway (which holds this replica's --api-key) names the key: requests of one tenant share
-# the batcher's turns. Honoured only behind --api-key; without one, anyone could name any tenant.
-TENANT_HEADER = "X-Rerankd-Tenant"
 # A body this large (~250k tokens of text) leaves enough freed memory behind to hand back once idle.
 LARGE_BODY_BYTES = 1024 * 1024
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from rerankd.admission import DEFAULT_MAX_REQUEST_CHARS
 from rerankd.allocator import MallocChoice
 from rerankd.edge_settings import EdgeSettings
 from rerankd.engine.config import EngineConfig
@@ -31,8 +32,9 @@ class ServerSettings(EngineConfig, EdgeSettings):
         None, description="Name clients use in `model` (default: last part of --model).")
     max_documents: int = Field(1000, ge=1, description="Documents allowed per request.")
     max_request_chars: int = Field(
-        8_000_000, ge=1, description="Characters of query, instruction and documents one request may send (413 "
-                                     "past it, checked before validation and tokenizing; ~2M English tokens).")
+        DEFAULT_MAX_REQUEST_CHARS, ge=1,
+        description="Characters of query, instruction and documents one request may send (413 past it, checked "
+                    "before validation and tokenizing; ~2M English tokens).")
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 past it).")
     body_timeout: float = Field(
         30.0, ge=0.1, description="Seconds a client may stall while sending its body before a 408 (slowloris guard).")
