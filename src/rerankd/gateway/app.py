@@ -94,7 +94,7 @@ def create_gateway_app(settings: GatewaySettings) -> FastAPI:
                        metrics=metrics, access_log_fields=_caller_log_fields,
                        max_body_bytes=settings.max_body_bytes, body_timeout=settings.body_timeout,
                        body_deadline=settings.body_deadline, max_concurrent_requests=settings.max_concurrent_requests)
-    app.include_router(scoring_router())
+    app.include_router(scoring_router(settings.max_documents, settings.max_body_bytes))
     app.include_router(admin_router())
     add_probes(app, metrics)
     return app

@@ -19,6 +19,7 @@ from rerankd.gateway.tokens import parse_answer
 from rerankd.http.disconnect import unless_disconnected
 from rerankd.http.middleware import request_id_of
 from rerankd.protocol import RerankRequest, RerankResponse, ScoreRequest, ScoreResponse, TEIRankItem, TEIRerankRequest
+from rerankd.server.admission import AdmissionLimits, admission_route
 
 __all__ = ["scoring_router"]
 
@@ -37,9 +38,16 @@ async def _score(request: Request, components: Components, identity: Caller, rou
     return Response(content=answer.body, status_code=answer.status, media_type=_JSON, headers=answer.headers)
 
 
-def scoring_router() -> APIRouter:
-    """The rerank, score and model-list routes."""
-    router = APIRouter()
+def scoring_router(max_documents: int = 1000, max_body_bytes: int = 32 * 1024 * 1024) -> APIRouter:
+    """The rerank, score and model-list routes.
+
+    Their bodies are admitted as a replica admits them (:mod:`rerankd.server.admission`: a counting parser
+    that stops past ``max_documents`` items), before pydantic builds anything: a validation bomb (200k
+    ``{}`` documents) otherwise cost the gateway's event loop seconds of validation, stalling every other
+    client, only to answer 422. No characters limit of its own: the body cap bounds them here, and the
+    replica's ``--max-request-chars`` still applies.
+    """
+    router = APIRouter(route_class=admission_route(AdmissionLimits(max_documents, max_body_bytes)))
 
     async def rerank(request: Request, body: RerankRequest, identity: Caller, components: Components) -> Response:
         return await _score(request, components, identity, request.url.path, body.model, len(body.documents),
