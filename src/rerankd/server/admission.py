@@ -28,8 +28,10 @@ from typing import Any
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from starlette.requests import ClientDisconnect
 
 from rerankd.errors import BadRequestError, PayloadTooLargeError
+from rerankd.http.disconnect import ClientDisconnectedError
 from rerankd.server.memory import IdleMemoryReturn
 
 __all__ = ["AdmissionLimits", "AdmittedRequest", "admission_route", "check_texts", "parse_bounded"]
@@ -169,7 +171,10 @@ class AdmittedRequest(Request):
 
 async def admit(request: Request, limits: AdmissionLimits) -> AdmittedRequest:
     """Read, parse and size-check the body of ``request``; the same request, carrying its parsed JSON."""
-    body = await request.body()
+    try:
+        body = await request.body()
+    except ClientDisconnect:  # gone mid-body (a dripping client that gave up): a 499, not an "unhandled error"
+        raise ClientDisconnectedError("the client disconnected while sending the body") from None
     admitted = AdmittedRequest(request.scope, request.receive)
     admitted._body = body  # Starlette's cache of the body: FastAPI reads it from here, not the socket
     if not body:
