@@ -31,8 +31,10 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
+from starlette.requests import ClientDisconnect
 
 from rerankd.errors import BadRequestError, PayloadTooLargeError
+from rerankd.http.disconnect import ClientDisconnectedError
 
 __all__ = ["DEFAULT_MAX_REQUEST_CHARS", "AdmissionLimits", "AdmittedRequest", "admit", "check_texts", "parse_bounded"]
 
@@ -173,7 +175,10 @@ class AdmittedRequest(Request):
 
 async def admit(request: Request, limits: AdmissionLimits) -> AdmittedRequest:
     """Read, parse and size-check the body of ``request``; the same request, carrying its parsed JSON."""
-    body = await request.body()
+    try:
+        body = await request.body()
+    except ClientDisconnect:  # gone mid-body (a dripping client that gave up): a 499, not an "unhandled error"
+        raise ClientDisconnectedError("the client disconnected while sending the body") from None
     admitted = AdmittedRequest(request.scope, request.receive)
     admitted._body = body  # Starlette's cache of the body: FastAPI reads it from here, not the socket
     if not body:
