@@ -30,7 +30,9 @@ class EdgeSettings(BaseModel):
         default=60.0, gt=0,
         description="Seconds a client has to send its whole body, however it trickles (408 after it); "
                     "--body-timeout is the longest silence within it.")
-    idle_timeout: float = Field(default=5.0, gt=0, description="Seconds an idle keep-alive connection stays open.")
+    # Longer than the keep-alive expiry of the usual clients (httpx 5 s, aiohttp 15 s): a server that closes an
+    # idle connection at the moment a client reuses it answers that request with a reset (a soak run saw one).
+    idle_timeout: float = Field(default=20.0, gt=0, description="Seconds an idle keep-alive connection stays open.")
     forwarded_allow_ips: str = Field(
         default="",
         description="Comma-separated proxy addresses (or *) whose X-Forwarded-For/-Proto are believed as the "
