@@ -33,6 +33,7 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from starlette.requests import ClientDisconnect
 
+from rerankd.edge_settings import DEFAULT_MAX_REQUEST_CHARS
 from rerankd.errors import BadRequestError, PayloadTooLargeError
 from rerankd.http.disconnect import ClientDisconnectedError
 
@@ -44,8 +45,6 @@ LIST_FIELDS = ("documents", "texts", "text_2", "text_1", "queries")
 TEXT_FIELDS = ("query", "instruction", *LIST_FIELDS)
 # A body this small parses in well under a millisecond: not worth a trip to a worker thread.
 INLINE_PARSE_BYTES = 64 * 1024
-DEFAULT_MAX_REQUEST_CHARS = 8_000_000
-"""``--max-request-chars`` of the server and the gateway: ~2M English tokens, far past any sane request."""
 _KEY_BEFORE = re.compile(r'"((?:[^"\\]|\\.){1,64})"\s*:\s*$')
 
 

@@ -10,8 +10,13 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-__all__ = ["EdgeSettings"]
+__all__ = ["DEFAULT_MAX_REQUEST_CHARS", "EdgeSettings"]
 
+
+# Characters of query, instruction and documents one scoring request may carry (server and gateway alike):
+# ~2M English tokens, so tokenizing is bounded to seconds of one core. Here, not in rerankd.admission, so that
+# `rerankd serve --help` (which reads the settings) imports no FastAPI.
+DEFAULT_MAX_REQUEST_CHARS = 8_000_000
 
 class EdgeSettings(BaseModel):
     """What a hostile or broken client may hold of a process: header size, time, idle connections, and

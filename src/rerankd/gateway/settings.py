@@ -14,8 +14,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import ConfigDict, Field, ValidationError, field_validator
 
-from rerankd.admission import DEFAULT_MAX_REQUEST_CHARS
-from rerankd.edge_settings import EdgeSettings
+from rerankd.edge_settings import DEFAULT_MAX_REQUEST_CHARS, EdgeSettings
 from rerankd.engine.model_source import DEFAULT_MAX_MODEL_LEN
 
 __all__ = ["GatewayConfigError", "GatewaySettings", "load_yaml_config"]

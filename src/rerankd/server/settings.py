@@ -14,9 +14,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from rerankd.admission import DEFAULT_MAX_REQUEST_CHARS
 from rerankd.allocator import MallocChoice
-from rerankd.edge_settings import EdgeSettings
+from rerankd.edge_settings import DEFAULT_MAX_REQUEST_CHARS, EdgeSettings
 from rerankd.engine.config import EngineConfig
 from rerankd.observability.logging import LogFormat, LogLevel
 
