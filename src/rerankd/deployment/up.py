@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import secrets
+import shlex
 import signal
 import sys
 import threading
@@ -24,6 +25,7 @@ import httpx
 
 from rerankd.deployment.supervisor import Child, Supervisor
 from rerankd.engine.config import EngineConfig
+from rerankd.gateway.command import DEFAULT_DATA_DIR, stack_database_url
 from rerankd.options import env_option, settings_argv, settings_options
 from rerankd.server.settings import ServerSettings
 
@@ -73,6 +75,22 @@ def _first_api_key(database_url: str, key_file: Path) -> str:
             await engine.dispose()
 
     return _secret_file(key_file, lambda: asyncio.run(create()))
+
+
+class _Pool:
+    """The replicas of one model in the stack: their processes, URLs and the gateway's ``--pool`` value."""
+
+    def __init__(self, task: str, name: str, model_path: Path, replicas: int, base_port: int, serve_extra: list[str],
+                 python: list[str], logs: Path, env: dict[str, str]) -> None:
+        ports = [base_port + i for i in range(replicas)]  # replica 1 on the base port
+        self.urls = [f"http://127.0.0.1:{port}" for port in ports]
+        self.flag = f"{task}:{name}={','.join(self.urls)}"
+        self.children = [
+            Child(f"server-{i + 1}", [*python, "serve", "--model", str(model_path), "--served-model-name", name,
+                                      "--host", "127.0.0.1", "--port", str(port), *serve_extra],
+                  logs / f"server-{i + 1}.log", env)
+            for i, port in enumerate(ports)]
+
 
 
 def stop_on_signals(stop: threading.Event) -> Callable[[int, Any], None]:
@@ -127,9 +145,10 @@ def _wait_ready(children: list[tuple[Child, str]], timeout: float, stop: threadi
 @env_option("--ui-port", type=click.IntRange(1, 65535), default=7860)
 @env_option("--ui/--no-ui", "with_ui", default=True, help="Start the web UI too.")
 @env_option("--server-base-port", type=click.IntRange(1, 65535), default=8001,
-            help="Replica i listens on base + i, on 127.0.0.1 only (the gateway is the way in).")
-@env_option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("rerankd-data"),
-            help="Ledger database, generated keys and logs.")
+            help="Replica 1 listens on this port, replica N on base + N - 1, on 127.0.0.1 only (the gateway is "
+                 "the way in).")
+@env_option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_DATA_DIR,
+            help="Ledger database, generated keys and logs (`rerankd keys --data-dir DIR` works on its keys).")
 @settings_options(ServerSettings, REPLICA_SETTINGS)
 @env_option("--ready-timeout", type=click.FloatRange(min=1), default=1800.0,
             help="Seconds to wait for every part to be ready before giving up.")
@@ -147,7 +166,7 @@ def up(model: str, replicas: int, host: str, gateway_port: int, ui_port: int, wi
         raise click.ClickException(str(exc)) from None
     data_dir = data_dir.resolve()
     logs = data_dir / "logs"
-    database_url = f"sqlite:///{data_dir / 'gateway.db'}"
+    database_url = stack_database_url(data_dir)
     admin_key = _secret_file(data_dir / "admin-key", lambda: "adm-" + secrets.token_urlsafe(24))
     api_key = _first_api_key(database_url, data_dir / "api-key")
     # The replicas listen on 127.0.0.1 beside the gateway: a local process must not bypass the gateway's keys,
@@ -161,11 +180,13 @@ def up(model: str, replicas: int, host: str, gateway_port: int, ui_port: int, wi
     replica = ServerSettings(model=model, **server_flags)
     name = replica.model_name
     serve_extra = settings_argv(replica, [n for n in REPLICA_SETTINGS if n != "served_model_name"])
-    servers = [Child(f"server-{i + 1}", [*python, "serve", "--model", str(model_path), "--served-model-name", name,
-                                         "--host", "127.0.0.1", "--port", str(server_base_port + i), *serve_extra],
-                     logs / f"server-{i + 1}.log", {**env, "RERANKD_API_KEY": replica_key}) for i in range(replicas)]
-    server_urls = [f"http://127.0.0.1:{server_base_port + i}" for i in range(replicas)]
-    gateway = Child("gateway", [*python, "gateway", *[a for u in server_urls for a in ("--upstream", u)],
+    # One pool per model the stack serves, each a named pool of the gateway's model table. Issue 20's
+    # `--embedding-model` adds its pool here: `_Pool("embed", <name>, <its model dir>, ...)`, on ports after these.
+    pools = [_Pool("rerank", name, model_path, replicas, server_base_port, serve_extra, python, logs,
+                   {**env, "RERANKD_API_KEY": replica_key})]
+    servers = [child for pool in pools for child in pool.children]
+    server_urls = [url for pool in pools for url in pool.urls]
+    gateway = Child("gateway", [*python, "gateway", *[a for pool in pools for a in ("--pool", pool.flag)],
                                 "--host", host, "--port", str(gateway_port), "--database-url", database_url],
                     logs / "gateway.log",
                     {**env, "RERANKD_ADMIN_KEY": admin_key, "RERANKD_UPSTREAM_API_KEY": replica_key})
@@ -201,6 +222,7 @@ def up(model: str, replicas: int, host: str, gateway_port: int, ui_port: int, wi
             click.echo(f"replica {i + 1}: {url}")
         click.echo(f"API key:   {api_key}")
         click.echo(f"admin key: {admin_key}   (also in {data_dir / 'admin-key'})")
+        click.echo(f"more keys: rerankd keys create --name NAME --data-dir {shlex.quote(str(data_dir))}")
         click.echo(f"try:       curl -s {gateway_url}/v1/rerank -H 'Authorization: Bearer {api_key}' "
                    "-d '{\"query\": \"capital of France\", \"documents\": [\"Paris\", \"Berlin\"]}'")
         click.echo("Ctrl-C stops everything.", err=True)

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from rerankd.errors import ConflictError, KeyNotFoundError
 from rerankd.gateway.dependencies import Admin, Caller, Components
+from rerankd.gateway.key_ranges import LIMIT_RANGE, PRIORITY_RANGE
 from rerankd.gateway.keys import ApiKeyRecord
 from rerankd.http.middleware import request_id_of
 
@@ -25,9 +26,15 @@ class KeyCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     name: str = Field(..., min_length=1, max_length=128, description="Unique name; shown in logs and metrics.")
-    rpm: int | None = Field(None, ge=1, description="Requests per minute (default unlimited).")
-    tpm: int | None = Field(None, ge=1, description="Tokens per minute (default unlimited).")
+    rpm: int | None = Field(None, ge=LIMIT_RANGE[0], le=LIMIT_RANGE[1],
+                            description="Requests per minute (default unlimited).")
+    tpm: int | None = Field(None, ge=LIMIT_RANGE[0], le=LIMIT_RANGE[1],
+                            description="Tokens per minute (default unlimited).")
     admin: bool = Field(False, description="May call /admin/*.")
+    priority: int | None = Field(
+        None, ge=PRIORITY_RANGE[0], le=PRIORITY_RANGE[1],
+        description="Default `priority` of the key's requests (lower is served earlier); a request may ask for a "
+                    "higher number, never a lower one. Default: none (the replicas' default, 0).")
 
 
 class KeyInfo(BaseModel):
@@ -37,6 +44,7 @@ class KeyInfo(BaseModel):
     rpm: int | None
     tpm: int | None
     admin: bool
+    priority: int | None
     created_at: datetime
     revoked_at: datetime | None
 
@@ -60,7 +68,7 @@ class UsageReport(BaseModel):
 
 def _info(record: ApiKeyRecord) -> dict[str, Any]:
     return {"id": record.id, "name": record.name, "key_prefix": record.key_prefix, "rpm": record.rpm,
-            "tpm": record.tpm, "admin": record.is_admin, "created_at": record.created_at,
+            "tpm": record.tpm, "admin": record.is_admin, "priority": record.priority, "created_at": record.created_at,
             "revoked_at": record.revoked_at}
 
 
@@ -78,7 +86,8 @@ def admin_router() -> APIRouter:
     @router.post("/admin/keys", response_model=CreatedKey, status_code=201, summary="Create an API key")
     async def create_key(request: Request, body: KeyCreate, identity: Admin, components: Components) -> dict[str, Any]:
         try:
-            record, plaintext = await components.keys.create(body.name, body.rpm, body.tpm, is_admin=body.admin)
+            record, plaintext = await components.keys.create(body.name, body.rpm, body.tpm, is_admin=body.admin,
+                                                             priority=body.priority)
         except ValueError as exc:
             raise ConflictError(str(exc), field="name") from None
         await components.audit.record(identity.name, "key.create", record.name, request_id=request_id_of(request.scope),
@@ -101,9 +110,9 @@ def admin_router() -> APIRouter:
                                       client=_client(request))
         return {"revoked": name_or_id}
 
-    @router.get("/admin/upstreams", summary="Each replica: health, breaker state, requests in flight")
+    @router.get("/admin/upstreams", summary="Each replica: its pool, health, breaker state, requests in flight")
     async def upstreams(_: Admin, components: Components) -> list[dict[str, Any]]:
-        return components.pool.snapshot()
+        return components.pools.snapshot()
 
     @router.get("/admin/usage", response_model=list[UsageDay], summary="Usage per UTC day, all keys or one")
     async def all_usage(_: Admin, components: Components,

@@ -65,8 +65,9 @@ def create_gateway_app(settings: GatewaySettings) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Any]]:
         components = await open_components(settings, metrics)
         freeze_startup_heap()
-        healthy = components.pool.available_count()
-        log.info("gateway ready: %d/%d replicas healthy", healthy, len(components.pool.upstreams))
+        healthy = components.pools.available_count()
+        log.info("gateway ready: %d/%d replicas healthy in %d pool(s)", healthy, len(components.pools.upstreams),
+                 len(components.pools.pools))
         try:
             yield {COMPONENTS_STATE: components}  # every request's ``request.state`` (see dependencies.py)
         finally:
@@ -90,7 +91,8 @@ def create_gateway_app(settings: GatewaySettings) -> FastAPI:
         log.warning("database unavailable for %s: %s", request.url.path, type(exc).__name__)
         return error_response(503, "the gateway database is unavailable; retry shortly", retry_after=5,
                               error_type="database_unavailable")
-    app.add_middleware(HttpMiddleware, route_label=known_routes_label(GATEWAY_ROUTES, {"/admin/": "/admin"}),
+    app.add_middleware(HttpMiddleware, route_label=known_routes_label(GATEWAY_ROUTES, {"/admin/": "/admin",
+                                                                                     "/v1/models/": "/v1/models/{id}"}),
                        metrics=metrics, access_log_fields=_caller_log_fields,
                        max_body_bytes=settings.max_body_bytes, body_timeout=settings.body_timeout,
                        body_deadline=settings.body_deadline, max_concurrent_requests=settings.max_concurrent_requests)

@@ -39,6 +39,7 @@ class Identity:
     is_admin: bool
     rpm: int | None = None
     tpm: int | None = None
+    priority: int | None = None  # the key's default request priority (lower is served earlier)
 
 
 class Authenticator:
@@ -115,7 +116,7 @@ class Authenticator:
             self._verified.pop(digest, None)
             raise self._refuse("invalid_key", "invalid or revoked API key", request_id)
         identity = Identity(key_id=record.id, name=record.name, kind="key", is_admin=record.is_admin,
-                            rpm=record.rpm, tpm=record.tpm)
+                            rpm=record.rpm, tpm=record.tpm, priority=record.priority)
         if len(self._verified) > 10_000:  # bounded: a flood of distinct valid keys cannot grow it forever
             self._verified.clear()
         self._verified[digest] = (now, identity)

@@ -28,7 +28,7 @@ from typing import Any
 from sqlalchemy import BigInteger, Boolean, Column, DateTime, Float, Integer, Numeric, SmallInteger, String
 from sqlalchemy.sql.expression import FromClause
 
-__all__ = ["ColumnLimits", "FittedRow"]
+__all__ = ["ColumnLimits", "FittedRow", "integer_range"]
 
 _INT_RANGES = ((SmallInteger, 2**15), (BigInteger, 2**63), (Integer, 2**31))  # subclasses before Integer
 _UNIQUE_SUFFIX_HEX = 16  # 64 bits of SHA-256: a truncated unique value stays unique (collisions ~2^-32 at 2^16 rows)
@@ -80,9 +80,7 @@ def _fit_for(column: Column[Any]) -> _Fit:
     if isinstance(kind, Boolean):
         return _nullable(nullable, False, lambda value: (bool(value), None))
     if isinstance(kind, Integer):
-        span = next(size for type_, size in _INT_RANGES if isinstance(kind, type_))
-        low = max(-span, column.info.get("minimum", -span))
-        high = min(span - 1, column.info.get("maximum", span - 1))
+        low, high = integer_range(column)
         return _nullable(nullable, _nearest_to_zero(low, high), lambda value: _fit_int(value, low, high))
     if isinstance(kind, (Float, Numeric)):
         low_f = float(column.info.get("minimum", -sys.float_info.max))
@@ -91,6 +89,14 @@ def _fit_for(column: Column[Any]) -> _Fit:
     if isinstance(kind, DateTime):
         return _nullable(nullable, None, _fit_datetime)
     return lambda value: (value, None)
+
+
+def integer_range(column: Column[Any]) -> tuple[int, int]:
+    """The integers an integer column can store on both databases (its ``info`` bounds included): what a value
+    chosen by an operator (a key's limits, its priority) is checked against before it is stored, where
+    bounding it silently would be wrong."""
+    span = next(size for type_, size in _INT_RANGES if isinstance(column.type, type_))
+    return max(-span, column.info.get("minimum", -span)), min(span - 1, column.info.get("maximum", span - 1))
 
 
 def _nearest_to_zero(low: Any, high: Any) -> Any:

@@ -6,16 +6,18 @@ import asyncio
 import getpass
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
 from click.core import ParameterSource
 
 from rerankd.edge_settings import EdgeSettings
+from rerankd.gateway.key_ranges import LIMIT_RANGE, PRIORITY_RANGE
 from rerankd.gateway.settings import GatewayConfigError, GatewaySettings, load_yaml_config
 from rerankd.options import env_option, settings_options
 
-__all__ = ["gateway", "keys"]
+__all__ = ["DEFAULT_DATA_DIR", "gateway", "keys", "stack_database_url"]
 
 _D = GatewaySettings.model_fields
 
@@ -29,7 +31,19 @@ def _default(name: str) -> Any:
 @env_option("--config", "config_file", envvar="RERANKD_CONFIG", type=click.Path(dir_okay=False), default=None,
             help="YAML file with any of these settings (flags and RERANKD_* variables win over it).")
 @env_option("--upstream", "upstreams", multiple=True, envvar="RERANKD_UPSTREAM",
-            help="Replica URL, repeatable; dns+http://NAME:PORT means every address NAME resolves to.")
+            help="Replica URL, repeatable; dns+http://NAME:PORT means every address NAME resolves to. These "
+                 "replicas form one unnamed pool, the default route.")
+@env_option("--pool", "pools", multiple=True, envvar="RERANKD_POOL",
+            help="A named pool, repeatable: [TASK:]NAME=URL[,URL...] (TASK rerank, the default, or embed); NAME is "
+                 "the public model name clients send.")
+@env_option("--model-alias", "model_aliases", multiple=True, envvar="RERANKD_MODEL_ALIAS",
+            help="Another public name for a pool, repeatable: ALIAS=NAME (e.g. rerank-v3.5=qwen3-reranker-4b).")
+@env_option("--default-model", default=None,
+            help="Pool or alias for requests without a model (and, unless --strict-models, with an unknown one). "
+                 "Default: the --upstream pool, else each task's first --pool.")
+@env_option("--strict-models/--lenient-models", default=_default("strict_models"),
+            help="Strict: a model name no route matches is a 404 listing what is served. Lenient: it goes to the "
+                 "default pool.")
 @env_option("--host", default=_default("host"))
 @env_option("--port", type=click.IntRange(0, 65535), default=_default("port"))
 @env_option("--database-url", default=_default("database_url"),
@@ -99,7 +113,9 @@ def gateway(ctx: click.Context, /, config_file: str | None, log_format: str, log
         app = create_gateway_app(settings)
     except (GatewayConfigError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
-    click.echo(f"rerankd gateway: {len(settings.upstreams)} upstream(s); listening on "
+    named = [p.name for p in settings.pools]
+    click.echo(f"rerankd gateway: {len(settings.upstreams) + sum(len(p.upstreams) for p in settings.pools)} "
+               f"upstream(s){'; models ' + ', '.join(named) if named else ''}; listening on "
                f"http://{settings.host}:{settings.port}", err=True)
     run_until_stopped(uvicorn_config(app, host=settings.host, port=settings.port, limits=settings,
                                      log_level=settings.log_level, access_log=False,
@@ -129,8 +145,55 @@ def keys() -> None:
     """Create, list and revoke gateway API keys (in the gateway's database)."""
 
 
-_database_option = env_option("--database-url", default=_default("database_url"),
-                              help="The gateway's database: sqlite:///PATH or postgresql://USER@HOST/DB.")
+DEFAULT_DATA_DIR = Path("rerankd-data")  # `rerankd up --data-dir`'s default; its database is DATA_DIR/gateway.db
+
+
+def stack_database_url(data_dir: Path) -> str:
+    """The database of the `rerankd up` stack whose state is in ``data_dir``."""
+    return f"sqlite:///{data_dir.resolve() / 'gateway.db'}"
+
+
+def _database(func: Any) -> Any:
+    """``--database-url`` and ``--data-dir``: which gateway database a ``rerankd keys`` command works on."""
+    func = env_option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                      show_default=False,
+                      help=f"A `rerankd up` stack's --data-dir: use its DATA_DIR/gateway.db (default "
+                           f"{DEFAULT_DATA_DIR}/ when that database exists and --database-url is not given).")(func)
+    return env_option("--database-url", default=None, show_default=False,
+                      help=f"The gateway's database: sqlite:///PATH or postgresql://USER@HOST/DB (default "
+                           f"{_default('database_url')}).")(func)
+
+
+def _resolve_database(database_url: str | None, data_dir: Path | None) -> str:
+    """``--database-url`` wins, then ``--data-dir``; without either, the `rerankd up` stack of this directory
+    (``./rerankd-data/gateway.db``) when there is one and no gateway database of its own, else the gateway's
+    default. Two candidates and no choice is an error naming both."""
+    if database_url is not None and data_dir is not None:
+        raise click.UsageError("give --database-url or --data-dir, not both")
+    if database_url is not None:
+        return database_url
+    if data_dir is not None:
+        if not (data_dir / "gateway.db").exists():
+            raise click.UsageError(f"no gateway database in --data-dir {data_dir} ({data_dir / 'gateway.db'} "
+                                   "does not exist): give the --data-dir `rerankd up` was started with")
+        return stack_database_url(data_dir)
+    default = str(_default("database_url"))
+    stack = DEFAULT_DATA_DIR / "gateway.db"
+    own = Path(default.removeprefix("sqlite:///"))
+    if stack.exists() and own.exists():
+        raise click.UsageError(f"two gateway databases here: {stack} (`rerankd up`) and {own} (`rerankd "
+                               f"gateway`); pick one with --data-dir {DEFAULT_DATA_DIR} or --database-url {default}")
+    return stack_database_url(DEFAULT_DATA_DIR) if stack.exists() else default
+
+
+def _shown_url(url: str) -> str:
+    """The database for a message, without a password."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # an unparsable URL is reported by the engine factory, with a better message
+        return "the database"
 
 
 def _run(coro: Any) -> Any:
@@ -160,18 +223,23 @@ async def _audit(engine: Any, action: str, target: str) -> None:
 
 @keys.command("create")
 @click.option("--name", required=True, help="Unique name; appears in logs, metrics and usage.")
-@click.option("--rpm", type=click.IntRange(min=1), default=None, help="Requests per minute (default unlimited).")
-@click.option("--tpm", type=click.IntRange(min=1), default=None, help="Tokens per minute (default unlimited).")
+@click.option("--rpm", type=click.IntRange(*LIMIT_RANGE), default=None, help="Requests per minute (default unlimited).")
+@click.option("--tpm", type=click.IntRange(*LIMIT_RANGE), default=None, help="Tokens per minute (default unlimited).")
+@click.option("--priority", type=click.IntRange(*PRIORITY_RANGE), default=None,
+              help="Default `priority` of the key's requests (lower is served earlier); a request may ask for a "
+                   "higher number, never a lower one. Default: none.")
 @click.option("--admin", is_flag=True, help="The key may call /admin/*.")
 @click.option("--json", "as_json", is_flag=True, help="Print the key and its record as JSON.")
-@_database_option
-def create_key(name: str, rpm: int | None, tpm: int | None, admin: bool, as_json: bool, database_url: str) -> None:
+@_database
+def create_key(name: str, rpm: int | None, tpm: int | None, priority: int | None, admin: bool, as_json: bool,
+               database_url: str | None, data_dir: Path | None) -> None:
     """Create a key and print it once: it is stored hashed and cannot be shown again."""
+    url = _resolve_database(database_url, data_dir)
 
     async def run() -> tuple[Any, str]:
-        engine, store = await _store(database_url)
+        engine, store = await _store(url)
         try:
-            record, plaintext = await store.create(name, rpm, tpm, is_admin=admin)
+            record, plaintext = await store.create(name, rpm, tpm, is_admin=admin, priority=priority)
             await _audit(engine, "key.create", record.name)
             return record, plaintext
         finally:
@@ -183,22 +251,24 @@ def create_key(name: str, rpm: int | None, tpm: int | None, admin: bool, as_json
         raise click.ClickException(str(exc)) from None
     if as_json:
         click.echo(json.dumps({"id": record.id, "name": record.name, "key": plaintext, "rpm": record.rpm,
-                               "tpm": record.tpm, "admin": record.is_admin}))
+                               "tpm": record.tpm, "priority": record.priority, "admin": record.is_admin}))
         return
     click.echo(plaintext)
+    shown_priority = "" if record.priority is None else f", priority {record.priority}"
     click.echo(f"created key {record.name!r} (id {record.id}, rpm {record.rpm or 'unlimited'}, "
-               f"tpm {record.tpm or 'unlimited'}{', admin' if admin else ''}); store it now, it is not shown again",
-               err=True)
+               f"tpm {record.tpm or 'unlimited'}{shown_priority}{', admin' if admin else ''}) in {_shown_url(url)}; "
+               "store it now, it is not shown again", err=True)
 
 
 @keys.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
-@_database_option
-def list_keys(as_json: bool, database_url: str) -> None:
-    """List keys (name, prefix, limits, state); never the keys themselves."""
+@_database
+def list_keys(as_json: bool, database_url: str | None, data_dir: Path | None) -> None:
+    """List keys (name, prefix, limits, priority, state); never the keys themselves."""
+    url = _resolve_database(database_url, data_dir)
 
     async def run() -> list[Any]:
-        engine, store = await _store(database_url)
+        engine, store = await _store(url)
         try:
             return await store.list()
         finally:
@@ -208,23 +278,26 @@ def list_keys(as_json: bool, database_url: str) -> None:
     if as_json:
         for r in records:
             click.echo(json.dumps({"id": r.id, "name": r.name, "key_prefix": r.key_prefix, "rpm": r.rpm,
-                                   "tpm": r.tpm, "admin": r.is_admin, "created_at": r.created_at.isoformat(),
+                                   "tpm": r.tpm, "priority": r.priority, "admin": r.is_admin,
+                                   "created_at": r.created_at.isoformat(),
                                    "revoked_at": r.revoked_at.isoformat() if r.revoked_at else None}))
         return
-    click.echo(f"{'NAME':24} {'PREFIX':10} {'RPM':>8} {'TPM':>10} {'ADMIN':5} {'STATE':8} ID")
+    click.echo(f"{'NAME':24} {'PREFIX':10} {'RPM':>8} {'TPM':>10} {'PRIORITY':>8} {'ADMIN':5} {'STATE':8} ID")
     for r in records:
-        click.echo(f"{r.name:24} {r.key_prefix:10} {r.rpm or '-':>8} {r.tpm or '-':>10} "
+        priority = "-" if r.priority is None else r.priority
+        click.echo(f"{r.name:24} {r.key_prefix:10} {r.rpm or '-':>8} {r.tpm or '-':>10} {priority:>8} "
                    f"{'yes' if r.is_admin else 'no':5} {'revoked' if r.revoked else 'active':8} {r.id}")
 
 
 @keys.command("revoke")
 @click.argument("name_or_id")
-@_database_option
-def revoke_key(name_or_id: str, database_url: str) -> None:
+@_database
+def revoke_key(name_or_id: str, database_url: str | None, data_dir: Path | None) -> None:
     """Revoke a key by name or id (running gateways refuse it within --key-cache-seconds)."""
+    url = _resolve_database(database_url, data_dir)
 
     async def run() -> bool:
-        engine, store = await _store(database_url)
+        engine, store = await _store(url)
         try:
             done = await store.revoke(name_or_id)
             if done:

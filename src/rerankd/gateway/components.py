@@ -27,8 +27,10 @@ from rerankd.gateway.forward import Forwarder, RetryBudget
 from rerankd.gateway.jwt_auth import JwtSettings, JwtVerifier
 from rerankd.gateway.keys import KeyStore
 from rerankd.gateway.ledger import UsageLedger
+from rerankd.gateway.model_table import UNNAMED, ModelTable, PoolSettings
 from rerankd.gateway.pipeline import ScoringPipeline
 from rerankd.gateway.pool import Upstream, UpstreamPool
+from rerankd.gateway.pools import ModelPool, PoolSet
 from rerankd.gateway.ratelimit import RateLimiter
 from rerankd.gateway.settings import GatewaySettings
 from rerankd.observability.gateway_metrics import GatewayMetrics, GatewayStateCollector
@@ -49,9 +51,8 @@ class GatewayComponents:
     ledger: UsageLedger
     limiter: RateLimiter
     auth: Authenticator
-    pool: UpstreamPool
+    pools: PoolSet  # every model's replicas, and the model table
     client: aiohttp.ClientSession
-    forwarder: Forwarder
     pipeline: ScoringPipeline
     audit: AuditLog
     mirrored: GatewayStateCollector
@@ -60,7 +61,7 @@ class GatewayComponents:
 
     async def close(self) -> None:
         """Stop health checks, flush the ledger (bounded), release connections. Never raises."""
-        await self.pool.close()
+        await self.pools.close()
         await self.ledger.close(timeout=max(5.0, self.settings.drain_seconds))  # logs the real reason itself
         self.metrics.unmirror(self.mirrored)
         for closer in (self.limiter.close, self.client.close, self.engine.dispose):
@@ -93,8 +94,36 @@ async def open_components(settings: GatewaySettings, metrics: GatewayMetrics) ->
             allow_insecure_jwks_url=settings.jwt_allow_http_jwks))
     auth = Authenticator(keys, metrics, admin_key=settings.admin_key, jwt=jwt, jwt_rpm=settings.jwt_rpm,
                          jwt_tpm=settings.jwt_tpm, key_cache_seconds=settings.key_cache_seconds)
-    pool = UpstreamPool(
-        settings.upstreams, health_interval=settings.health_interval, health_timeout=settings.health_timeout,
+    # aiohttp rather than httpx on this hot path: about half the CPU per proxied request (bench/gateway_overhead.py).
+    # Generous pool: every in-flight client request holds at most one upstream connection at a time.
+    client = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=2000, limit_per_host=0, ttl_dns_cache=10),
+                                   trust_env=False, auto_decompress=True, skip_auto_headers=("User-Agent",))
+    configured = list(settings.pools)
+    if settings.upstreams:  # the --upstream pool of earlier versions: unnamed, the default route
+        configured.insert(0, PoolSettings(name="unnamed", task="rerank", upstreams=settings.upstreams,
+                                               served_model=None))
+    pools = [_model_pool(settings, metrics, client, spec, unnamed=bool(settings.upstreams) and i == 0)
+             for i, spec in enumerate(configured)]
+    pool_set = PoolSet(pools, ModelTable(pools, settings.model_aliases, default_model=settings.default_model,
+                                         strict=settings.strict_models))
+    pipeline = ScoringPipeline(
+        Admission(limiter, metrics, max_documents=settings.max_documents,
+                  upstream_max_model_len=settings.upstream_max_model_len),
+        pool_set, UsageCharger(limiter, ledger, metrics))
+    await pool_set.start()
+    return GatewayComponents(settings=settings, metrics=metrics, engine=engine, keys=keys, ledger=ledger,
+                             limiter=limiter, auth=auth, pools=pool_set, client=client, pipeline=pipeline,
+                             audit=AuditLog(engine), mirrored=metrics.mirror(pool_set, ledger, limiter),
+                             admission=AdmissionLimits(max_documents=settings.max_documents,
+                                                       max_request_chars=settings.max_request_chars),
+                             jwt=jwt)
+
+
+def _model_pool(settings: GatewaySettings, metrics: GatewayMetrics, client: aiohttp.ClientSession,
+                spec: PoolSettings, *, unnamed: bool) -> ModelPool:
+    """One pool's replicas (health checks, breakers), its forwarder (its own retry budget) and distributor."""
+    replicas = UpstreamPool(
+        spec.upstreams, health_interval=settings.health_interval, health_timeout=settings.health_timeout,
         ready_path=settings.upstream_ready_path,
         breaker_factory=lambda: CircuitBreaker(failure_threshold=settings.breaker_failures,
                                                error_ratio=settings.breaker_error_ratio,
@@ -102,27 +131,14 @@ async def open_components(settings: GatewaySettings, metrics: GatewayMetrics) ->
         on_new_upstream=lambda upstream: _watch_breaker(upstream, metrics),
         on_gone_upstream=lambda upstream: metrics.forget_upstream(upstream.url),
     )
-    # aiohttp rather than httpx on this hot path: about half the CPU per proxied request (bench/gateway_overhead.py).
-    # Generous pool: every in-flight client request holds at most one upstream connection at a time.
-    client = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=2000, limit_per_host=0, ttl_dns_cache=10),
-                                   trust_env=False, auto_decompress=True, skip_auto_headers=("User-Agent",))
-    forwarder = Forwarder(pool, client, metrics, attempt_timeout=settings.attempt_timeout,
+    forwarder = Forwarder(replicas, client, metrics, attempt_timeout=settings.attempt_timeout,
                           total_timeout=settings.total_timeout, max_attempts=settings.max_attempts,
                           budget=RetryBudget(settings.retry_budget_ratio, settings.retry_budget_min_per_second),
                           upstream_api_key=settings.upstream_api_key,
                           max_answer_bytes=settings.max_upstream_answer_bytes)
-    pipeline = ScoringPipeline(
-        Admission(limiter, metrics, max_documents=settings.max_documents,
-                  upstream_max_model_len=settings.upstream_max_model_len),
-        Distributor(forwarder, pool, metrics, split_threshold=settings.split_threshold),
-        UsageCharger(limiter, ledger, metrics))
-    await pool.start()
-    return GatewayComponents(settings=settings, metrics=metrics, engine=engine, keys=keys, ledger=ledger,
-                             limiter=limiter, auth=auth, pool=pool, client=client, forwarder=forwarder,
-                             pipeline=pipeline, audit=AuditLog(engine), mirrored=metrics.mirror(pool, ledger, limiter),
-                             admission=AdmissionLimits(max_documents=settings.max_documents,
-                                                       max_request_chars=settings.max_request_chars),
-                             jwt=jwt)
+    return ModelPool(name=UNNAMED if unnamed else spec.name, task=spec.task, served_model=spec.served_model,
+                     replicas=replicas, forwarder=forwarder,
+                     distributor=Distributor(forwarder, replicas, metrics, split_threshold=settings.split_threshold))
 
 
 def _watch_breaker(upstream: Upstream, metrics: GatewayMetrics) -> None:

@@ -18,6 +18,7 @@ from rerankd.gateway.forward import Forwarder, UpstreamReply
 from rerankd.gateway.pool import UpstreamPool
 from rerankd.gateway.split import SplitPlan, merge_rerank_parts, plan_split
 from rerankd.gateway.tokens import parse_answer
+from rerankd.gateway.upstream_body import BodyEdit
 from rerankd.observability.gateway_metrics import GatewayMetrics
 from rerankd.protocol import RerankRequest
 
@@ -40,19 +41,21 @@ class Distributor:
         return await self._forwarder.send(path, body, request_id, tenant=tenant)
 
     async def send_rerank(self, path: str, body: bytes, request: RerankRequest, request_id: str, *,
-                          tenant: str | None = None) -> UpstreamReply:
-        """A rerank request: split when it is large and more than one replica can help, else as it came."""
+                          tenant: str | None = None, part_edit: BodyEdit | None = None) -> UpstreamReply:
+        """A rerank request: split when it is large and more than one replica can help, else as it came.
+        ``part_edit`` is made to each part's body (:mod:`rerankd.gateway.upstream_body`)."""
         plan = plan_split(request, self._split_threshold, self._pool.available_count())
         if plan is None:
             return await self.send(path, body, request_id, tenant=tenant)
-        return await self._send_split(path, plan, request_id, tenant)
+        return await self._send_split(path, plan, request_id, tenant, part_edit or BodyEdit())
 
-    async def _send_split(self, path: str, plan: SplitPlan, request_id: str, tenant: str | None) -> UpstreamReply:
+    async def _send_split(self, path: str, plan: SplitPlan, request_id: str, tenant: str | None,
+                          part_edit: BodyEdit) -> UpstreamReply:
         self._metrics.split_requests_total.inc()
         self._metrics.split_parts.observe(len(plan.slices))
         spread: set[str] = set()
         replies = await gather_or_cancel([
-            self._forwarder.send(path, part, f"{request_id}.p{i}", spread=spread, tenant=tenant)
+            self._forwarder.send(path, part_edit.apply(part), f"{request_id}.p{i}", spread=spread, tenant=tenant)
             for i, part in enumerate(plan.bodies())])
         failed = next((r for r in replies if r.status != 200), None)
         if failed is not None:

@@ -19,8 +19,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from rerankd.gateway.db import ApiKey, utcnow
+from rerankd.gateway.key_ranges import LIMIT_RANGE, PRIORITY_RANGE
 
-__all__ = ["KEY_PREFIX", "ApiKeyRecord", "KeyStore", "hash_key"]
+__all__ = ["KEY_PREFIX", "LIMIT_RANGE", "PRIORITY_RANGE", "ApiKeyRecord", "KeyStore", "hash_key"]
 
 KEY_PREFIX = "rk-"
 _DISPLAY_PREFIX_LEN = 8
@@ -43,6 +44,7 @@ class ApiKeyRecord:
     is_admin: bool
     created_at: datetime
     revoked_at: datetime | None
+    priority: int | None = None  # default request priority (lower is served earlier); None: none
 
     @property
     def revoked(self) -> bool:
@@ -52,7 +54,8 @@ class ApiKeyRecord:
     @classmethod
     def _from_row(cls, row: ApiKey) -> ApiKeyRecord:
         return cls(id=row.id, name=row.name, key_prefix=row.key_prefix, rpm=row.rpm, tpm=row.tpm,
-                   is_admin=row.is_admin, created_at=row.created_at, revoked_at=row.revoked_at)
+                   is_admin=row.is_admin, created_at=row.created_at, revoked_at=row.revoked_at,
+                   priority=row.priority)
 
 
 class KeyStore:
@@ -66,17 +69,25 @@ class KeyStore:
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
 
     async def create(self, name: str, rpm: int | None = None, tpm: int | None = None,
-                     is_admin: bool = False) -> tuple[ApiKeyRecord, str]:
-        """Create a key and return it with its plaintext, which is never stored and cannot be shown again."""
+                     is_admin: bool = False, priority: int | None = None) -> tuple[ApiKeyRecord, str]:
+        """Create a key and return it with its plaintext, which is never stored and cannot be shown again.
+
+        ``priority`` is the default ``priority`` of the key's requests (lower is served earlier; None: the
+        replicas' default); ValueError names the range of a value that does not fit.
+        """
         name = name.strip()
         if not name:
             raise ValueError("an API key needs a non-empty name")
         for label, limit in (("rpm", rpm), ("tpm", tpm)):
-            if limit is not None and limit <= 0:
-                raise ValueError(f"{label} must be a positive integer or None (unlimited), got {limit}")
+            if limit is not None and not LIMIT_RANGE[0] <= limit <= LIMIT_RANGE[1]:
+                raise ValueError(f"{label} must be an integer from {LIMIT_RANGE[0]} to {LIMIT_RANGE[1]}, or "
+                                 f"unset (unlimited); got {limit}")
+        if priority is not None and not PRIORITY_RANGE[0] <= priority <= PRIORITY_RANGE[1]:
+            raise ValueError(f"priority must be an integer from {PRIORITY_RANGE[0]} to {PRIORITY_RANGE[1]} "
+                             f"(lower is served earlier), or unset; got {priority}")
         plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
         row = ApiKey(name=name, key_hash=hash_key(plaintext), key_prefix=plaintext[:_DISPLAY_PREFIX_LEN],
-                     rpm=rpm, tpm=tpm, is_admin=is_admin, created_at=utcnow())
+                     rpm=rpm, tpm=tpm, is_admin=is_admin, priority=priority, created_at=utcnow())
         async with self._sessions() as session:
             session.add(row)
             try:

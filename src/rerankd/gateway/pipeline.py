@@ -6,7 +6,10 @@ models, so bad input gets the same 4xx here as from a replica. Then:
 
 1. admit (:mod:`~rerankd.gateway.admit`): requests/min spent, document count and cost checked, an upper
    bound of the tokens reserved from the key's tokens/min;
-2. forward (:mod:`~rerankd.gateway.distribute`): to a replica with failover, or split and merged;
+2. route and forward: the model table (:mod:`~rerankd.gateway.model_table`) picks the pool for the request's
+   ``model`` (a 404 in strict mode when none matches), the body's ``model`` and ``priority`` are fitted
+   (:mod:`~rerankd.gateway.upstream_body`), then :mod:`~rerankd.gateway.distribute` sends it to one of the
+   pool's replicas with failover, or splits and merges it;
 3. charge (:mod:`~rerankd.gateway.charge`): the reservation settled to the tokens the replica reports
    (:mod:`~rerankd.gateway.tokens`; an implausible count, or a 200 not in the route's shape
    (:mod:`~rerankd.gateway.answers`), is a 502 and the reservation is refunded), and
@@ -27,9 +30,11 @@ from rerankd.gateway.answers import AnswerShape, accept_answer
 from rerankd.gateway.authenticate import Identity
 from rerankd.gateway.charge import Outcome, UsageCharger
 from rerankd.gateway.cost import ScoringBody
-from rerankd.gateway.distribute import Distributor
 from rerankd.gateway.forward import UpstreamReply
+from rerankd.gateway.model_table import Task
+from rerankd.gateway.pools import ModelPool, PoolSet
 from rerankd.gateway.ratelimit import Reservation
+from rerankd.gateway.upstream_body import plan_edits
 from rerankd.http.disconnect import CLIENT_CLOSED_STATUS, ClientDisconnectedError
 from rerankd.protocol import RerankRequest
 
@@ -52,6 +57,7 @@ class ScoringCall:
     parsed: ScoringBody  # the validated body: what admission estimates the tokens of
     rerank: RerankRequest | None = None  # set when the request may be split across replicas
     shape: AnswerShape = AnswerShape.RERANK  # what the replica's 200 must look like
+    task: Task = "rerank"  # which of the model table's routes the request takes
 
 
 @dataclass(frozen=True)
@@ -66,19 +72,23 @@ class ScoringAnswer:
 class ScoringPipeline:
     """Runs :class:`ScoringCall`\\ s through the steps; each step is a component with its own tests."""
 
-    def __init__(self, admission: Admission, distributor: Distributor, charger: UsageCharger) -> None:
+    def __init__(self, admission: Admission, pools: PoolSet, charger: UsageCharger) -> None:
         self._admission = admission
-        self._distributor = distributor
+        self._pools = pools
         self._charger = charger
 
     async def run(self, call: ScoringCall, identity: Identity, guard: Guard) -> ScoringAnswer:
         """The request end to end; typed errors propagate (their status is recorded first)."""
         started = time.perf_counter()
         status, tokens, upstream = 500, 0, None
+        model = call.model  # the ledger's: the pool that served it, once routed (see docs/gateway.md)
         reservation: Reservation | None = None
         try:
             limit_headers, reservation = await self._admission.admit(identity, call.documents, call.parsed)
-            reply = await guard(self._forward(call, identity))
+            pool = self._pools.table.route(call.task, call.model)
+            if pool.named:
+                model = pool.name
+            reply = await guard(self._forward(call, identity, pool))
             status, upstream = reply.status, reply.upstream
             if status == 200:
                 # A wrong shape or a garbage count raises the 502 here, before anything is charged.
@@ -96,7 +106,7 @@ class ScoringPipeline:
             if reservation is not None:  # never answered (cancelled, a 502, an error): give the tokens back
                 await asyncio.shield(self._charger.settle(reservation, 0))
             self._charger.record(Outcome(
-                identity=identity, route=call.route, model=call.model, documents=call.documents, status=status,
+                identity=identity, route=call.route, model=model, documents=call.documents, status=status,
                 tokens=tokens, latency_ms=(time.perf_counter() - started) * 1000, request_id=call.request_id,
                 request_id_given=call.request_id_given, upstream=upstream))
 
@@ -116,8 +126,12 @@ class ScoringPipeline:
                 latency_ms=(time.perf_counter() - started) * 1000, request_id=request_id,
                 request_id_given=request_id_given))
 
-    def _forward(self, call: ScoringCall, identity: Identity) -> Awaitable[UpstreamReply]:
+    def _forward(self, call: ScoringCall, identity: Identity, pool: ModelPool) -> Awaitable[UpstreamReply]:
+        whole, parts = plan_edits(call.body, call.model or None, pool.served_model, keep_model=not pool.named,
+                                  key_priority=identity.priority)
+        body = whole.apply(call.body)
         tenant = identity.key_id  # the replicas share their batcher's turns per tenant
         if call.rerank is not None:
-            return self._distributor.send_rerank(call.route, call.body, call.rerank, call.request_id, tenant=tenant)
-        return self._distributor.send(call.route, call.body, call.request_id, tenant=tenant)
+            return pool.distributor.send_rerank(call.route, body, call.rerank, call.request_id, tenant=tenant,
+                                                part_edit=parts)
+        return pool.distributor.send(call.route, body, call.request_id, tenant=tenant)

@@ -20,14 +20,14 @@ import random
 import socket
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import httpx
 
 from rerankd.gateway.breaker import CircuitBreaker
 
-__all__ = ["Upstream", "UpstreamPool"]
+__all__ = ["ReplicaSet", "Upstream", "UpstreamPool"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,15 @@ class Upstream:
     def available(self) -> bool:
         """Healthy and not ejected by its breaker (does not claim a half-open probe)."""
         return self.healthy and self.breaker.can_attempt()
+
+
+class ReplicaSet(Protocol):
+    """What the metrics read of a pool, or of every pool together (:class:`~rerankd.gateway.pools.PoolSet`)."""
+
+    @property
+    def upstreams(self) -> list[Upstream]: ...
+
+    def available_count(self) -> int: ...
 
 
 @dataclass

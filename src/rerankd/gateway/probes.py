@@ -34,20 +34,22 @@ def add_probes(app: FastAPI, metrics: GatewayMetrics) -> None:
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/ready", summary="200 when at least one replica can take a request, else 503")
+    @app.get("/ready", summary="200 when at least one replica (of any pool) can take a request, else 503")
     async def ready(components: Components) -> JSONResponse:
-        pool = components.pool
-        upstreams, healthy = pool.upstreams, pool.available_count()
+        pools = components.pools
+        upstreams, healthy = pools.upstreams, pools.available_count()
         if not healthy:
             return error_response(503, f"no replica is available (0 of {len(upstreams)} healthy)", retry_after=2,
                                   error_type="not_ready")
         return JSONResponse({"ready": True, "healthy_replicas": healthy, "replicas": len(upstreams)})
 
-    @app.get("/info", summary="Version, replicas, limits")
+    @app.get("/info", summary="Version, models (pools, aliases, tasks, replicas), limits")
     async def info(components: Components) -> dict[str, Any]:
-        settings, pool = components.settings, components.pool
-        return {"version": __version__, "role": "gateway", "replicas": len(pool.upstreams),
-                "healthy_replicas": pool.available_count(),
+        settings, pools = components.settings, components.pools
+        return {"version": __version__, "role": "gateway", "replicas": len(pools.upstreams),
+                "healthy_replicas": pools.available_count(), "models": pools.describe(),
+                "default_models": {task: pool.name or None for task, pool in pools.table.defaults.items()},
+                "strict_models": pools.table.strict,
                 "max_documents": settings.max_documents, "max_body_bytes": settings.max_body_bytes,
                 "split_threshold": settings.split_threshold, "shared_limits": settings.redis_url is not None,
                 "jwt": settings.jwt_enabled}

@@ -6,16 +6,21 @@ and nothing else: what happens to a request is :mod:`rerankd.gateway.pipeline`'s
 
 from __future__ import annotations
 
+import json
 from functools import partial
+from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 
+from rerankd.errors import ModelNotFoundError, RerankdError
 from rerankd.gateway.admission import GatewayAdmissionRoute, ledger_route
 from rerankd.gateway.answers import AnswerShape, check_answer
 from rerankd.gateway.cost import ScoringBody
 from rerankd.gateway.dependencies import Caller, Components
+from rerankd.gateway.model_table import ModelEntry
 from rerankd.gateway.pipeline import ScoringCall
+from rerankd.gateway.pools import ModelPool, PoolSet
 from rerankd.gateway.tokens import parse_answer
 from rerankd.http.disconnect import unless_disconnected
 from rerankd.http.middleware import request_id_of
@@ -69,12 +74,52 @@ def scoring_router() -> APIRouter:
 
     listing = APIRouter()
 
-    @listing.get("/v1/models", summary="Models the replicas serve (OpenAI list)")
+    @listing.get("/v1/models", summary="Every public model name and alias (OpenAI list)")
     async def models(request: Request, _: Caller, components: Components) -> Response:
-        reply = await components.forwarder.send("/v1/models", b"", request_id_of(request.scope), method="GET")
-        if reply.status == 200:
-            check_answer(AnswerShape.MODELS, parse_answer(reply.body), 0)
-        return Response(reply.body, status_code=reply.status, media_type=_JSON)
+        pools = components.pools
+        data = [_card(entry, pools) for entry in pools.table.entries]
+        unnamed = next((p for p in pools.pools if not p.named), None)
+        if unnamed is None:
+            return JSONResponse({"object": "list", "data": data})
+        try:  # the --upstream pool's names are what its replicas list, as before the model table
+            reply = await unnamed.forwarder.send("/v1/models", b"", request_id_of(request.scope), method="GET")
+        except RerankdError:
+            if not data:
+                raise
+            return JSONResponse({"object": "list", "data": data})
+        if reply.status != 200:
+            if not data:
+                return Response(reply.body, status_code=reply.status, media_type=_JSON)
+            return JSONResponse({"object": "list", "data": data})
+        answer = parse_answer(reply.body)
+        check_answer(AnswerShape.MODELS, answer, 0)
+        if not data:
+            return Response(reply.body, status_code=200, media_type=_JSON)  # byte for byte, as before
+        listed = {card["id"] for card in data}
+        learned = [c for c in answer["data"] if isinstance(c, dict) and c.get("id") not in listed]
+        return JSONResponse({"object": "list", "data": [*data, *learned]})
+
+    @listing.get("/v1/models/{model_id:path}", summary="One model (OpenAI model object); 404 when not served")
+    async def model(model_id: str, request: Request, identity: Caller, components: Components) -> Response:
+        pools = components.pools
+        entry = pools.table.find(model_id)
+        if entry is not None:
+            return JSONResponse(_card(entry, pools))
+        if any(not p.named for p in pools.pools):
+            listing_reply = await models(request, identity, components)
+            if listing_reply.status_code == 200:
+                found = next((c for c in json.loads(bytes(listing_reply.body))["data"]
+                              if isinstance(c, dict) and c.get("id") == model_id), None)
+                if found is not None:
+                    return JSONResponse(found)
+        served = ", ".join(e.id for e in pools.table.entries) or "see GET /v1/models"
+        raise ModelNotFoundError(f"model {model_id!r} is not served by this gateway; models served: {served}")
 
     router.include_router(listing)
     return router
+
+
+def _card(entry: ModelEntry[ModelPool], pools: PoolSet) -> dict[str, Any]:
+    """An OpenAI model object for a public name; ``pool`` names the pool an alias routes to."""
+    return {"id": entry.id, "object": "model", "created": pools.created, "owned_by": "rerankd",
+            "task": entry.pool.task, "pool": entry.pool.name}

@@ -16,6 +16,7 @@ from pydantic import ConfigDict, Field, ValidationError, field_validator
 
 from rerankd.edge_settings import DEFAULT_MAX_REQUEST_CHARS, EdgeSettings
 from rerankd.engine.model_source import DEFAULT_MAX_MODEL_LEN
+from rerankd.gateway.model_table import PoolSettings, check_table, parse_alias, parse_pool
 
 __all__ = ["GatewayConfigError", "GatewaySettings", "load_yaml_config"]
 
@@ -37,6 +38,16 @@ class GatewaySettings(EdgeSettings):
         default_factory=list,
         description="Replica base URLs (http://host:port) or dns+http://name:port for every address of a name.",
     )
+    pools: list[PoolSettings] = Field(
+        default_factory=list,
+        description="Named upstream pools, one model each: [TASK:]NAME=URL[,URL...] (the model table).")
+    model_aliases: dict[str, str] = Field(
+        default_factory=dict, description="More public names for a pool: ALIAS=MODEL (e.g. rerank-v3.5=...).")
+    default_model: str | None = Field(
+        None, description="The pool (or alias) a request without a model, or with an unknown one, goes to.")
+    strict_models: bool = Field(
+        False, description="Answer 404 (listing what is served) for a model name no route matches, instead of "
+                           "sending it to the default pool.")
     host: str = "127.0.0.1"
     port: int = 8080
     database_url: str = Field("sqlite:///rerankd-gateway.db", repr=False,
@@ -103,14 +114,42 @@ class GatewaySettings(EdgeSettings):
     def _strip(cls, value: list[str]) -> list[str]:
         return [u.strip().rstrip("/") for u in value if u.strip()]
 
+    @field_validator("pools", mode="before")
+    @classmethod
+    def _parse_pools(cls, value: Any) -> Any:
+        """``--pool`` strings (``[TASK:]NAME=URL[,URL]``) and YAML mappings alike (``served-model`` =
+        ``served_model``)."""
+        if isinstance(value, (str, dict)):
+            value = [value]
+        if isinstance(value, (list, tuple)):
+            return [parse_pool(v) if isinstance(v, str)
+                    else {str(k).replace("-", "_"): x for k, x in v.items()} if isinstance(v, dict) else v
+                    for v in value]
+        return value
+
+    @field_validator("model_aliases", mode="before")
+    @classmethod
+    def _parse_aliases(cls, value: Any) -> Any:
+        """``--model-alias`` strings (``ALIAS=MODEL``) or a YAML mapping."""
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, (list, tuple)):
+            return dict(parse_alias(v) if isinstance(v, str) else v for v in value)
+        return value
+
     def check_runnable(self) -> None:
         """Refuse configurations that would start but could never serve."""
-        if not self.upstreams:
-            raise GatewayConfigError("no upstreams: give --upstream URL (repeatable) or `upstreams:` in --config")
-        for url in self.upstreams:
+        if not self.upstreams and not self.pools:
+            raise GatewayConfigError("no upstreams: give --upstream URL or --pool NAME=URL[,URL] (repeatable), or "
+                                     "`upstreams:` / `pools:` in --config")
+        for url in [*self.upstreams, *(u for p in self.pools for u in p.upstreams)]:
             parts = urlsplit(url.removeprefix("dns+"))
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise GatewayConfigError(f"bad upstream URL {url!r}: use http://HOST:PORT or dns+http://NAME:PORT")
+        problems = check_table(self.pools, self.upstreams, self.model_aliases, self.default_model,
+                               self.strict_models)
+        if problems:
+            raise GatewayConfigError("; ".join(problems))
         if self.jwt_jwks_url and self.jwt_secret:
             raise GatewayConfigError("give --jwt-jwks-url or --jwt-secret, not both")
         if self.metrics_token is not None and len(self.metrics_token.strip()) < _MIN_TOKEN_CHARS:
@@ -125,10 +164,14 @@ class GatewaySettings(EdgeSettings):
         return bool(self.jwt_jwks_url or self.jwt_secret)
 
 
+_FLAG_NAMES = {"upstream": "upstreams", "pool": "pools", "model_alias": "model_aliases"}
+
+
 def load_yaml_config(path: str | Path) -> dict[str, Any]:
     """Read a gateway YAML file into setting names (dashes allowed: ``split-threshold`` = ``split_threshold``).
 
-    ``upstream`` is accepted for ``upstreams`` (the flag's name), as a string or a list.
+    ``upstream`` is accepted for ``upstreams``, ``pool`` for ``pools`` and ``model_alias`` for ``model_aliases``
+    (the flags' names); each as one value or a list.
     """
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
@@ -141,8 +184,7 @@ def load_yaml_config(path: str | Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in data.items():
         name = str(key).replace("-", "_")
-        if name == "upstream":
-            name = "upstreams"
+        name = _FLAG_NAMES.get(name, name)
         if name == "upstreams" and isinstance(value, str):
             value = [value]
         out[name] = value

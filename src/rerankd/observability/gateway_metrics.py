@@ -29,7 +29,7 @@ from rerankd.observability.metrics import LATENCY_BUCKETS
 
 if TYPE_CHECKING:  # the gateway's components import this module; typing only, no import cycle
     from rerankd.gateway.ledger import UsageLedger
-    from rerankd.gateway.pool import UpstreamPool
+    from rerankd.gateway.pool import ReplicaSet
     from rerankd.gateway.ratelimit import RateLimiter
 
 __all__ = ["ALL_KEYS_LABEL", "BREAKER_STATES", "AllKeysCollector", "GatewayMetrics", "GatewayStateCollector"]
@@ -141,7 +141,7 @@ class GatewayMetrics:
         for state in BREAKER_STATES:
             self.breaker_transitions_total.labels(upstream=upstream, to=state)
 
-    def mirror(self, pool: UpstreamPool, ledger: UsageLedger, limiter: RateLimiter) -> GatewayStateCollector:
+    def mirror(self, pool: ReplicaSet, ledger: UsageLedger, limiter: RateLimiter) -> GatewayStateCollector:
         """Export the components' own state from now on (until :meth:`unmirror`)."""
         collector = GatewayStateCollector(pool, ledger, limiter)
         self.registry.register(collector)
@@ -207,7 +207,7 @@ class GatewayStateCollector(Collector):
     (``/metrics`` is an ``async`` route), the only thread that changes these components.
     """
 
-    def __init__(self, pool: UpstreamPool, ledger: UsageLedger, limiter: RateLimiter) -> None:
+    def __init__(self, pool: ReplicaSet, ledger: UsageLedger, limiter: RateLimiter) -> None:
         self._pool = pool
         self._ledger = ledger
         self._limiter = limiter
