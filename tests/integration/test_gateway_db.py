@@ -120,7 +120,7 @@ async def test_key_values_past_the_columns_range_are_refused_naming_it_on_both_d
 
 
 def test_the_key_ranges_are_the_columns_ranges() -> None:
-    assert PRIORITY_RANGE == integer_range(ApiKey.__table__.c.priority)
+    assert integer_range(ApiKey.__table__.c.priority) == PRIORITY_RANGE
     assert LIMIT_RANGE[1] == integer_range(ApiKey.__table__.c.rpm)[1] == integer_range(ApiKey.__table__.c.tpm)[1]
 
 
