@@ -148,8 +148,8 @@ def test_names_aliases_and_the_default_route_reach_their_pool_with_the_model_dro
                         ("qwen3-reranker-0.6b", "small"), (None, "small"),
                         ("default/not-specified", "small"),  # lenient: an unknown name takes the default
                         ("jina-reranker-v2-base-multilingual", "small")):
-        fields = {} if asked is None else {"model": asked}
-        name, body = served_by(replicas, lambda f=fields: rerank(gateway, key, **f))  # type: ignore[misc]
+        fields: dict[str, Any] = {} if asked is None else {"model": asked}
+        name, body = served_by(replicas, lambda f=fields: rerank(gateway, key, **f))
         assert name.startswith(pool), (asked, name)
         assert "model" not in body, body  # the replicas never see a public name they may not serve
         assert body["documents"] == ["a", "b"]
@@ -382,7 +382,7 @@ def test_a_keys_priority_is_the_default_and_the_floor_of_what_its_requests_send(
             for key, sent, expected in ((batch, None, 10), (batch, 15, 15), (batch, 3, 10), (batch, -100, 10),
                                         (cli_batch["key"], None, 20), (cli_batch["key"], 25, 25),
                                         (urgent, None, None), (urgent, -5, -5)):
-                fields = {} if sent is None else {"priority": sent}
+                fields: dict[str, Any] = {} if sent is None else {"priority": sent}
                 assert rerank(proc.url, key, **fields).status_code == 200
                 assert replica.last().get("priority") == expected, (key, sent)
             before = len(replica.bodies)
@@ -418,7 +418,7 @@ def test_a_splits_parts_all_carry_the_priority(tmp_path: Path) -> None:
         try:
             batch = make_key(proc.url, "batch", priority=10)
             for sent, expected in ((None, 10), (30, 30), (1, 10)):
-                fields = {} if sent is None else {"priority": sent}
+                fields: dict[str, Any] = {} if sent is None else {"priority": sent}
                 before = len(a.bodies), len(b.bodies)
                 assert rerank(proc.url, batch, documents=["a", "b", "c", "d"], model="x",
                               **fields).status_code == 200
@@ -444,7 +444,7 @@ def test_a_real_replica_serves_a_vendor_name_through_an_alias_and_the_default_ro
                             "--model-alias", "rerank-v3.5=tiny-reranker")
         try:
             key = make_key(proc.url, "real")
-            body = {"query": "capital of France", "documents": ["Paris", "Berlin"]}
+            body: dict[str, Any] = {"query": "capital of France", "documents": ["Paris", "Berlin"]}
             direct = httpx.post(f"{replica.url}/v1/rerank", json={**body, "model": "rerank-v3.5"}, timeout=60)
             assert direct.status_code == 404  # what a Cohere client got before
             reference = httpx.post(f"{replica.url}/v1/rerank", json=body, timeout=60).json()["results"]
