@@ -40,8 +40,10 @@ def consecutive_free_ports(n: int) -> int:
     raise RuntimeError("no run of free ports")
 
 
-def read_until(proc: subprocess.Popen[str], pattern: str, timeout: float) -> dict[str, str]:
-    """Read stdout lines until one matches ``pattern``; return every `label: value` line seen."""
+def read_until(proc: subprocess.Popen[str], pattern: str, timeout: float,
+               lines: dict[str, str] | None = None) -> dict[str, str]:
+    """Read stdout lines until one matches ``pattern``; return every `label: value` line seen (its first word;
+    the whole value goes into ``lines`` when given)."""
     seen: dict[str, str] = {}
     deadline = time.monotonic() + timeout
     assert proc.stdout is not None
@@ -54,6 +56,8 @@ def read_until(proc: subprocess.Popen[str], pattern: str, timeout: float) -> dic
         label, _, value = line.partition(":")
         if value:
             seen[label.strip()] = value.strip().split()[0] if value.strip() else ""
+            if lines is not None:
+                lines[label.strip()] = value.strip()
         if re.search(pattern, line):
             return seen
     raise AssertionError(f"no line matching {pattern!r} within {timeout}s; saw {seen}")
@@ -71,7 +75,8 @@ def test_up_serves_through_the_gateway_restarts_a_dead_replica_and_stops_cleanly
          "--gateway-port", str(gateway_port), "--ui-port", str(ui_port), "--server-base-port", str(base)],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     try:
-        printed = read_until(proc, r"^try:", timeout=240)
+        whole: dict[str, str] = {}
+        printed = read_until(proc, r"^try:", timeout=240, lines=whole)
         key = printed["API key"]
         assert key.startswith("rk-")
         assert printed["gateway"] == f"http://127.0.0.1:{gateway_port}"
@@ -82,6 +87,24 @@ def test_up_serves_through_the_gateway_restarts_a_dead_replica_and_stops_cleanly
                                                            "documents": ["Paris", "Berlin"]}, headers=auth, timeout=30)
         assert answer.status_code == 200, answer.text
         assert {r["index"] for r in answer.json()["results"]} == {0, 1}
+        # The gateway's model table names the served model; a vendor name reaches it too (the default route).
+        models = httpx.get(f"{gateway}/v1/models", headers=auth, timeout=10).json()["data"]
+        assert [m["id"] for m in models] == [tiny_model_dir.name]
+        cohere_style = httpx.post(f"{gateway}/v1/rerank", json={"model": "rerank-v3.5", "query": "q",
+                                                                 "documents": ["a"]}, headers=auth, timeout=30)
+        assert cohere_style.status_code == 200, cohere_style.text
+        # `up` prints the exact command that makes another key, and the running gateway accepts that key.
+        data_dir = tmp_path / "data"
+        assert whole["more keys"] == f"rerankd keys create --name NAME --data-dir {data_dir.resolve()}"
+        made = subprocess.run([sys.executable, "-m", "rerankd.cli",
+                               *whole["more keys"].replace("NAME", "second-key").split()[1:]],
+                              capture_output=True, text=True, env=env, timeout=60, check=True)
+        second = made.stdout.strip()
+        assert second.startswith("rk-") and second != key, made.stdout
+        assert str(data_dir.resolve() / "gateway.db") in made.stderr
+        answer = httpx.post(f"{gateway}/v1/rerank", json={"query": "q", "documents": ["a"]},
+                            headers={"Authorization": f"Bearer {second}"}, timeout=30)
+        assert answer.status_code == 200, answer.text
         assert httpx.get(printed["web UI"], timeout=10).status_code == 200
         assert oct((tmp_path / "data" / "api-key").stat().st_mode & 0o777) == "0o600"
         # The replicas are reachable only through the gateway: a local client without the replica key is refused
@@ -93,7 +116,8 @@ def test_up_serves_through_the_gateway_restarts_a_dead_replica_and_stops_cleanly
 
         children = psutil.Process(proc.pid).children(recursive=True)
         assert len(children) >= 4  # two servers, the gateway, the UI
-        replica = next(c for c in children if str(base) in " ".join(c.cmdline()))
+        replica = next(c for c in children if f"--port {base} " in " ".join(c.cmdline()) + " ")
+        assert printed["replica 1"] == f"http://127.0.0.1:{base}"  # replica 1 listens on the base port
         replica.kill()  # a crash: the supervisor must bring it back on the same port
         deadline = time.monotonic() + 120
         while True:
