@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 from click.core import ParameterSource
+from pydantic import ValidationError
 
 from rerankd.edge_settings import EdgeSettings
 from rerankd.gateway.key_ranges import LIMIT_RANGE, PRIORITY_RANGE
@@ -137,7 +138,12 @@ def _settings(ctx: click.Context, config_file: str | None, flags: dict[str, Any]
             continue
         merged[name] = value
     merged = {k: v for k, v in merged.items() if v is not None or _default(k) is None}
-    return GatewaySettings(**merged)
+    try:
+        return GatewaySettings(**merged)
+    except ValidationError as exc:  # one line naming the setting, not pydantic's report
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise GatewayConfigError(f"{where}: {str(first['msg']).removeprefix('Value error, ')}") from None
 
 
 @click.group()
