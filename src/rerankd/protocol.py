@@ -188,13 +188,14 @@ class TEIRerankRequest(BaseModel):
 def _rerank_dialect(body: Any) -> str:
     """``/rerank`` serves two dialects: a body with ``texts`` and no ``documents`` is TEI's."""
     if isinstance(body, dict):
-        return "tei" if "texts" in body and "documents" not in body else "rerank"
-    return "tei" if isinstance(body, TEIRerankRequest) else "rerank"
+        return "TEI" if "texts" in body and "documents" not in body else "Rerank"
+    return "TEI" if isinstance(body, TEIRerankRequest) else "Rerank"
 
 
-# One dialect per body, so a TEI body's errors name its own fields (not a missing `documents`).
+# One dialect per body, so a TEI body's errors name its own fields (not a missing `documents`). The tags are
+# capitalised as model names are: the error message leaves such a location part out (rerankd.http.errors).
 RerankAnyRequest = Annotated[
-    Annotated[RerankRequest, Tag("rerank")] | Annotated[TEIRerankRequest, Tag("tei")],
+    Annotated[RerankRequest, Tag("Rerank")] | Annotated[TEIRerankRequest, Tag("TEI")],
     Discriminator(_rerank_dialect),
 ]
 
