@@ -14,16 +14,18 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 __all__ = [
     "TENANT_HEADER",
     "DocumentObject",
     "ErrorBody",
+    "LongDocumentFields",
     "ModelCard",
     "ModelList",
+    "RerankAnyRequest",
     "RerankRequest",
     "RerankResponse",
     "RerankResult",
@@ -38,6 +40,7 @@ __all__ = [
     "build_score_response",
     "build_tei_response",
     "new_request_id",
+    "prompt_tokens_cap",
     "rank_order",
     "sigmoid",
 ]
@@ -47,6 +50,8 @@ __all__ = [
 TENANT_HEADER = "X-Rerankd-Tenant"
 
 MaxTokens = Annotated[int, Field(ge=1, le=1_000_000)]
+# vLLM's truncate_prompt_tokens: a prompt length, or -1 for the model's own (vLLM's Field(ge=-1)).
+PromptTokens = Annotated[int, Field(ge=-1, le=1_000_000)]
 
 
 def new_request_id(prefix: str = "rerank") -> str:
@@ -71,7 +76,46 @@ class DocumentObject(BaseModel):
     text: str
 
 
-class RerankRequest(BaseModel):
+# ---------------------------------------------------------------- long documents: chunking, whole-prompt cap
+
+
+class LongDocumentFields(BaseModel):
+    """The rerank routes' fields for documents longer than their budget (see docs/api.md, Long documents).
+
+    Without them a long document is cut (today's answer); with ``max_chunks_per_doc`` it is scored in chunks
+    and its score is the best chunk's.
+    """
+
+    max_chunks_per_doc: Annotated[int, Field(ge=1, le=1_000_000)] | None = Field(
+        None, description="Cohere v1: score a long document in up to this many chunks of its token budget "
+                          "(`max_tokens_per_doc`, else what the model length leaves after the query); its score "
+                          "is the best chunk's, named by `chunk_index`. Absent: cut the document instead.")
+    chunk_overlap_tokens: Annotated[int, Field(ge=0, le=1_000_000)] | None = Field(
+        None, description="Tokens each chunk repeats from the end of the one before (default 0, as Cohere); "
+                          "must be smaller than the chunk length. Needs `max_chunks_per_doc`.")
+    truncate_prompt_tokens: PromptTokens | None = Field(
+        None, description="vLLM: cut each whole prompt (template, instruction, query, document) to this many "
+                          "tokens by cutting the document; -1 = the model length.")
+
+    @model_validator(mode="after")
+    def _overlap_needs_chunks(self) -> LongDocumentFields:
+        if self.chunk_overlap_tokens is not None and self.max_chunks_per_doc is None:
+            raise ValueError("`chunk_overlap_tokens` applies to chunks: send `max_chunks_per_doc` with it")
+        return self
+
+    def long_document_options(self) -> dict[str, Any]:
+        """These fields as :class:`RerankTask` keyword arguments."""
+        return {"max_prompt_tokens": prompt_tokens_cap(self.truncate_prompt_tokens),
+                "max_chunks_per_doc": self.max_chunks_per_doc,
+                "chunk_overlap_tokens": self.chunk_overlap_tokens or 0}
+
+
+def prompt_tokens_cap(truncate_prompt_tokens: int | None) -> int | None:
+    """vLLM's ``truncate_prompt_tokens`` as a prompt cap: -1 means the model length, i.e. no cap of its own."""
+    return None if truncate_prompt_tokens is None or truncate_prompt_tokens == -1 else truncate_prompt_tokens
+
+
+class RerankRequest(LongDocumentFields):
     """``POST /v1/rerank``, ``/v2/rerank``, ``/rerank``. Only ``query`` and ``documents`` are required."""
 
     model_config = ConfigDict(extra="ignore")
@@ -93,13 +137,15 @@ class RerankRequest(BaseModel):
         return [d if isinstance(d, str) else d.text for d in self.documents]
 
     def to_task(self) -> RerankTask:
-        return RerankTask(self.query, self.document_texts(), self.instruction, self.max_tokens_per_doc)
+        return RerankTask(self.query, self.document_texts(), self.instruction, self.max_tokens_per_doc,
+                          **self.long_document_options())
 
 
 class RerankResult(BaseModel):
     index: int
     relevance_score: float
     document: DocumentObject | None = None
+    chunk_index: int | None = Field(None, description="With `max_chunks_per_doc`: the chunk whose score this is.")
 
 
 class Usage(BaseModel):
@@ -129,11 +175,29 @@ class TEIRerankRequest(BaseModel):
     truncate: bool | None = Field(
         None, description="false: answer 413 instead of cutting a document that is too long."
     )
-    truncation_direction: Literal["Right", "right"] = "Right"
+    truncation_direction: Literal["Right", "Left", "right", "left"] = Field(
+        "Right", description="Which end of a too-long text is cut: Right its end, Left its start; the query is "
+                             "never cut. TEI spells them Right/Left; lower case is accepted too.")
     instruction: str | None = Field(None, max_length=100_000)
 
     def to_task(self) -> RerankTask:
-        return RerankTask(self.query, list(self.texts), self.instruction, None)
+        direction: Literal["right", "left"] = "left" if self.truncation_direction in ("Left", "left") else "right"
+        return RerankTask(self.query, list(self.texts), self.instruction, None, truncation_direction=direction)
+
+
+def _rerank_dialect(body: Any) -> str:
+    """``/rerank`` serves two dialects: a body with ``texts`` and no ``documents`` is TEI's."""
+    if isinstance(body, dict):
+        return "TEI" if "texts" in body and "documents" not in body else "Rerank"
+    return "TEI" if isinstance(body, TEIRerankRequest) else "Rerank"
+
+
+# One dialect per body, so a TEI body's errors name its own fields (not a missing `documents`). The tags are
+# capitalised as model names are: the error message leaves such a location part out (rerankd.http.errors).
+RerankAnyRequest = Annotated[
+    Annotated[RerankRequest, Tag("Rerank")] | Annotated[TEIRerankRequest, Tag("TEI")],
+    Discriminator(_rerank_dialect),
+]
 
 
 class TEIRankItem(BaseModel):
@@ -160,7 +224,9 @@ class ScoreRequest(BaseModel):
     queries: str | list[str] | None = None
     documents: str | list[str] | None = None
     instruction: str | None = Field(None, max_length=100_000)
-    truncate_prompt_tokens: MaxTokens | None = None
+    truncate_prompt_tokens: PromptTokens | None = Field(
+        None, description="Cut each whole prompt to this many tokens by cutting the document (never the query); "
+                          "-1 = the model length.")
 
     @model_validator(mode="after")
     def _check_sides(self) -> ScoreRequest:
@@ -194,7 +260,8 @@ class ScoreRequest(BaseModel):
         where: list[tuple[int, int]] = []
         for query, doc in self.pairs():
             if query not in tasks:
-                tasks[query] = RerankTask(query, [], self.instruction, self.truncate_prompt_tokens)
+                tasks[query] = RerankTask(query, [], self.instruction,
+                                          max_prompt_tokens=prompt_tokens_cap(self.truncate_prompt_tokens))
             task = tasks[query]
             where.append((list(tasks).index(query), len(task.documents)))
             task.documents.append(doc)
@@ -256,6 +323,12 @@ class RerankTask:
     documents: list[str]
     instruction: str | None = None
     max_tokens_per_doc: int | None = None
+    # Long documents (LongDocumentFields, TEI's truncation_direction): which end is cut, a whole-prompt cap,
+    # chunking instead of cutting.
+    truncation_direction: Literal["right", "left"] = "right"
+    max_prompt_tokens: int | None = None
+    max_chunks_per_doc: int | None = None
+    chunk_overlap_tokens: int = 0
 
 
 def rank_order(scores: Sequence[float], top_n: int | None = None) -> list[int]:
@@ -265,8 +338,10 @@ def rank_order(scores: Sequence[float], top_n: int | None = None) -> list[int]:
 
 
 def build_rerank_response(
-    request: RerankRequest, raw: Sequence[float], prompt_tokens: int, model: str, request_id: str
+    request: RerankRequest, raw: Sequence[float], prompt_tokens: int, model: str, request_id: str,
+    chunk_index: Sequence[int] | None = None,
 ) -> RerankResponse:
+    """The rerank answer; ``chunk_index`` (chunked requests only) names each document's best chunk."""
     scores = list(raw) if request.raw_scores else [sigmoid(x) for x in raw]
     texts = request.document_texts()
     results = [
@@ -274,6 +349,7 @@ def build_rerank_response(
             index=i,
             relevance_score=scores[i],
             document=DocumentObject(text=texts[i]) if request.return_documents else None,
+            chunk_index=None if chunk_index is None else chunk_index[i],
         )
         for i in rank_order(scores, request.top_n)
     ]

@@ -96,6 +96,37 @@ def test_a_large_request_is_split_over_every_replica_and_merged_exactly(
     assert "document" not in full["results"][0]
 
 
+def test_a_chunked_request_is_split_and_keeps_each_documents_best_chunk(
+        fleet: Fleet, gateway: str, user_key: str) -> None:
+    long = [f"document {i}: " + " ".join(f"pears{i} word{j}" for j in range(40 + 5 * i)) for i in range(24)]
+    body = {"query": "pears", "documents": long, "top_n": 9, "raw_scores": True, "max_tokens_per_doc": 40,
+            "max_chunks_per_doc": 5, "chunk_overlap_tokens": 4}
+    direct = rerank(fleet.urls[0], None, **body).json()
+    before = [pairs_scored(u) for u in fleet.urls]
+    through = rerank(gateway, user_key, **body)
+    assert through.status_code == 200, through.text
+    after = [pairs_scored(u) for u in fleet.urls]
+    assert all(a > b for a, b in zip(after, before, strict=True)), "every replica took a part"
+    got = through.json()
+    assert [r["index"] for r in got["results"]] == [r["index"] for r in direct["results"]]
+    assert [r["chunk_index"] for r in got["results"]] == [r["chunk_index"] for r in direct["results"]]
+    assert any(r["chunk_index"] > 0 for r in got["results"])
+    for mine, theirs in zip(got["results"], direct["results"], strict=True):
+        assert mine["relevance_score"] == pytest.approx(theirs["relevance_score"], abs=1e-5)
+    assert got["usage"] == direct["usage"]  # every chunk billed, on whichever replica
+
+
+def test_tei_truncation_direction_passes_through(fleet: Fleet, gateway: str, user_key: str) -> None:
+    auth = {"Authorization": f"Bearer {user_key}"}
+    body = {"query": "q", "texts": ["word " * 600], "raw_scores": True, "truncation_direction": "Left"}
+    through = httpx.post(f"{gateway}/rerank", json=body, headers=auth)
+    assert through.status_code == 200, through.text
+    direct = httpx.post(f"{fleet.urls[0]}/rerank", json=body).json()
+    assert through.json()[0]["score"] == pytest.approx(direct[0]["score"], abs=1e-6)
+    bad = httpx.post(f"{gateway}/rerank", json={**body, "truncation_direction": "Up"}, headers=auth)
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "truncation_direction"
+
+
 def test_other_shapes_and_routes_pass_through(fleet: Fleet, gateway: str, user_key: str) -> None:
     auth = {"Authorization": f"Bearer {user_key}"}
     tei = httpx.post(f"{gateway}/rerank", json={"query": "q", "texts": ["a", "b"], "return_text": True},

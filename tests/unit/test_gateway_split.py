@@ -59,3 +59,38 @@ def test_part_bodies_keep_every_option_but_the_echo() -> None:
     for p in parts:
         assert (p["instruction"], p["max_tokens_per_doc"], p["raw_scores"], p["model"]) == ("inst", 9, True, "m")
         assert p["top_n"] == 2 and p["return_documents"] is False
+
+
+def test_chunked_parts_keep_the_chunk_fields_and_the_merge_keeps_each_best_chunk() -> None:
+    texts = [f"doc {i}" for i in range(9)]
+    request = RerankRequest.model_validate({"query": "q", "documents": texts, "top_n": 5, "max_chunks_per_doc": 6,
+                                            "chunk_overlap_tokens": 32, "truncate_prompt_tokens": 512})
+    plan = plan_split(request, threshold=2, replicas=3)
+    assert plan is not None
+    for body in plan.bodies():
+        part = json.loads(body)
+        fields = ("max_chunks_per_doc", "chunk_overlap_tokens", "truncate_prompt_tokens")
+        assert tuple(part[f] for f in fields) == (6, 32, 512)
+    scores = {t: 0.1 * i for i, t in enumerate(texts)}
+    answers = []
+    for body in plan.bodies():
+        answer = answer_for(body, scores)
+        for item in answer["results"]:  # type: ignore[attr-defined]
+            item["chunk_index"] = int(json.loads(body)["documents"][item["index"]].split()[1]) % 4  # doc i: i % 4
+        answers.append(answer)
+    merged = merge_rerank_parts(plan, answers, "rid")
+    assert [r["index"] for r in merged["results"]] == [8, 7, 6, 5, 4]
+    assert [r["chunk_index"] for r in merged["results"]] == [0, 3, 2, 1, 0]
+    # an unchunked request's results carry no chunk field
+    plain = plan_split(RerankRequest(query="q", documents=texts), threshold=2, replicas=3)
+    assert plain is not None
+    merged = merge_rerank_parts(plain, [answer_for(b, scores) for b in plain.bodies()], "rid")
+    assert all("chunk_index" not in r for r in merged["results"])
+
+
+def test_a_chunked_part_without_chunk_index_is_malformed() -> None:
+    request = RerankRequest(query="q", documents=["a", "b"], max_chunks_per_doc=2)
+    plan = plan_split(request, threshold=1, replicas=2)
+    assert plan is not None
+    with pytest.raises(KeyError):  # the distributor's 502: a replica that does not chunk
+        merge_rerank_parts(plan, [answer_for(b, {"a": 0.1, "b": 0.2}) for b in plan.bodies()], "rid")

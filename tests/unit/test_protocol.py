@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import pytest
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
-from rerankd.protocol import RerankRequest, ScoreRequest, build_rerank_response, rank_order, sigmoid
+from rerankd.protocol import (
+    RerankAnyRequest,
+    RerankRequest,
+    ScoreRequest,
+    TEIRerankRequest,
+    build_rerank_response,
+    rank_order,
+    sigmoid,
+)
 
 
 def test_rank_order_sorts_desc_with_lower_index_on_ties() -> None:
@@ -37,3 +45,38 @@ def test_rerank_response_top_n_return_documents_and_raw() -> None:
     assert resp.results[0].document is None and resp.results[0].relevance_score == pytest.approx(sigmoid(2.0))
     raw = build_rerank_response(RerankRequest(query="q", documents=["a"], raw_scores=True), [3.5], 1, "m", "i")
     assert raw.results[0].relevance_score == 3.5
+
+
+def test_long_document_fields_map_to_the_task() -> None:
+    plain = RerankRequest(query="q", documents=["a"]).to_task()
+    assert (plain.max_chunks_per_doc, plain.chunk_overlap_tokens, plain.max_prompt_tokens) == (None, 0, None)
+    chunked = RerankRequest.model_validate({"query": "q", "documents": ["a"], "max_chunks_per_doc": 4,
+                                            "chunk_overlap_tokens": 16, "truncate_prompt_tokens": 300}).to_task()
+    assert (chunked.max_chunks_per_doc, chunked.chunk_overlap_tokens, chunked.max_prompt_tokens) == (4, 16, 300)
+    with pytest.raises(ValidationError, match="send `max_chunks_per_doc` with it"):
+        RerankRequest.model_validate({"query": "q", "documents": ["a"], "chunk_overlap_tokens": 16})
+
+
+def test_truncate_prompt_tokens_minus_one_is_the_model_length() -> None:
+    (task,), _ = ScoreRequest(text_1="q", text_2=["a"], truncate_prompt_tokens=-1).to_tasks()
+    assert task.max_prompt_tokens is None and task.max_tokens_per_doc is None
+    (task,), _ = ScoreRequest(text_1="q", text_2=["a"], truncate_prompt_tokens=77).to_tasks()
+    assert task.max_prompt_tokens == 77 and task.max_tokens_per_doc is None  # the whole prompt, not the document
+    with pytest.raises(ValidationError):
+        ScoreRequest(text_1="q", text_2=["a"], truncate_prompt_tokens=-2)
+
+
+@pytest.mark.parametrize(("given", "direction"), [("Right", "right"), ("right", "right"), ("Left", "left"),
+                                                  ("left", "left")])
+def test_tei_truncation_direction_both_spellings(given: str, direction: str) -> None:
+    task = TEIRerankRequest(query="q", texts=["a"], truncation_direction=given).to_task()  # type: ignore[arg-type]
+    assert task.truncation_direction == direction
+
+
+def test_rerank_route_picks_one_dialect_per_body() -> None:
+    adapter: TypeAdapter[RerankRequest | TEIRerankRequest] = TypeAdapter(RerankAnyRequest)
+    assert isinstance(adapter.validate_python({"query": "q", "texts": ["a"]}), TEIRerankRequest)
+    assert isinstance(adapter.validate_python({"query": "q", "documents": ["a"]}), RerankRequest)
+    with pytest.raises(ValidationError) as tei:
+        adapter.validate_python({"query": "q", "texts": ["a"], "truncation_direction": "Up"})
+    assert [e["loc"] for e in tei.value.errors()] == [("TEI", "truncation_direction")]

@@ -28,11 +28,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ScoreOutcome:
-    """Raw scores (``logit_yes - logit_no``) in document order, tokens billed, which docs were cut."""
+    """Raw scores (``logit_yes - logit_no``) in document order, tokens billed, which docs were cut; for a
+    chunked task (``max_chunks_per_doc``), each score is its document's best chunk's, named in ``chunk_index``."""
 
     raw_scores: list[float]
     prompt_tokens: int
     truncated: list[bool]
+    chunk_index: list[int] | None = None
 
 
 class RerankEngine:
@@ -72,7 +74,8 @@ class RerankEngine:
             uniques.append(list(unique))
         # Tokenizing 1000 long documents takes tens of milliseconds: keep it off the event loop.
         groups = await asyncio.to_thread(self._build_all, tasks, uniques)
-        tokens = [sum(len(g.shared) + len(g.tails[i]) for i in slot) for g, slot in zip(groups, slots, strict=True)]
+        tokens = [sum(per_doc[i] for i in slot) for per_doc, slot in
+                  zip((g.document_tokens() for g in groups), slots, strict=True)]
         if sum(tokens) > self.max_request_tokens:
             raise PayloadTooLargeError(
                 f"the request takes {sum(tokens)} prompt tokens after truncation, more than the limit of "
@@ -85,11 +88,15 @@ class RerankEngine:
             self.metrics.request_documents.observe(len(slot))
             self.metrics.request_tokens.observe(prompt_tokens)
             self.metrics.truncated_documents_total.inc(sum(truncated))
-            outcomes.append(ScoreOutcome([raw[i] for i in slot], prompt_tokens, truncated))
+            scores, winners = group.best_chunks(raw)  # a chunked document's chunks come back as its own tails
+            outcomes.append(ScoreOutcome([scores[i] for i in slot], prompt_tokens, truncated,
+                                         None if winners is None else [winners[i] for i in slot]))
         return outcomes
 
     def _build_all(self, tasks: Sequence[RerankTask], uniques: list[list[str]]) -> list[PromptGroup]:
-        return [self.builder.build(t.query, docs, t.instruction, t.max_tokens_per_doc)
+        return [self.builder.build(t.query, docs, t.instruction, t.max_tokens_per_doc,
+                                   direction=t.truncation_direction, max_prompt_tokens=t.max_prompt_tokens,
+                                   max_chunks=t.max_chunks_per_doc, chunk_overlap=t.chunk_overlap_tokens)
                 for t, docs in zip(tasks, uniques, strict=True)]
 
     async def close(self) -> None:

@@ -16,7 +16,13 @@ holds no tokenizer. The bound used here, and why it holds for a rerankd replica:
 * PREFIX and SUFFIX are tokenized on their own, so their exact counts are constants
   (:data:`TEMPLATE_TOKENS`, checked against the real tokenizer by ``tests/unit/test_gateway_cost.py``).
 * Truncation only lowers the count: a pair never exceeds the replica's model length, nor
-  ``template + head + max_tokens_per_doc`` when the request sets ``max_tokens_per_doc``.
+  ``template + head + max_tokens_per_doc`` when the request sets ``max_tokens_per_doc``, nor
+  ``truncate_prompt_tokens`` when it sets that (whichever end of the document is cut).
+* A chunked document (``max_chunks_per_doc`` M, overlap O) bills each of its n ≤ M chunks as a pair: at most
+  ``template + head + D`` each, where D, the chunk length, is at least ``cap - template - head`` (the head is
+  at most ``head`` tokens), and together at most ``n × (template + head) + document + (n - 1) × O`` (the
+  windows cover the document once, plus each overlap). n is at most the count of windows of that shortest
+  D over ``document`` tokens, and at most M.
 
 For English prose the bound is about 4x the real count (about 4 bytes per token); the difference is
 refunded when the request settles, so it only matters for admission.
@@ -24,11 +30,12 @@ refunded when the request settles, so it only matters for admission.
 
 from __future__ import annotations
 
+import math
 import unicodedata
 from collections.abc import Sequence
 
 from rerankd.engine.prompt import format_pair
-from rerankd.protocol import RerankRequest, RerankTask, ScoreRequest, TEIRerankRequest
+from rerankd.protocol import RerankRequest, RerankTask, ScoreRequest, TEIRerankRequest, prompt_tokens_cap
 
 __all__ = ["TEMPLATE_TOKENS", "ScoringBody", "estimate_prompt_tokens", "scoring_tasks", "text_bytes"]
 
@@ -54,9 +61,25 @@ def estimate_prompt_tokens(tasks: Sequence[RerankTask], max_model_len: int) -> i
     for task in tasks:
         head = text_bytes(format_pair(task.query, "", task.instruction))
         fixed = TEMPLATE_TOKENS + head
-        cap = max_model_len if task.max_tokens_per_doc is None else min(max_model_len, fixed + task.max_tokens_per_doc)
-        total += sum(min(fixed + text_bytes(document), cap) for document in task.documents)
+        cap = max_model_len if task.max_prompt_tokens is None else min(max_model_len, task.max_prompt_tokens)
+        if task.max_tokens_per_doc is not None:
+            cap = min(cap, fixed + task.max_tokens_per_doc)
+        if task.max_chunks_per_doc is None:
+            total += sum(min(fixed + text_bytes(document), cap) for document in task.documents)
+        else:
+            total += sum(_chunked_bound(text_bytes(document), fixed, cap, task.max_chunks_per_doc,
+                                        task.chunk_overlap_tokens) for document in task.documents)
     return total
+
+
+def _chunked_bound(document: int, fixed: int, cap: int, max_chunks: int, overlap: int) -> int:
+    """At least what a document of at most ``document`` tokens bills in chunks (module docstring)."""
+    shortest = cap - fixed  # the chunk length is at least this
+    if document <= shortest:
+        return min(fixed + document, cap)
+    chunks = max_chunks if shortest <= overlap else min(
+        max_chunks, 1 + math.ceil((document - shortest) / (shortest - overlap)))
+    return min(chunks * cap, chunks * fixed + document + (chunks - 1) * overlap)
 
 
 ScoringBody = RerankRequest | TEIRerankRequest | ScoreRequest
@@ -66,6 +89,7 @@ ScoringBody = RerankRequest | TEIRerankRequest | ScoreRequest
 def scoring_tasks(body: ScoringBody) -> list[RerankTask]:
     """Every scoring body shape as the (query, documents) pairs a replica bills."""
     if isinstance(body, ScoreRequest):  # a task per pair: the same bound, without grouping by query
-        return [RerankTask(query, [document], body.instruction, body.truncate_prompt_tokens)
+        return [RerankTask(query, [document], body.instruction,
+                           max_prompt_tokens=prompt_tokens_cap(body.truncate_prompt_tokens))
                 for query, document in body.pairs()]
     return [body.to_task()]

@@ -24,7 +24,14 @@ from rerankd.gateway.pools import ModelPool, PoolSet
 from rerankd.gateway.tokens import parse_answer
 from rerankd.http.disconnect import unless_disconnected
 from rerankd.http.middleware import request_id_of
-from rerankd.protocol import RerankRequest, RerankResponse, ScoreRequest, ScoreResponse, TEIRankItem, TEIRerankRequest
+from rerankd.protocol import (
+    RerankAnyRequest,
+    RerankRequest,
+    RerankResponse,
+    ScoreRequest,
+    ScoreResponse,
+    TEIRankItem,
+)
 
 __all__ = ["scoring_router"]
 
@@ -57,7 +64,7 @@ def scoring_router() -> APIRouter:
 
     @router.post("/rerank", response_model=RerankResponse | list[TEIRankItem],
                  summary="Rerank: Jina/Cohere shape with `documents`, or TEI shape with `texts`")
-    async def rerank_any(request: Request, body: RerankRequest | TEIRerankRequest, identity: Caller,
+    async def rerank_any(request: Request, body: RerankAnyRequest, identity: Caller,
                          components: Components) -> Response:
         if isinstance(body, RerankRequest):
             return await rerank(request, body, identity, components)

@@ -59,11 +59,13 @@ def merge_rerank_parts(plan: SplitPlan, answers: list[dict[str, Any]], request_i
     """
     request = plan.request
     texts = request.document_texts()
-    merged: list[tuple[float, int]] = []
+    merged: list[tuple[float, int, int | None]] = []
     prompt_tokens = total_tokens = 0
+    chunked = request.max_chunks_per_doc is not None  # each result then names its best chunk
     for (start, _end), answer in zip(plan.slices, answers, strict=True):
         for item in answer["results"]:
-            merged.append((float(item["relevance_score"]), start + int(item["index"])))
+            chunk = int(item["chunk_index"]) if chunked else None
+            merged.append((float(item["relevance_score"]), start + int(item["index"]), chunk))
         usage = answer.get("usage")
         prompt_tokens += usage_count(usage, "prompt_tokens")
         total_tokens += usage_count(usage, "total_tokens")
@@ -71,10 +73,12 @@ def merge_rerank_parts(plan: SplitPlan, answers: list[dict[str, Any]], request_i
     if request.top_n is not None:
         merged = merged[: request.top_n]
     results = []
-    for score, index in merged:
+    for score, index, chunk in merged:
         result: dict[str, Any] = {"index": index, "relevance_score": score}
         if request.return_documents:
             result["document"] = DocumentObject(text=texts[index]).model_dump(mode="json")
+        if chunk is not None:
+            result["chunk_index"] = chunk
         results.append(result)
     return {"id": request_id, "model": answers[0].get("model", request.model or ""), "results": results,
             "usage": {"prompt_tokens": prompt_tokens, "total_tokens": total_tokens}}

@@ -31,13 +31,13 @@ from rerankd.protocol import (
     TENANT_HEADER,
     ModelCard,
     ModelList,
+    RerankAnyRequest,
     RerankRequest,
     RerankResponse,
     RerankTask,
     ScoreRequest,
     ScoreResponse,
     TEIRankItem,
-    TEIRerankRequest,
     build_rerank_response,
     build_score_response,
     build_tei_response,
@@ -155,6 +155,16 @@ def create_server_app(settings: ServerSettings, *, engine_loader: EngineLoader |
                 field=field,
             )
 
+    def check_chunks(body: RerankRequest) -> None:
+        if body.max_chunks_per_doc is None:
+            return
+        asked = len(body.documents) * body.max_chunks_per_doc
+        if asked > settings.max_chunks_per_request:
+            raise PayloadTooLargeError(
+                f"{len(body.documents)} `documents` x `max_chunks_per_doc` {body.max_chunks_per_doc} = {asked} "
+                f"chunks, more than the limit of {settings.max_chunks_per_request} (--max-chunks-per-request); "
+                "lower `max_chunks_per_doc` or send fewer documents", field="max_chunks_per_doc")
+
     def tenant_of(request: Request) -> str | None:
         return request.headers.get(TENANT_HEADER) if settings.api_key else None
 
@@ -170,9 +180,11 @@ def create_server_app(settings: ServerSettings, *, engine_loader: EngineLoader |
     async def rerank(request: Request, body: RerankRequest) -> RerankResponse:
         check_model(body.model)
         check_count(len(body.documents), "documents")
+        check_chunks(body)
         (outcome,) = await score_tasks(request, [body.to_task()])
         return build_rerank_response(
-            body, outcome.raw_scores, outcome.prompt_tokens, settings.model_name, request_id_of(request.scope)
+            body, outcome.raw_scores, outcome.prompt_tokens, settings.model_name, request_id_of(request.scope),
+            outcome.chunk_index,
         )
 
     scoring.post("/v1/rerank", response_model=RerankResponse, response_model_exclude_none=True,
@@ -182,7 +194,7 @@ def create_server_app(settings: ServerSettings, *, engine_loader: EngineLoader |
 
     @scoring.post("/rerank", response_model=RerankResponse | list[TEIRankItem], response_model_exclude_none=True,
                   summary="Rerank: Jina/Cohere shape with `documents`, or TEI shape with `texts`")
-    async def rerank_any(request: Request, response: Response, body: RerankRequest | TEIRerankRequest) -> Any:
+    async def rerank_any(request: Request, response: Response, body: RerankAnyRequest) -> Any:
         if isinstance(body, RerankRequest):
             return await rerank(request, body)
         check_count(len(body.texts), "texts")

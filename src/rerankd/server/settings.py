@@ -30,6 +30,9 @@ class ServerSettings(EngineConfig, EdgeSettings):
     served_model_name: str | None = Field(
         None, description="Name clients use in `model` (default: last part of --model).")
     max_documents: int = Field(1000, ge=1, description="Documents allowed per request.")
+    max_chunks_per_request: int = Field(
+        10_000, ge=1, description="Documents x max_chunks_per_doc one chunked rerank request may ask for (Cohere's "
+                                  "cap; 413 past it).")
     max_request_chars: int = Field(
         DEFAULT_MAX_REQUEST_CHARS, ge=1,
         description="Characters of query, instruction and documents one request may send (413 past it, checked "
