@@ -42,7 +42,7 @@ from rerankd.benchmark.loadgen import LoadResult
 from rerankd.gateway.db import UsageRecord, create_engine_for
 from support import Proc, spawn_gateway, spawn_replica, wait_until
 
-pytestmark = pytest.mark.timeout(400)
+pytestmark = pytest.mark.timeout(900)
 
 RATE, DURATION = 8.0, 12.0  # the well-behaved client: requests/s and seconds per phase
 ATTACKER_RPM = 20  # the attacker key's budget: giant requests past it are 429s (recorded, never scored)
@@ -194,7 +194,7 @@ def replicas(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     procs = [spawn_replica(tiny_model_dir, log_dir, "--max-batch-tokens", str(MAX_BATCH_TOKENS)) for _ in range(2)]
     try:
         for proc in procs:
-            proc.wait_ready(180)  # a loaded machine: a deadline, not a sleep
+            proc.wait_ready(600)  # a loaded machine (replicas trace their compiled forward): a deadline, not a sleep
         yield procs
     finally:
         for proc in procs:
