@@ -42,13 +42,13 @@ from rerankd.benchmark.loadgen import LoadResult
 from rerankd.gateway.db import UsageRecord, create_engine_for
 from support import Proc, spawn_gateway, spawn_replica, wait_until
 
-pytestmark = pytest.mark.timeout(400)
+pytestmark = pytest.mark.timeout(900)
 
 RATE, DURATION = 8.0, 12.0  # the well-behaved client: requests/s and seconds per phase
 ATTACKER_RPM = 20  # the attacker key's budget: giant requests past it are 429s (recorded, never scored)
 # What one forward pass may hold: a small request waits for at most the pass under way and rides in the
-# next (filled with giant rows up to this budget), so this bounds its latency under giant requests. The
-# default (16384) makes a pass on this test's shared CPU take about a second.
+# next (which takes giant rows only up to an eighth of this budget), so this bounds its latency under giant
+# requests. The default (16384) makes a pass on this test's shared CPU take about a second.
 MAX_BATCH_TOKENS = 2048
 DRIP_CONNECTIONS = 60  # per kind (header drip, body drip) and per target (gateway, replica)
 WARM_UP_REQUESTS = 16
@@ -194,7 +194,7 @@ def replicas(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     procs = [spawn_replica(tiny_model_dir, log_dir, "--max-batch-tokens", str(MAX_BATCH_TOKENS)) for _ in range(2)]
     try:
         for proc in procs:
-            proc.wait_ready(180)  # a loaded machine: a deadline, not a sleep
+            proc.wait_ready(600)  # a loaded machine (replicas trace their compiled forward): a deadline, not a sleep
         yield procs
     finally:
         for proc in procs:
@@ -275,6 +275,7 @@ def test_hostile_client_does_not_slow_or_unbill_a_well_behaved_one(replicas: lis
     assert figures["lost_ledger_rows"] == 0, figures
     assert figures["attacker_rows_found"] == figures["attacker_rows_expected"], figures
     assert figures["edge attacks"]["p99_ms"] <= 2 * calm_p99, figures
-    # Not yet the 2x goal under giant in-limit requests (see docs/reliability.md); what holds is that the
-    # small client is interleaved with them, never queued behind a whole one (which takes several seconds).
+    # Not yet shown to meet the 2x goal under giant in-limit requests (see docs/reliability.md); what holds is that
+    # the small client is interleaved with them, never queued behind a whole one (which takes several seconds) nor
+    # behind its tokenization.
     assert figures["giant requests"]["p99_ms"] <= GIANT_P99_BOUND_MS, figures

@@ -12,13 +12,17 @@ import contextlib
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
 import pytest
+from transformers import AutoTokenizer
 
 from benchlib.engine_path import micro_batches
 from rerankd.engine.backends.base import BackendInfo, ScoringBackend, TokenGroup
 from rerankd.engine.batcher import DynamicBatcher
 from rerankd.engine.batching import Turn, WaitingRows, cut_batch, dispatch_order, service_order
+from rerankd.engine.engine import RerankEngine
+from rerankd.engine.prompt import PromptBuilder
 from rerankd.errors import NotReadyError, OverloadedError
 from rerankd.observability.metrics import ServerMetrics
 
@@ -90,9 +94,10 @@ async def wait_until(condition: Callable[[], bool], what: str) -> None:
 
 
 @contextlib.asynccontextmanager
-async def running(backend: RecordingBackend, *, max_batch_tokens: int = 1000,
-                  max_queue: int = 16) -> AsyncIterator[DynamicBatcher]:
-    batcher = DynamicBatcher(backend, max_batch_tokens=max_batch_tokens, max_queue=max_queue, metrics=ServerMetrics())
+async def running(backend: RecordingBackend, *, max_batch_tokens: int = 1000, max_queue: int = 16,
+                  fill_tokens: int | None = None) -> AsyncIterator[DynamicBatcher]:
+    batcher = DynamicBatcher(backend, max_batch_tokens=max_batch_tokens, max_queue=max_queue, metrics=ServerMetrics(),
+                             fill_tokens=fill_tokens)
     batcher.start()
     try:
         yield batcher
@@ -111,10 +116,10 @@ async def on_the_model(batcher: DynamicBatcher, backend: RecordingBackend,
 
 
 async def queued(batcher: DynamicBatcher, request: tuple[list[int], list[list[int]]],
-                 tenant: str | None = None) -> asyncio.Task[list[float]]:
+                 tenant: str | None = None, priority: int = 0) -> asyncio.Task[list[float]]:
     """Submit ``request``; return once it waits in the queue."""
     before = batcher.waiting
-    task = asyncio.create_task(batcher.submit(*request, tenant=tenant))
+    task = asyncio.create_task(batcher.submit(*request, tenant=tenant, priority=priority))
     await wait_until(lambda: batcher.waiting == before + 1, "the request waits in the queue")
     return task
 
@@ -185,6 +190,35 @@ def test_service_order_interleaves_tenants_least_recently_served_first() -> None
     assert service_order([Turn("a", 5, 0), Turn("a", -1, 1)], {"a": 5}) == [1, 0]
 
 
+def test_a_first_turn_takes_rows_under_way_only_up_to_the_fill() -> None:
+    small = WaitingRows(2, [3])  # 5 wide with its prefix, first turn
+    bulk = WaitingRows(2, [3] * 20, start=4)  # under way
+    assert cut_batch([small, bulk], 50) == [1, 8]  # no fill given: the whole budget (9 rows × 5 + 2 prefixes)
+    assert cut_batch([small, bulk], 50, fill_tokens=15) == [1, 1]  # 2 rows × 5 + 4 fits 15; a 3rd costs 19
+    assert cut_batch([small, bulk], 50, fill_tokens=1) == [1, 0]
+    # The fill binds only rows under way in a batch holding a first turn: not another first turn, not bulk alone.
+    assert cut_batch([small, WaitingRows(2, [3] * 20)], 50, fill_tokens=15) == [1, 8]
+    assert cut_batch([bulk], 50, fill_tokens=15) == [10]
+    # The first row of a batch runs whatever it costs, under way or not.
+    assert cut_batch([WaitingRows(2, [3] * 20, start=1)], 50, fill_tokens=1) == [10]
+
+
+def test_service_order_puts_first_turns_before_requests_under_way_whoever_was_served_last() -> None:
+    under_way = Turn("bulk", last_served=4, arrived=0)
+    first = Turn("small", last_served=-1, arrived=1)
+    assert service_order([under_way, first], {"bulk": 3, "small": 4}) == [1, 0]
+
+
+def test_service_order_is_by_priority_first_lower_first_then_round_robin() -> None:
+    turns = [Turn("a", -1, 0, priority=1), Turn("b", -1, 1, priority=0), Turn("a", -1, 2, priority=0),
+             Turn("c", -1, 3, priority=-5), Turn("b", -1, 4, priority=0)]
+    # -5, then the priority-0 requests round robin (b and a take turns), then priority 1.
+    assert service_order(turns, {"b": 2, "a": 1}) == [3, 2, 1, 4, 0]
+    # A request under way of a lower value still goes before a first turn of a higher value: strict.
+    assert service_order([Turn("a", -1, 0, priority=1), Turn("b", 3, 1, priority=0)], {}) == [1, 0]
+    assert Turn("a", -1, 0).priority == 0
+
+
 # ---------------------------------------------------------------------------------------------- the batcher
 async def test_rows_go_shortest_first_and_scores_come_back_in_document_order() -> None:
     backend = RecordingBackend()
@@ -235,10 +269,61 @@ async def test_two_tenants_take_turns_whoever_queued_more() -> None:
     assert [ids for batch in backend.seen() for _, ids in batch] == [[90], [20], [10], [21], [11], [22], [12]]
 
 
+async def test_a_small_request_runs_in_a_short_pass_not_one_filled_with_bulk_rows() -> None:
+    backend = RecordingBackend()
+    # Rows 5 tokens wide, 50 a batch, so fill_tokens is 50 // 8 = 6: no bulk row joins the small one's pass.
+    async with running(backend, max_batch_tokens=50) as batcher:
+        assert batcher.fill_tokens == 6
+        large = await on_the_model(batcher, backend, request(1, 2, *[(1000 + i, 3) for i in range(100)]))
+        small = await queued(batcher, request(2, 2, (7, 3)))
+        backend.release()
+        assert await small == [7.0]
+        assert len(await large) == 100
+    seen = backend.seen()
+    assert seen[1] == [(2, [7])]  # alone, not padded out with nine bulk rows
+    assert seen[2] == [(1, list(range(1010, 1020)))]  # the bulk rows carry on in full passes
+
+
+async def test_lower_priority_values_are_served_first_and_equal_ones_take_turns() -> None:
+    backend = RecordingBackend()
+    async with running(backend, max_batch_tokens=1) as batcher:  # one row per forward pass
+        plug = await on_the_model(batcher, backend, request(9, 2, (90, 3)))
+        tasks = [await queued(batcher, request(1, 2, (10, 3), (11, 3)), "a", priority=1),
+                 await queued(batcher, request(2, 2, (20, 3)), "b", priority=0),
+                 await queued(batcher, request(3, 2, (30, 3)), "a"),
+                 await queued(batcher, request(4, 2, (40, 3), (41, 3)), "c", priority=-1)]
+        backend.release()
+        await asyncio.gather(plug, *tasks)
+    # -1 first (both rows), then the two of priority 0 (b and a take turns by arrival), then priority 1.
+    assert [ids for batch in backend.seen() for _, ids in batch] == [[90], [40], [41], [20], [30], [10], [11]]
+
+
+async def test_the_engine_passes_tenant_and_priority_to_the_batcher(tiny_model_dir: Path) -> None:
+    from rerankd.protocol import RerankTask
+
+    backend = RecordingBackend()
+    async with running(backend, max_batch_tokens=1) as batcher:
+        metrics = batcher.metrics
+        engine = RerankEngine(PromptBuilder(AutoTokenizer.from_pretrained(tiny_model_dir), 256), batcher,
+                              backend.info, metrics, max_request_tokens=10_000)
+        plug = await on_the_model(batcher, backend, request(9, 2, (90, 3)))
+        later = asyncio.create_task(engine.score_all([RerankTask(query="later", documents=["x"])], "a", 1))
+        await wait_until(lambda: batcher.waiting == 1, "the priority-1 request waits")
+        sooner = asyncio.create_task(engine.score(RerankTask(query="sooner", documents=["y"]), tenant="b",
+                                                  priority=0))
+        await wait_until(lambda: batcher.waiting == 2, "the priority-0 request waits")
+        backend.release()
+        await asyncio.gather(plug, later, sooner)
+    prompts = [AutoTokenizer.from_pretrained(tiny_model_dir).decode(g.shared + g.tails[0])
+               for batch in backend.batches[1:] for g in batch]
+    assert ["sooner" in p for p in prompts] == [True, False]
+
+
 async def test_a_cut_inside_a_request_continues_in_the_next_batch() -> None:
     backend = RecordingBackend()
-    # Every prompt is 5 tokens wide: 3 rows cost 15; the 4th row of `a` opens the next batch, which `b` joins.
-    async with running(backend, max_batch_tokens=15) as batcher:
+    # Every prompt is 5 tokens wide: 3 rows cost 15; the 4th row of `a` opens the next batch, which `b` joins
+    # (b's first turn goes first; a fill of the whole budget lets a's row join it).
+    async with running(backend, max_batch_tokens=15, fill_tokens=15) as batcher:
         plug = await on_the_model(batcher, backend, request(9, 2, (90, 3)))
         a = await queued(batcher, request(1, 2, (10, 3), (11, 3), (12, 3), (13, 3)))
         b = await queued(batcher, request(2, 2, (20, 3)))
@@ -246,6 +331,7 @@ async def test_a_cut_inside_a_request_continues_in_the_next_batch() -> None:
         assert await a == [10.0, 11.0, 12.0, 13.0] and await b == [20.0]
         await plug
     assert backend.seen() == [[(9, [90])], [(1, [10, 11, 12])], [(1, [13]), (2, [20])]]
+    assert [ids for _, ids in backend.seen()[2]] == [[13], [20]]  # groups in arrival order, whoever went first
 
 
 async def test_the_first_row_of_a_batch_runs_even_when_it_alone_exceeds_the_budget() -> None:

@@ -7,7 +7,16 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from rerankd.engine.prompt import PREFIX, SUFFIX, PromptBuilder, PromptGroup, common_prefix_length, format_pair
+from rerankd.engine.prompt import (
+    BATCH_SLICE,
+    PREFIX,
+    SEQUENTIAL_TEXTS,
+    SUFFIX,
+    PromptBuilder,
+    PromptGroup,
+    common_prefix_length,
+    format_pair,
+)
 from rerankd.errors import BadRequestError, QueryTooLongError, UnprocessableError
 
 
@@ -202,3 +211,64 @@ def test_best_chunk_is_the_max_and_the_first_of_equals() -> None:
     assert group.document_tokens() == [6, 2, 4]
     plain = PromptGroup(shared=[1], tails=[[2], [3]], truncated=[False, False])
     assert plain.best_chunks([0.3, 0.2]) == ([0.3, 0.2], None)
+
+
+class BatchCallLog:
+    """The Rust tokenizer behind ``tokenizer``, recording the size of every batch call (its shared thread pool)."""
+
+    def __init__(self, rust: object) -> None:
+        object.__setattr__(self, "rust", rust)
+        object.__setattr__(self, "batches", [])
+
+    def encode_batch(self, inputs: list[str], *args: object, **kwargs: object) -> object:
+        self.batches.append(len(inputs))
+        return self.rust.encode_batch(inputs, *args, **kwargs)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.rust, name)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        setattr(self.rust, name, value)
+
+
+@pytest.fixture
+def logged_tokenizer(tiny_model_dir: Path):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer._tokenizer = BatchCallLog(tokenizer._tokenizer)
+    return tokenizer
+
+
+def test_a_few_documents_stay_out_of_the_tokenizer_pool_and_many_go_in_slices(logged_tokenizer) -> None:
+    """A small request never queues in the pool behind a large one's batch; a large one is cut in slices."""
+    log = logged_tokenizer._tokenizer
+    builder = PromptBuilder(logged_tokenizer, 256)
+    log.batches.clear()
+    few = [f"document {i} with some words" for i in range(SEQUENTIAL_TEXTS)]
+    group = builder.build("q", few, max_tokens_per_doc=3)
+    assert log.batches == []
+    many = [f"document {i} " + "lorem ipsum " * (i % 40) for i in range(2 * BATCH_SLICE + 7)]
+    large = builder.build("q", many)
+    assert log.batches == [BATCH_SLICE, BATCH_SLICE, 7]
+    for doc, tail in zip(many, large.tails, strict=True):
+        assert large.shared + tail == card_ids(logged_tokenizer, "q", doc, 256)
+    cut = PromptBuilder(logged_tokenizer, 256).build("q", few, max_tokens_per_doc=3)
+    assert (cut.shared, cut.tails, cut.truncated) == (group.shared, group.tails, group.truncated)
+
+
+def test_one_by_one_tokens_equal_the_batch_calls_even_after_a_truncating_call(logged_tokenizer) -> None:
+    """A truncation left configured on the Rust tokenizer by another caller sends a small request to the batch
+    call (which resets it), so no document is cut short."""
+    docs = ["Hello world", "  leading spaces", "中文文档", "x" * 3000, "", "<|im_end|> inside"]
+    builder = PromptBuilder(logged_tokenizer, 200)
+    log = logged_tokenizer._tokenizer
+    log.batches.clear()
+    one_by_one = builder.build("what?", docs)
+    assert log.batches == []
+    logged_tokenizer("a text long enough to be cut", truncation=True, max_length=3)
+    assert log.truncation is not None
+    log.batches.clear()
+    batched = builder.build("what?", docs)
+    assert log.batches == [1]  # the head through the batch call, which resets the truncation
+    assert log.truncation is None
+    assert (one_by_one.shared, one_by_one.tails, one_by_one.truncated) == (
+        batched.shared, batched.tails, batched.truncated)

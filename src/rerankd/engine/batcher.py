@@ -4,8 +4,10 @@ Why: a forward pass over 32 short pairs costs little more than one over 4, so pa
 requests are packed into the same micro-batch. Where a batch is cut is :func:`rerankd.engine.batching.cut_batch`
 (a token budget over padded rows, each request's documents shortest first), and in which order waiting
 requests are offered rows is :func:`~rerankd.engine.batching.service_order` (round robin over tenants and
-requests, so a 1-document request is not stuck behind the 1000 rows of one that arrived just before it);
-this module owns the queue, the worker and what happens to each request's results.
+requests, requests on their first turn first, lower ``priority`` strictly first, so a 1-document request is
+not stuck behind the 1000 rows of one that arrived just before it); a pass that holds a request's first rows
+takes only ``fill_tokens`` of rows already under way, so that request's pass is a short one. This module owns
+the queue, the worker and what happens to each request's results.
 
 One worker task forms batches and hands them to a single-thread executor: the backend never runs two
 forwards at once and the event loop never blocks on the model. A request whose client went away is
@@ -42,6 +44,7 @@ class _Pending:
     enqueued_at: float
     tenant: str | None
     arrived: int
+    priority: int = 0
     last_served: int = -1
     order: list[int] = field(init=False)
     lengths: list[int] = field(init=False)
@@ -69,7 +72,7 @@ class _Pending:
         return WaitingRows(len(self.shared), self.lengths, self.next_tail)
 
     def turn(self) -> Turn:
-        return Turn(self.tenant, self.last_served, self.arrived)
+        return Turn(self.tenant, self.last_served, self.arrived, self.priority)
 
 
 @dataclass
@@ -78,8 +81,16 @@ class _Slice:
     indices: list[int]
 
 
+# A pass holding a request's first rows takes rows of requests under way up to this share of the budget.
+FILL_SHARE = 8
+
+
 class DynamicBatcher:
-    """Packs pairs of concurrent requests into token-budgeted micro-batches for one backend."""
+    """Packs pairs of concurrent requests into token-budgeted micro-batches for one backend.
+
+    ``fill_tokens``: what a pass holding rows of a request on its first turn may cost with rows of requests
+    already under way (:func:`~rerankd.engine.batching.cut_batch`); default ``max_batch_tokens // 8``.
+    """
 
     def __init__(
         self,
@@ -88,9 +99,11 @@ class DynamicBatcher:
         max_batch_tokens: int,
         max_queue: int,
         metrics: ServerMetrics,
+        fill_tokens: int | None = None,
     ) -> None:
         self.backend = backend
         self.max_batch_tokens = max_batch_tokens
+        self.fill_tokens = max(1, max_batch_tokens // FILL_SHARE) if fill_tokens is None else fill_tokens
         self.max_queue = max_queue
         self.metrics = metrics
         self._queue: collections.deque[_Pending] = collections.deque()
@@ -125,10 +138,16 @@ class DynamicBatcher:
         # Off the loop: a forward pass still running must not stall every other coroutine while it ends.
         await asyncio.to_thread(self._executor.shutdown, wait=True)
 
-    async def submit(self, shared: list[int], tails: list[list[int]], *, tenant: str | None = None) -> list[float]:
+    async def submit(self, shared: list[int], tails: list[list[int]], *, tenant: str | None = None,
+                     priority: int = 0) -> list[float]:
         """Queue one request's prompts; return their raw scores in order. ``tenant``: who asks, for fair turns.
 
-        Raises :class:`OverloadedError` at once when ``max_queue`` requests already wait.
+        ``priority``: lower is served first (vLLM's meaning; default 0), strictly: rows of a higher value
+        get only what a pass has left once every waiting row of a lower value is in it, and no aging lifts
+        them, so a steady stream of priority 0 that fills every pass holds priority 1 back for as long as it
+        lasts. Within one priority, tenants take turns (:func:`~rerankd.engine.batching.service_order`).
+        Raises :class:`OverloadedError` at once when ``max_queue`` requests already wait, whatever their
+        priority.
         """
         if self._closed:
             raise NotReadyError("server is shutting down", retry_after=1)
@@ -137,7 +156,7 @@ class DynamicBatcher:
                 f"the queue is full ({self.max_queue} requests waiting); retry later", retry_after=1
             )
         loop = asyncio.get_running_loop()
-        pending = _Pending(shared, tails, loop.create_future(), time.perf_counter(), tenant, self._arrivals)
+        pending = _Pending(shared, tails, loop.create_future(), time.perf_counter(), tenant, self._arrivals, priority)
         self._arrivals += 1
         self._queue.append(pending)
         self._set_queue_gauge()
@@ -159,7 +178,7 @@ class DynamicBatcher:
         """
         live = [p for p in self._queue if p.has_rows]
         live = [live[i] for i in service_order([p.turn() for p in live], self._tenant_served)]
-        counts = cut_batch((p.waiting_rows() for p in live), self.max_batch_tokens)
+        counts = cut_batch((p.waiting_rows() for p in live), self.max_batch_tokens, self.fill_tokens)
         slices: list[_Slice] = []
         for pending, taken in zip(live, counts, strict=False):  # counts stop where the cut falls
             if not taken:
