@@ -106,9 +106,10 @@ class TorchBackend:
         prefix_reuse: bool = True,
         chunk_tokens: int = 2048,
         compile: str = "auto",
+        task: str = "rerank",
     ) -> None:
         import torch
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoModel, AutoModelForCausalLM
 
         self._torch = torch
         self.device = resolve_device(device)
@@ -119,14 +120,23 @@ class TorchBackend:
                         "(bench/results/cpu_matmul_dtypes.json); --dtype auto picks float32 on this CPU")
         self.prefix_reuse = prefix_reuse
         self.chunk_tokens = chunk_tokens
-        model = AutoModelForCausalLM.from_pretrained(
-            str(model_path), dtype=self.dtype, attn_implementation="sdpa", low_cpu_mem_usage=True
-        )
-        model.eval()
-        head = model.get_output_embeddings().weight
-        # The one row of the output layer that matters: score = h · (w_yes − w_no).
-        self.w_diff = (head[yes_token_id].float() - head[no_token_id].float()).to(self.device)
-        self.body: Any = model.model.to(self.device)  # the Qwen3Model whose weights every decoder runs
+        self.task = task
+        load_kwargs: dict[str, Any] = dict(dtype=self.dtype, attn_implementation="sdpa", low_cpu_mem_usage=True)
+        if task == "embed":
+            # An embedder is the bare decoder (as the card loads it, AutoModel): its output is the last token's
+            # final hidden state; no output layer is loaded or used.
+            model = AutoModel.from_pretrained(str(model_path), **load_kwargs)
+            model.eval()
+            self.w_diff: Any = None
+            self.body: Any = model.to(self.device)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(str(model_path), **load_kwargs)
+            model.eval()
+            head = model.get_output_embeddings().weight
+            # The one row of the output layer that matters: score = h · (w_yes − w_no).
+            self.w_diff = (head[yes_token_id].float() - head[no_token_id].float()).to(self.device)
+            self.body = model.model.to(self.device)  # the Qwen3Model whose weights every decoder runs
+        self.hidden_size = int(self.body.config.hidden_size)
         self._model: Any = model  # None once closed
         self.decoder = choose_decoder(self.body, compile, self.device)
         self.info = BackendInfo(
@@ -138,24 +148,34 @@ class TorchBackend:
     def _warm_up_run(self, decoder: Decoder, groups: list[TokenGroup], chunk_tokens: int | None = None) -> object:
         """:class:`~rerankd.engine.backends.decoders.WarmUpRun`: this backend's loop, with a decoder and chunk
         width of the warm-up's choosing; the backend's own settings stay as they are."""
-        return self._score(decoder, groups, self.chunk_tokens if chunk_tokens is None else chunk_tokens)
+        return self._last_states(decoder, groups, self.chunk_tokens if chunk_tokens is None else chunk_tokens)
 
     def score(self, groups: list[TokenGroup]) -> list[list[float]]:
         """Raw scores (``logit_yes - logit_no``) for every tail, grouped as given."""
         return self._score(self.decoder, groups, self.chunk_tokens)
 
+    def embed(self, groups: list[TokenGroup]) -> list[list[Any]]:
+        """Every tail's final hidden state at its last token (float32 numpy rows, not normalised), grouped as given."""
+        with self._torch.inference_mode():
+            last = self._last_states(self.decoder, groups, self.chunk_tokens)
+        rows = list(last.float().cpu().numpy())
+        return split_by_group(rows, groups)
+
     def _score(self, decoder: Decoder, groups: list[TokenGroup], chunk_tokens: int) -> list[list[float]]:
-        """The one scoring loop: plain rows, or shared prefixes once and tails after their gathered cache."""
-        torch = self._torch
-        with torch.inference_mode():
+        with self._torch.inference_mode():
+            flat = self._scores(self._last_states(decoder, groups, chunk_tokens))
+        return split_by_group(flat, groups)
+
+    def _last_states(self, decoder: Decoder, groups: list[TokenGroup], chunk_tokens: int) -> Any:
+        """The one loop, for both tasks: plain rows, or shared prefixes once and tails after their gathered cache.
+        Returns every tail's final hidden state at its last real token, (rows, hidden), in group order."""
+        with self._torch.inference_mode():
             reused = sum(len(g.shared) * (len(g.tails) - 1) for g in groups)
             if self.prefix_reuse and reused >= _MIN_REUSED_PREFIX_TOKENS:
-                flat = self._score_with_shared_prefix(decoder, groups, chunk_tokens)
-            else:
-                ids, _, lengths = self._pad_right([g.shared + t for g in groups for t in g.tails])
-                last, _ = self._forward(decoder, ids, lengths, chunk_tokens)
-                flat = self._scores(last)
-        return split_by_group(flat, groups)
+                return self._last_states_with_shared_prefix(decoder, groups, chunk_tokens)
+            ids, _, lengths = self._pad_right([g.shared + t for g in groups for t in g.tails])
+            last, _ = self._forward(decoder, ids, lengths, chunk_tokens)
+            return last
 
     def _pad_right(self, rows: list[list[int]]) -> tuple[Any, Any, Any]:
         torch = self._torch
@@ -210,7 +230,7 @@ class TorchBackend:
     def _scores(self, last: Any) -> list[float]:
         return (last.float() @ self.w_diff).tolist()
 
-    def _score_with_shared_prefix(self, decoder: Decoder, groups: list[TokenGroup], chunk_tokens: int) -> list[float]:
+    def _last_states_with_shared_prefix(self, decoder: Decoder, groups: list[TokenGroup], chunk_tokens: int) -> Any:
         """Run each group's shared prefix once, gather its KV cache per row, then run the tails."""
         torch = self._torch
         prefix_ids, prefix_mask, prefix_lengths = self._pad_right([g.shared for g in groups])
@@ -224,7 +244,7 @@ class TorchBackend:
             decoder, tail_ids, tail_lengths, chunk_tokens, past=cache, past_mask=prefix_mask[row_group],
             past_lengths=prefix_lengths[row_group],
         )
-        return self._scores(last)
+        return last
 
     def close(self) -> None:
         # Drop every reference to the weights (the decoder holds the body too) so their memory is freed.
