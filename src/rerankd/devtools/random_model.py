@@ -57,8 +57,11 @@ SHAPES: dict[str, dict[str, Any]] = {
         head_dim=128, intermediate_size=12288,
     ),
 }
-# Embedding shapes: the same architecture sizes (Qwen3-Embedding-0.6B/4B/8B = the reranker's), under their own names.
+# Embedding shapes: the same architecture sizes (Qwen3-Embedding-0.6B/4B/8B = the reranker's), under their own names,
+# and one test shape wide enough (320) for Matryoshka sizes 64 and 256 below its full size.
 SHAPES.update({f"embed-{name}": dict(SHAPES[name]) for name in ("tiny", "small", "0.6b", "4b", "8b")})
+SHAPES["embed-mrl"] = dict(hidden_size=320, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                           head_dim=32, intermediate_size=256)
 TASKS = ("rerank", "embed")
 VOCAB_SIZE = 151669  # Qwen3-Reranker's embedding rows (tokenizer vocab + added tokens)
 TOKEN_ID_NO = 2152

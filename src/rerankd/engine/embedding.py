@@ -279,14 +279,14 @@ def quantize(vectors: np.ndarray, kind: str) -> list[list[int]] | list[list[floa
     """
     v = np.asarray(vectors, dtype=np.float32)
     if kind == "float":
-        return v.tolist()  # type: ignore[no-any-return]
+        return v.tolist()
     if kind == "base64":
         return to_base64(v)
     if kind in ("int8", "uint8"):
         scale = np.abs(v).max(axis=1, keepdims=True)
         q = np.rint(v / np.maximum(scale, 1e-12) * 127.0).astype(np.int32)
-        return (q + 128 if kind == "uint8" else q).tolist()  # type: ignore[no-any-return]
+        return (q + 128 if kind == "uint8" else q).tolist()
     if kind in ("binary", "ubinary"):
         packed = np.packbits(v > 0, axis=1).astype(np.int32)
-        return (packed - 128 if kind == "binary" else packed).tolist()  # type: ignore[no-any-return]
+        return (packed - 128 if kind == "binary" else packed).tolist()
     raise ValueError(f"unknown embedding type {kind!r}; choose one of {', '.join(EMBEDDING_TYPES)}")
