@@ -67,10 +67,12 @@ def embed_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def embed_server_url(embed_model_dir: Path) -> Iterator[str]:
-    """A float32 embedding server with a short model length so truncation is easy to exercise."""
+    """A float32 embedding server with a short model length so truncation is easy to exercise. transformers'
+    forward (--compile off): the fused forward gives the same final hidden states (tests/unit/test_fused_forward.py),
+    and compiling its kernels takes minutes on a loaded 2-core machine."""
     settings = ServerSettings(model=str(embed_model_dir), served_model_name="tiny-embedder", device="cpu",
                               dtype="float32", max_model_len=128, max_documents=50,
-                              max_body_bytes=256 * 1024)
+                              max_body_bytes=256 * 1024, compile="off")
     with running_server(settings) as url:
         yield url
 

@@ -73,8 +73,8 @@ def mrl_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def url(mrl_model_dir: Path) -> Iterator[str]:
-    # transformers' forward (--compile off): compiling the fused kernels for this shape would take minutes on a
-    # loaded 2-core machine; the fused forward's embedding parity is test_embedding_server's, on the tiny shape.
+    # transformers' forward (--compile off): compiling the fused kernels for this shape takes minutes on a loaded
+    # 2-core machine; the fused forward gives the same final hidden states (tests/unit/test_fused_forward.py).
     settings = ServerSettings(model=str(mrl_model_dir), served_model_name="mrl-embedder", device="cpu",
                               dtype="float32", max_model_len=MAX_LEN, compile="off")
     with running_server(settings) as base:
