@@ -185,3 +185,21 @@ def test_base64_is_little_endian_float32(embed_server_url: str) -> None:
     raw = base64.b64decode(answer["data"][0]["embedding"])
     assert len(raw) == 4 * 64
     assert np.frombuffer(raw, dtype="<f4").tolist() == np.array(floats, dtype=np.float32).tolist()
+
+
+async def test_task_override_and_detection_on_real_layouts(tiny_model_dir: Path, embed_model_dir: Path) -> None:
+    """``--task auto`` reads each layout; ``--task embed`` serves a reranker's checkpoint as an embedder."""
+    from rerankd.engine.embedding import detect_task
+    from rerankd.engine.engine import EngineConfig, load_engine
+
+    assert detect_task(tiny_model_dir) == "rerank" and detect_task(embed_model_dir) == "embed"
+    engine = load_engine(EngineConfig(model=str(tiny_model_dir), task="embed", device="cpu", dtype="float32",
+                                      compile="off", max_model_len=128))
+    engine.batcher.start()
+    try:
+        assert engine.task == "embed" and engine.dimensions == 64
+        outcome = await engine.embed_all(["a", "b", "a"], is_query=True)
+        assert outcome.vectors.shape == (3, 64) and np.array_equal(outcome.vectors[0], outcome.vectors[2])
+        assert np.allclose(np.linalg.norm(outcome.vectors, axis=1), 1, atol=1e-5)
+    finally:
+        await engine.close()

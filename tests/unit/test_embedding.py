@@ -184,3 +184,31 @@ def test_dialects_map_to_one_task() -> None:
     for bad in ({"input": []}, {"input": [[1], []]}, {"input": "x", "input_type": "image"}, {"input": ["a", 1]}):
         with pytest.raises(ValidationError):
             OpenAIEmbeddingRequest(**bad)
+
+
+def test_random_embedders_have_the_released_layout(embed_model_dir: Path) -> None:
+    from safetensors import safe_open
+
+    config = json.loads((embed_model_dir / "config.json").read_text())
+    assert config["architectures"] == ["Qwen3ForCausalLM"] and config["hidden_size"] == 64
+    with safe_open(embed_model_dir / "model.safetensors", "pt") as weights:
+        keys = set(weights.keys())
+    assert "embed_tokens.weight" in keys and not any(k.startswith(("model.", "lm_head")) for k in keys)
+    pooling = json.loads((embed_model_dir / "1_Pooling" / "config.json").read_text())
+    assert pooling["pooling_mode_lasttoken"] and pooling["word_embedding_dimension"] == 64
+    assert model_prompts(embed_model_dir)["query"] == format_query("")
+    tokenizer = AutoTokenizer.from_pretrained(embed_model_dir, padding_side="left")
+    # The released tokenizer's answer for these two texts (QwenLM/Qwen3-Embedding issue 122).
+    assert tokenizer(["test", "test again"], padding=True)["input_ids"] == [[151643, 1944, 151643],
+                                                                             [1944, 1549, 151643]]
+    assert detect_task(embed_model_dir) == "embed"
+
+
+def test_random_model_task_flag(tmp_path: Path) -> None:
+    from rerankd.devtools.random_model import SHAPES, main, shape_task
+
+    assert shape_task("embed-0.6b") == "embed" and shape_task("0.6b") == "rerank"
+    assert shape_task("0.6b", "embed") == "embed"
+    assert SHAPES["embed-0.6b"]["hidden_size"] == 1024 and SHAPES["embed-0.6b"]["num_hidden_layers"] == 28
+    main(["--out", str(tmp_path / "m"), "--shape", "tiny", "--task", "embed"])
+    assert detect_task(tmp_path / "m") == "embed"
