@@ -104,9 +104,9 @@ def test_left_truncation_keeps_the_tail_and_no_truncation_refuses(embed_tokenize
     words = " ".join(str(i) for i in range(40))
     ids = embed_tokenizer.encode(words, add_special_tokens=False)  # type: ignore[attr-defined]
     left = builder.build([words], direction="left")
-    assert left.shared + left.tails[0] == ids[-7:] + [END_OF_TEXT_ID]
+    assert left.shared + left.tails[0] == [*ids[-7:], END_OF_TEXT_ID]
     right = builder.build([words])
-    assert right.shared + right.tails[0] == ids[:7] + [END_OF_TEXT_ID]
+    assert right.shared + right.tails[0] == [*ids[:7], END_OF_TEXT_ID]
     with pytest.raises(PayloadTooLargeError, match="model length 8"):
         builder.build(["ok", words], truncate=False)
     with pytest.raises(UnprocessableError, match="vocabulary"):
