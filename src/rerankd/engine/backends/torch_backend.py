@@ -120,11 +120,10 @@ class TorchBackend:
                         "(bench/results/cpu_matmul_dtypes.json); --dtype auto picks float32 on this CPU")
         self.prefix_reuse = prefix_reuse
         self.chunk_tokens = chunk_tokens
-        self.task = task
         load_kwargs: dict[str, Any] = dict(dtype=self.dtype, attn_implementation="sdpa", low_cpu_mem_usage=True)
         if task == "embed":
-            # An embedder is the bare decoder (as the card loads it, AutoModel): its output is the last token's
-            # final hidden state; no output layer is loaded or used.
+            # An embedder is the bare decoder, loaded as the model card loads it (AutoModel); its result is the last
+            # token's final hidden state itself (see _scores), and no output layer is loaded.
             model = AutoModel.from_pretrained(str(model_path), **load_kwargs)
             model.eval()
             self.w_diff: Any = None
@@ -136,6 +135,7 @@ class TorchBackend:
             # The one row of the output layer that matters: score = h · (w_yes − w_no).
             self.w_diff = (head[yes_token_id].float() - head[no_token_id].float()).to(self.device)
             self.body = model.model.to(self.device)  # the Qwen3Model whose weights every decoder runs
+        self.task = task
         self.hidden_size = int(self.body.config.hidden_size)
         self._model: Any = model  # None once closed
         self.decoder = choose_decoder(self.body, compile, self.device)
@@ -148,34 +148,24 @@ class TorchBackend:
     def _warm_up_run(self, decoder: Decoder, groups: list[TokenGroup], chunk_tokens: int | None = None) -> object:
         """:class:`~rerankd.engine.backends.decoders.WarmUpRun`: this backend's loop, with a decoder and chunk
         width of the warm-up's choosing; the backend's own settings stay as they are."""
-        return self._last_states(decoder, groups, self.chunk_tokens if chunk_tokens is None else chunk_tokens)
+        return self._score(decoder, groups, self.chunk_tokens if chunk_tokens is None else chunk_tokens)
 
     def score(self, groups: list[TokenGroup]) -> list[list[float]]:
         """Raw scores (``logit_yes - logit_no``) for every tail, grouped as given."""
         return self._score(self.decoder, groups, self.chunk_tokens)
 
-    def embed(self, groups: list[TokenGroup]) -> list[list[Any]]:
-        """Every tail's final hidden state at its last token (float32 numpy rows, not normalised), grouped as given."""
-        with self._torch.inference_mode():
-            last = self._last_states(self.decoder, groups, self.chunk_tokens)
-        rows = list(last.float().cpu().numpy())
-        return split_by_group(rows, groups)
-
     def _score(self, decoder: Decoder, groups: list[TokenGroup], chunk_tokens: int) -> list[list[float]]:
-        with self._torch.inference_mode():
-            flat = self._scores(self._last_states(decoder, groups, chunk_tokens))
-        return split_by_group(flat, groups)
-
-    def _last_states(self, decoder: Decoder, groups: list[TokenGroup], chunk_tokens: int) -> Any:
-        """The one loop, for both tasks: plain rows, or shared prefixes once and tails after their gathered cache.
-        Returns every tail's final hidden state at its last real token, (rows, hidden), in group order."""
-        with self._torch.inference_mode():
+        """The one scoring loop: plain rows, or shared prefixes once and tails after their gathered cache."""
+        torch = self._torch
+        with torch.inference_mode():
             reused = sum(len(g.shared) * (len(g.tails) - 1) for g in groups)
             if self.prefix_reuse and reused >= _MIN_REUSED_PREFIX_TOKENS:
-                return self._last_states_with_shared_prefix(decoder, groups, chunk_tokens)
-            ids, _, lengths = self._pad_right([g.shared + t for g in groups for t in g.tails])
-            last, _ = self._forward(decoder, ids, lengths, chunk_tokens)
-            return last
+                flat = self._score_with_shared_prefix(decoder, groups, chunk_tokens)
+            else:
+                ids, _, lengths = self._pad_right([g.shared + t for g in groups for t in g.tails])
+                last, _ = self._forward(decoder, ids, lengths, chunk_tokens)
+                flat = self._scores(last)
+        return split_by_group(flat, groups)
 
     def _pad_right(self, rows: list[list[int]]) -> tuple[Any, Any, Any]:
         torch = self._torch
@@ -227,10 +217,20 @@ class TorchBackend:
         own = own_mask[:, :start].bool()
         return own if past_mask is None else torch.cat([past_mask.bool(), own], dim=1)
 
-    def _scores(self, last: Any) -> list[float]:
+    def embed(self, groups: list[TokenGroup]) -> list[list[Any]]:
+        """An embedder's results: every tail's final hidden state at its last token (float32 numpy rows, not
+        normalised), grouped as given. The same loop as :meth:`score`; only the last step differs (_scores)."""
+        if self.w_diff is not None:
+            raise RuntimeError("this backend loaded a reranker (task rerank); it has no embeddings to give")
+        return self.score(groups)
+
+    def _scores(self, last: Any) -> list[Any]:
+        """The last step of the loop: a reranker's ``h · (w_yes − w_no)``, or an embedder's ``h`` itself."""
+        if self.w_diff is None:
+            return list(last.float().cpu().numpy())
         return (last.float() @ self.w_diff).tolist()
 
-    def _last_states_with_shared_prefix(self, decoder: Decoder, groups: list[TokenGroup], chunk_tokens: int) -> Any:
+    def _score_with_shared_prefix(self, decoder: Decoder, groups: list[TokenGroup], chunk_tokens: int) -> list[float]:
         """Run each group's shared prefix once, gather its KV cache per row, then run the tails."""
         torch = self._torch
         prefix_ids, prefix_mask, prefix_lengths = self._pad_right([g.shared for g in groups])
@@ -244,7 +244,7 @@ class TorchBackend:
             decoder, tail_ids, tail_lengths, chunk_tokens, past=cache, past_mask=prefix_mask[row_group],
             past_lengths=prefix_lengths[row_group],
         )
-        return last
+        return self._scores(last)
 
     def close(self) -> None:
         # Drop every reference to the weights (the decoder holds the body too) so their memory is freed.
