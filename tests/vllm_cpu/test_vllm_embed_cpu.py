@@ -17,6 +17,9 @@ from rerankd.engine.backends.vllm_backend import VllmBackend
 from rerankd.engine.embedding import EmbeddingPromptBuilder, finish_vectors, format_query
 from rerankd.engine.model_source import load_tokenizer
 
+# A vllm.LLM start takes ~35 s on two idle cores and several minutes on a loaded machine (298 s seen).
+pytestmark = pytest.mark.timeout(900)
+
 TEXTS = ["HNSW builds a layered proximity graph over the vectors.", "如何实现Python中的异步爬虫",
          "def crawl(urls):\n    return [get(u) for u in urls]"]
 
