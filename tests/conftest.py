@@ -56,6 +56,28 @@ def server_url(tiny_model_dir: Path) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def embed_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Qwen3-Embedding-shaped directory: the real tokenizer (with the released embedder's end-of-text
+    post-processor), tiny random weights, the sentence-transformers files (built once per run)."""
+    cached = os.environ.get("RERANKD_TEST_EMBED_MODEL_DIR")
+    if cached and (Path(cached) / "config.json").exists():
+        return Path(cached)
+    return build_random_model(tmp_path_factory.mktemp("models") / "tiny-qwen3-embedding", "embed-tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def embed_server_url(embed_model_dir: Path) -> Iterator[str]:
+    """A float32 embedding server with a short model length so truncation is easy to exercise. transformers'
+    forward (--compile off): the fused forward gives the same final hidden states (tests/unit/test_fused_forward.py),
+    and compiling its kernels takes minutes on a loaded 2-core machine."""
+    settings = ServerSettings(model=str(embed_model_dir), served_model_name="tiny-embedder", device="cpu",
+                              dtype="float32", max_model_len=128, max_documents=50,
+                              max_body_bytes=256 * 1024, compile="off")
+    with running_server(settings) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
 def fleet(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     """Three real ``rerankd serve`` processes (started together; they load in parallel)."""
     log_dir = tmp_path_factory.mktemp("fleet-logs")

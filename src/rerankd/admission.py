@@ -39,12 +39,15 @@ from rerankd.http.disconnect import ClientDisconnectedError
 
 __all__ = ["DEFAULT_MAX_REQUEST_CHARS", "AdmissionLimits", "AdmittedRequest", "admit", "check_texts", "parse_bounded"]
 
-# Fields whose lists are the documents (or queries) of a request: each is capped at --max-documents.
-LIST_FIELDS = ("documents", "texts", "text_2", "text_1", "queries")
+# Fields whose lists are the documents (or queries) of a request: each is capped at --max-documents. `input`
+# (OpenAI) and `inputs` (TEI) are the texts of an embedding request; a list of numbers there is one input's
+# token ids, not a list of inputs, and is not capped by --max-documents.
+LIST_FIELDS = ("documents", "texts", "text_2", "text_1", "queries", "input", "inputs")
 # Fields whose characters are tokenized (a document object's `text` is read inside the list fields).
 TEXT_FIELDS = ("query", "instruction", *LIST_FIELDS)
 # A body this small parses in well under a millisecond: not worth a trip to a worker thread.
 INLINE_PARSE_BYTES = 64 * 1024
+_NUMBER_STARTS = frozenset("-0123456789")
 _KEY_BEFORE = re.compile(r'"((?:[^"\\]|\\.){1,64})"\s*:\s*$')
 
 
@@ -56,11 +59,13 @@ class AdmissionLimits:
     max_request_chars: int
     max_depth: int = 32
     """Nesting levels of the body: a rerank body has 3 (object, list, document object) plus metadata."""
+    extra_values: int = 0
+    """JSON values allowed beyond the documents' share: the embedding routes' token-id inputs."""
 
     @property
     def max_values(self) -> int:
         """JSON values in the whole body: every allowed document as an object with a dozen metadata values."""
-        return 16 * self.max_documents + 1024
+        return 16 * self.max_documents + 1024 + self.extra_values
 
 
 class _Budget:
@@ -72,7 +77,7 @@ class _Budget:
         self.depth = 0
 
     def count(self, scan_once: Callable[[str, int], tuple[Any, int]],
-              on_item: Callable[[], None] | None = None) -> Callable[[str, int], tuple[Any, int]]:
+              on_item: Callable[[str, int], None] | None = None) -> Callable[[str, int], tuple[Any, int]]:
         def counted(string: str, idx: int) -> tuple[Any, int]:
             self.values += 1
             if self.values > self.limits.max_values:
@@ -80,7 +85,7 @@ class _Budget:
                     f"the body holds more than {self.limits.max_values} JSON values (16 per allowed document, "
                     "--max-documents); send fewer documents or less metadata per document")
             if on_item is not None:
-                on_item()
+                on_item(string, idx)
             return scan_once(string, idx)
         return counted
 
@@ -105,8 +110,10 @@ def parse_bounded(body: bytes, limits: AdmissionLimits) -> Any:
         budget.enter()
         items = 0
 
-        def item() -> None:
+        def item(text: str, idx: int) -> None:
             nonlocal items
+            if text[idx : idx + 1] in _NUMBER_STARTS:
+                return  # a token id: the list is one input's tokens, bounded by the value budget
             items += 1
             if budget.depth == 2 and items > limits.max_documents:
                 key = _KEY_BEFORE.search(string, max(0, start - 80), start - 1)

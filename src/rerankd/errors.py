@@ -19,6 +19,7 @@ __all__ = [
     "QueryTooLongError",
     "RateLimitedError",
     "RerankdError",
+    "TaskMismatchError",
     "UnauthorizedError",
     "UnprocessableError",
     "UpstreamMalformedError",
@@ -48,6 +49,12 @@ class QueryTooLongError(BadRequestError):
     """Instruction + query alone do not fit the model length, even with an empty document."""
 
     error_type = "query_too_long"
+
+
+class TaskMismatchError(BadRequestError):
+    """The route is the other task's: an embedding route on a reranker's server, or the reverse."""
+
+    error_type = "wrong_task"
 
 
 class UnauthorizedError(RerankdError):

@@ -21,8 +21,10 @@ import collections
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from rerankd.engine.backends.base import ScoringBackend, TokenGroup
 from rerankd.engine.batching import Turn, WaitingRows, cut_batch, dispatch_order, service_order
@@ -40,7 +42,7 @@ class _Pending:
 
     shared: list[int]
     tails: list[list[int]]
-    future: asyncio.Future[list[float]]
+    future: asyncio.Future[list[Any]]
     enqueued_at: float
     tenant: str | None
     arrived: int
@@ -50,14 +52,14 @@ class _Pending:
     lengths: list[int] = field(init=False)
     next_tail: int = 0
     remaining: int = field(init=False)
-    results: list[float] = field(init=False)
+    results: list[Any] = field(init=False)
     cancelled: bool = False
 
     def __post_init__(self) -> None:
         self.order = dispatch_order(self.tails)
         self.lengths = [len(self.tails[i]) for i in self.order]
         self.remaining = len(self.tails)
-        self.results = [0.0] * len(self.tails)
+        self.results = [0.0] * len(self.tails)  # scores, or vectors for an embedding engine
 
     @property
     def started(self) -> bool:
@@ -100,8 +102,12 @@ class DynamicBatcher:
         max_queue: int,
         metrics: ServerMetrics,
         fill_tokens: int | None = None,
+        forward: Callable[[list[TokenGroup]], list[list[Any]]] | None = None,
     ) -> None:
+        """``forward``: what a batch runs, one result per tail (default ``backend.score``; an embedding engine
+        passes ``backend.embed``)."""
         self.backend = backend
+        self._forward_pass = forward if forward is not None else backend.score
         self.max_batch_tokens = max_batch_tokens
         self.fill_tokens = max(1, max_batch_tokens // FILL_SHARE) if fill_tokens is None else fill_tokens
         self.max_queue = max_queue
@@ -139,7 +145,7 @@ class DynamicBatcher:
         await asyncio.to_thread(self._executor.shutdown, wait=True)
 
     async def submit(self, shared: list[int], tails: list[list[int]], *, tenant: str | None = None,
-                     priority: int = 0) -> list[float]:
+                     priority: int = 0) -> list[Any]:
         """Queue one request's prompts; return their raw scores in order. ``tenant``: who asks, for fair turns.
 
         ``priority``: lower is served first (vLLM's meaning; default 0), strictly: rows of a higher value
@@ -206,7 +212,7 @@ class DynamicBatcher:
             groups = [TokenGroup(s.pending.shared, [s.pending.tails[i] for i in s.indices]) for s in slices]
             started = time.perf_counter()
             try:
-                scores = await loop.run_in_executor(self._executor, self.backend.score, groups)
+                scores = await loop.run_in_executor(self._executor, self._forward_pass, groups)
             except Exception as exc:  # a backend failure fails its requests, never the worker
                 log.exception("forward pass failed")
                 self.metrics.errors_total.labels(type="backend").inc()

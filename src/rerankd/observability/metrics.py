@@ -32,7 +32,8 @@ class ServerMetrics:
         r = self.registry
         self.gpu = gpu if gpu is not None else GpuCollector()
         r.register(self.gpu)
-        self.build_info = Info("rerankd_build", "Version, model, backend, dtype and device.", registry=r)
+        self.build_info = Info("rerankd_build", "Version, model, task (rerank or embed), backend, dtype and device.",
+                               registry=r)
         self.requests_total = Counter(
             "rerankd_requests_total", "HTTP requests answered, by route and status code.",
             ["route", "status"], registry=r,
@@ -77,7 +78,13 @@ class ServerMetrics:
         self.batch_tokens = Histogram(
             "rerankd_batch_tokens", "Tokens per forward pass.", buckets=_TOKEN_BUCKETS, registry=r,
         )
-        self.pairs_total = Counter("rerankd_pairs_total", "Query-document pairs scored.", registry=r)
+        self.pairs_total = Counter("rerankd_pairs_total", "Rows run through the model: query-document pairs scored "
+                                                          "(a reranker), inputs embedded (an embedder).", registry=r)
+        # The embedding task's own counts (rerankd_build_info's `task` label says which task a server runs).
+        self.embeddings_total = Counter(
+            "rerankd_embeddings_total", "Inputs embedded (the embedding routes).", registry=r)
+        self.embedding_tokens_total = Counter(
+            "rerankd_embedding_tokens_total", "Tokens of the inputs embedded, as billed.", registry=r)
         self.tokens_total = Counter("rerankd_tokens_total", "Prompt tokens scored.", registry=r)
         self.errors_total = Counter(
             "rerankd_errors_total", "Errors answered, by type (validation, overloaded, backend, ...).",

@@ -44,6 +44,7 @@ from rerankd.protocol import (
 )
 from rerankd.runtime import free_memory_releaser, freeze_startup_heap
 from rerankd.server.admission import admission_route
+from rerankd.server.embed_routes import EMBED_ROUTES, embedding_router, require_task
 from rerankd.server.memory import IdleMemoryReturn
 from rerankd.server.settings import ServerSettings
 
@@ -57,7 +58,7 @@ EngineLoader = Callable[[EngineConfig, ServerMetrics], RerankEngine]
 SERVER_ROUTES = frozenset({
     "/v1/rerank", "/v2/rerank", "/rerank", "/v1/score", "/score", "/v1/models", "/health", "/ready",
     "/metrics", "/info", "/docs", "/openapi.json", "/redoc",
-})
+}) | EMBED_ROUTES
 PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics"})
 # A body this large (~250k tokens of text) leaves enough freed memory behind to hand back once idle.
 LARGE_BODY_BYTES = 1024 * 1024
@@ -111,7 +112,8 @@ def create_server_app(settings: ServerSettings, *, engine_loader: EngineLoader |
             state.engine = engine
             info = engine.info
             metrics.build_info.info({"version": __version__, "model": settings.model_name,
-                                     "backend": info.name, "device": info.device, "dtype": info.dtype})
+                                     "backend": info.name, "device": info.device, "dtype": info.dtype,
+                                     "task": engine.task})
             freeze_startup_heap()  # the model's and libraries' objects: never garbage, no need to rescan
             metrics.model_ready.set(1)
             log.info("model loaded in %.1fs: backend=%s device=%s dtype=%s max_model_len=%d",
@@ -170,6 +172,7 @@ def create_server_app(settings: ServerSettings, *, engine_loader: EngineLoader |
 
     async def score_tasks(request: Request, tasks: list[RerankTask]) -> list[ScoreOutcome]:
         engine = state.ready_engine()
+        require_task(engine, "rerank")
         return await unless_disconnected(request, engine.score_all(tasks, tenant_of(request)))
 
     # The scoring routes read their body through admission (size bounds before validation and tokenizing).
@@ -222,6 +225,12 @@ def create_server_app(settings: ServerSettings, *, engine_loader: EngineLoader |
     scoring.post("/v1/score", response_model=ScoreResponse, summary="Score pairs (vLLM score shape)")(score)
     scoring.post("/score", response_model=ScoreResponse, include_in_schema=False)(score)
     app.include_router(scoring)
+    # Token-id inputs: one JSON value per token, within the characters' budget (a token is ~4 characters).
+    embed_limits = AdmissionLimits(max_documents=settings.max_documents, max_request_chars=settings.max_request_chars,
+                                   extra_values=settings.max_request_chars // 4)
+    app.include_router(embedding_router(
+        admission_route(embed_limits, memory), ready_engine=state.ready_engine, check_model=check_model,
+        check_count=check_count, tenant_of=tenant_of, model_name=settings.model_name, metrics=metrics))
 
     @app.get("/v1/models", response_model=ModelList, summary="Served models (OpenAI list)")
     async def models() -> ModelList:
@@ -246,6 +255,8 @@ def create_server_app(settings: ServerSettings, *, engine_loader: EngineLoader |
             "version": __version__,
             "model": settings.model_name,
             "model_source": settings.model,
+            "task": engine.task if engine else settings.task,
+            "dimensions": engine.dimensions if engine else None,
             "ready": engine is not None,
             "backend": engine.info.name if engine else settings.backend,
             "device": engine.info.device if engine else settings.device,

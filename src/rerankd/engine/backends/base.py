@@ -8,9 +8,11 @@ score ``logit_yes - logit_no`` of each tail, in order.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
-__all__ = ["BackendInfo", "ScoringBackend", "TokenGroup", "split_by_group"]
+__all__ = ["BackendInfo", "EmbeddingBackend", "ScoringBackend", "TokenGroup", "split_by_group"]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -50,9 +52,25 @@ class ScoringBackend(Protocol):
         ...
 
 
-def split_by_group(flat: list[float], groups: list[TokenGroup]) -> list[list[float]]:
-    """Cut scores computed row by row over all groups back into one list per group."""
-    out: list[list[float]] = []
+@runtime_checkable
+class EmbeddingBackend(Protocol):
+    """A runtime that embeds token groups (the ``embed`` task). ``embed`` is called from one worker thread at a time."""
+
+    info: BackendInfo
+    hidden_size: int
+
+    def embed(self, groups: list[TokenGroup]) -> list[list[Any]]:
+        """Return every tail's final hidden state at its last token (a float32 vector, not normalised)."""
+        ...
+
+    def close(self) -> None:
+        """Release devices and memory."""
+        ...
+
+
+def split_by_group(flat: list[T], groups: list[TokenGroup]) -> list[list[T]]:
+    """Cut results computed row by row over all groups back into one list per group."""
+    out: list[list[T]] = []
     i = 0
     for g in groups:
         out.append(flat[i : i + len(g.tails)])

@@ -106,9 +106,10 @@ class TorchBackend:
         prefix_reuse: bool = True,
         chunk_tokens: int = 2048,
         compile: str = "auto",
+        task: str = "rerank",
     ) -> None:
         import torch
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoModel, AutoModelForCausalLM
 
         self._torch = torch
         self.device = resolve_device(device)
@@ -119,14 +120,23 @@ class TorchBackend:
                         "(bench/results/cpu_matmul_dtypes.json); --dtype auto picks float32 on this CPU")
         self.prefix_reuse = prefix_reuse
         self.chunk_tokens = chunk_tokens
-        model = AutoModelForCausalLM.from_pretrained(
-            str(model_path), dtype=self.dtype, attn_implementation="sdpa", low_cpu_mem_usage=True
-        )
-        model.eval()
-        head = model.get_output_embeddings().weight
-        # The one row of the output layer that matters: score = h · (w_yes − w_no).
-        self.w_diff = (head[yes_token_id].float() - head[no_token_id].float()).to(self.device)
-        self.body: Any = model.model.to(self.device)  # the Qwen3Model whose weights every decoder runs
+        load_kwargs: dict[str, Any] = dict(dtype=self.dtype, attn_implementation="sdpa", low_cpu_mem_usage=True)
+        if task == "embed":
+            # An embedder is the bare decoder, loaded as the model card loads it (AutoModel); its result is the last
+            # token's final hidden state itself (see _scores), and no output layer is loaded.
+            model = AutoModel.from_pretrained(str(model_path), **load_kwargs)
+            model.eval()
+            self.w_diff: Any = None
+            self.body: Any = model.to(self.device)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(str(model_path), **load_kwargs)
+            model.eval()
+            head = model.get_output_embeddings().weight
+            # The one row of the output layer that matters: score = h · (w_yes − w_no).
+            self.w_diff = (head[yes_token_id].float() - head[no_token_id].float()).to(self.device)
+            self.body = model.model.to(self.device)  # the Qwen3Model whose weights every decoder runs
+        self.task = task
+        self.hidden_size = int(self.body.config.hidden_size)
         self._model: Any = model  # None once closed
         self.decoder = choose_decoder(self.body, compile, self.device)
         self.info = BackendInfo(
@@ -207,7 +217,17 @@ class TorchBackend:
         own = own_mask[:, :start].bool()
         return own if past_mask is None else torch.cat([past_mask.bool(), own], dim=1)
 
-    def _scores(self, last: Any) -> list[float]:
+    def embed(self, groups: list[TokenGroup]) -> list[list[Any]]:
+        """An embedder's results: every tail's final hidden state at its last token (float32 numpy rows, not
+        normalised), grouped as given. The same loop as :meth:`score`; only the last step differs (_scores)."""
+        if self.w_diff is not None:
+            raise RuntimeError("this backend loaded a reranker (task rerank); it has no embeddings to give")
+        return self.score(groups)
+
+    def _scores(self, last: Any) -> list[Any]:
+        """The last step of the loop: a reranker's ``h · (w_yes − w_no)``, or an embedder's ``h`` itself."""
+        if self.w_diff is None:
+            return list(last.float().cpu().numpy())
         return (last.float() @ self.w_diff).tolist()
 
     def _score_with_shared_prefix(self, decoder: Decoder, groups: list[TokenGroup], chunk_tokens: int) -> list[float]:

