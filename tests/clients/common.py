@@ -49,3 +49,24 @@ def gateway_message(stack: Stack, key: str) -> str:
                         headers={"Authorization": f"Bearer {key}"}, timeout=30)
     assert answer.status_code >= 400, answer.text
     return str(json.loads(answer.text)["error"]["message"])
+
+
+def api_scores(stack: Stack) -> dict[str, float]:
+    """Each document's score for QUERY from the gateway's own /v1/rerank: what a client must hand back."""
+    answer = httpx.post(f"{stack.gateway}/v1/rerank", json={"query": QUERY, "documents": DOCUMENTS},
+                        headers={"Authorization": f"Bearer {stack.api_key}"}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    return {DOCUMENTS[r["index"]]: float(r["relevance_score"]) for r in answer.json()["results"]}
+
+
+def assert_scores(stack: Stack, ranked: list[tuple[str, float | None]], count: int) -> None:
+    """``ranked`` (text, score) as the client returned them: ``count`` of them, best first, each with the score the
+    API gives that text (a client that mixes up indices or scores fails here)."""
+    expected = api_scores(stack)
+    assert len(ranked) == count, ranked
+    for text, score in ranked:
+        assert score is not None
+        assert abs(score - expected[text]) < 1e-5, (text, score, expected[text])
+    best = sorted(expected.values(), reverse=True)[:count]
+    for (text, score), want in zip(ranked, best, strict=True):  # the best ``count``, best first
+        assert score is not None and abs(score - want) < 1e-5, (text, score, want)

@@ -18,25 +18,22 @@ from llama_index.postprocessor.cohere_rerank import CohereRerank
 from llama_index.postprocessor.jinaai_rerank import JinaRerank
 from llama_index.postprocessor.tei_rerank import TextEmbeddingInference
 
-from clients.common import DOCUMENTS, QUERY, RATE_LIMITED, WRONG_KEY, Stack, gateway_message
+from clients.common import DOCUMENTS, QUERY, RATE_LIMITED, WRONG_KEY, Stack, assert_scores, gateway_message
 
 
 def nodes() -> list[NodeWithScore]:
     return [NodeWithScore(node=TextNode(text=text, id_=f"node-{i}"), score=0.0) for i, text in enumerate(DOCUMENTS)]
 
 
-def assert_reranked(found: list[NodeWithScore], count: int) -> None:
-    assert len(found) == count
+def assert_reranked(stack: Stack, found: list[NodeWithScore], count: int) -> None:
     texts = {f"node-{i}": text for i, text in enumerate(DOCUMENTS)}
-    assert all(n.node.get_content() == texts[n.node.node_id] for n in found)  # each score on its own node
-    scores = [n.score for n in found]
-    assert all(s is not None and 0.0 <= s <= 1.0 for s in scores)
-    assert scores == sorted(scores, reverse=True)  # type: ignore[type-var]
+    assert all(n.node.get_content() == texts[n.node.node_id] for n in found)  # each node kept whole
+    assert_scores(stack, [(n.node.get_content(), n.score) for n in found], count)
 
 
 def test_cohere_rerank_reranks_nodes(stack: Stack) -> None:
     reranker = CohereRerank(api_key=stack.api_key, base_url=stack.gateway, top_n=3)  # model rerank-english-v3.0
-    assert_reranked(reranker.postprocess_nodes(nodes(), query_bundle=QueryBundle(QUERY)), 3)
+    assert_reranked(stack, reranker.postprocess_nodes(nodes(), query_bundle=QueryBundle(QUERY)), 3)
 
 
 def test_cohere_rerank_with_a_wrong_key_shows_the_gateways_message(stack: Stack) -> None:
@@ -48,7 +45,7 @@ def test_cohere_rerank_with_a_wrong_key_shows_the_gateways_message(stack: Stack)
 
 def test_jina_rerank_reranks_nodes(stack: Stack) -> None:
     reranker = JinaRerank(api_key=stack.api_key, base_url=f"{stack.gateway}/v1", top_n=3)
-    assert_reranked(reranker.postprocess_nodes(nodes(), query_bundle=QueryBundle(QUERY)), 3)
+    assert_reranked(stack, reranker.postprocess_nodes(nodes(), query_bundle=QueryBundle(QUERY)), 3)
 
 
 def test_jina_rerank_with_a_wrong_key_shows_the_gateways_message(stack: Stack) -> None:
@@ -67,7 +64,7 @@ def test_jina_rerank_rate_limited_shows_the_gateways_message(stack: Stack, limit
 
 def test_tei_rerank_reranks_nodes(stack: Stack) -> None:
     reranker = TextEmbeddingInference(base_url=stack.gateway, auth_token=f"Bearer {stack.api_key}", top_n=3)
-    assert_reranked(reranker.postprocess_nodes(nodes(), query_bundle=QueryBundle(QUERY)), 3)
+    assert_reranked(stack, reranker.postprocess_nodes(nodes(), query_bundle=QueryBundle(QUERY)), 3)
 
 
 def test_tei_rerank_with_a_wrong_key_fails_instead_of_ranking(stack: Stack) -> None:
