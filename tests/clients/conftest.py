@@ -2,8 +2,9 @@
 
 These libraries pin clashing versions of their own dependencies (langchain-cohere wants cohere < 6, Cohere's own
 SDK is at 7), so they live in their own environment, ``.venv-clients``, built by ``tests/clients/run`` from
-``tests/clients/requirements.txt``. The main suite (``python -m pytest``) does not collect this directory where
-the libraries are missing; CI runs it separately through that script.
+``tests/clients/requirements.txt`` (cached per hash of the pins; rerankd runs from the checkout's ``src/``).
+The main suite (``python -m pytest``) does not collect this directory where the libraries are missing; CI runs
+it separately through that script.
 
 One stack for the whole run: ``rerankd up`` on the tiny random-weight model (a gateway, one replica, the web UI),
 exactly as a user starts it. Every test then changes only a client's base URL and key.
@@ -33,6 +34,9 @@ from support import free_port
 _LIBRARIES = ("cohere", "langchain_cohere", "langchain_community", "llama_index", "haystack_integrations", "openai",
               "gradio_client")
 collect_ignore_glob = [] if all(importlib.util.find_spec(m) for m in _LIBRARIES) else ["test_*.py"]
+
+# Haystack sends anonymous usage events to its telemetry host on first use; tests reach nothing outside.
+os.environ.setdefault("HAYSTACK_TELEMETRY_ENABLED", "False")
 
 
 def _read_banner(proc: subprocess.Popen[str], timeout: float) -> dict[str, str]:

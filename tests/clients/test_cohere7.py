@@ -25,7 +25,8 @@ COHERE7 = Path(sys.prefix) / "cohere7"
 def test_cohere_7_passes_the_cohere_sdk_tests(stack: Stack) -> None:
     if not (COHERE7 / "cohere").is_dir():
         pytest.skip(f"cohere 7 is not installed in {COHERE7} (tests/clients/run installs it)")
-    env = {**os.environ, "PYTHONPATH": str(COHERE7), "RERANKD_CLIENTS_COHERE_MAJOR": "7",
+    path = os.pathsep.join(p for p in (str(COHERE7), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "RERANKD_CLIENTS_COHERE_MAJOR": "7",
            "RERANKD_CLIENTS_STACK": json.dumps({**dataclasses.asdict(stack), "data_dir": str(stack.data_dir)})}
     here = Path(__file__).resolve().parent
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rA",
