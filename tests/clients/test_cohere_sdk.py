@@ -37,7 +37,10 @@ def test_v1_client_ranks_object_documents_by_rank_fields(stack: Stack) -> None:
     assert sorted(r.index for r in answer.results) == [0, 1]
     for result in answer.results:
         assert result.document is not None
-        assert result.document.text == documents[result.index]["text"]
+        sent = documents[result.index]
+        assert result.document.text == sent["text"]
+        assert (getattr(result.document, "title", None), getattr(result.document, "id", None)) == (
+            sent["title"], sent["id"])  # the whole object, not just its text
 
 
 def test_a_wrong_key_shows_the_gateways_message(stack: Stack) -> None:
