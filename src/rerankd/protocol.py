@@ -14,14 +14,26 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    SerializerFunctionWrapHandler,
+    Tag,
+    model_serializer,
+    model_validator,
+)
 
 __all__ = [
+    "DEFAULT_RANK_FIELDS",
     "TENANT_HEADER",
+    "AnyRerankRequest",
     "DocumentObject",
     "ErrorBody",
+    "FieldError",
     "ModelCard",
     "ModelList",
     "RerankRequest",
@@ -31,14 +43,17 @@ __all__ = [
     "ScoreData",
     "ScoreRequest",
     "ScoreResponse",
+    "TEIErrorBody",
     "TEIRankItem",
     "TEIRerankRequest",
     "Usage",
     "build_rerank_response",
     "build_score_response",
     "build_tei_response",
+    "is_tei_body",
     "new_request_id",
     "rank_order",
+    "ranked_text",
     "sigmoid",
 ]
 
@@ -47,6 +62,21 @@ __all__ = [
 TENANT_HEADER = "X-Rerankd-Tenant"
 
 MaxTokens = Annotated[int, Field(ge=1, le=1_000_000)]
+# vLLM's request `priority`: lower is served earlier, 0 by default. A JSON integer in the int32 range.
+Priority = Annotated[int, Field(
+    strict=True, ge=-(2**31), le=2**31 - 1,
+    description="Scheduling priority (vLLM's field): lower is served earlier; an integer, default 0.")]
+DEFAULT_RANK_FIELDS = ("text",)
+
+
+class FieldError(ValueError):
+    """A validation failure that names its own field (``documents[2].title``): the HTTP error handler puts
+    ``field`` in the error body and the message as it is, where a plain ``ValueError`` raised by a model
+    validator would be located at the whole body."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 def new_request_id(prefix: str = "rerank") -> str:
@@ -65,22 +95,50 @@ def sigmoid(x: float) -> float:
 
 
 class DocumentObject(BaseModel):
-    """A document given as an object (Jina, Cohere v1): only ``text`` is scored."""
+    """A document given as an object (Jina, Cohere v1, Pinecone): any fields. The request's ``rank_fields``
+    (default ``["text"]``) name the string fields that are scored; the object comes back whole."""
 
     model_config = ConfigDict(extra="allow")
-    text: str
+    text: str | None = Field(None, description="The text scored when `rank_fields` is not given.")
+
+    def fields(self) -> dict[str, Any]:
+        """The fields as the client sent them (a ``text`` it did not send is not added)."""
+        return self.model_dump(mode="json", exclude_unset=True)
+
+
+def ranked_text(fields: dict[str, Any], rank_fields: Sequence[str]) -> str:
+    """The text scored for a document object: one ranked field's value as it is (so ``{"text": t}`` scores
+    exactly ``t``); several as ``name: value`` lines in ``rank_fields`` order, the YAML-like form Cohere
+    advises for semi-structured documents. The fields must be strings (the request validates that)."""
+    if len(rank_fields) == 1:
+        return str(fields[rank_fields[0]])
+    return "\n".join(f"{name}: {fields[name]}" for name in rank_fields)
+
+
+def _kind(value: Any) -> str:
+    names = {dict: "an object", list: "a list", bool: "a boolean", int: "a number", float: "a number",
+             type(None): "null"}
+    return names.get(type(value), type(value).__name__)
 
 
 class RerankRequest(BaseModel):
-    """``POST /v1/rerank``, ``/v2/rerank``, ``/rerank``. Only ``query`` and ``documents`` are required."""
+    """``POST /v1/rerank``, ``/v2/rerank``, ``/rerank``. Only ``query`` and ``documents`` are required.
+
+    ``documents`` are strings or objects; ``rank_fields`` (Cohere v1) names which string fields of an object
+    are scored, in which order (:func:`ranked_text`). Strings are scored as they are, whatever ``rank_fields``
+    says (Cohere v2 sends semi-structured documents as YAML strings: plain text here).
+    """
 
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = Field(None, description="Served model name; optional when one model is served.")
     query: str = Field(..., min_length=1, description="The search query.")
     documents: list[str | DocumentObject] = Field(
-        ..., min_length=1, description="Candidate documents: strings or objects with a `text` field."
-    )
+        ..., min_length=1,
+        description="Candidate documents: strings, or objects whose `rank_fields` (default `text`) are scored.")
+    rank_fields: list[Annotated[str, Field(min_length=1, max_length=256)]] | None = Field(
+        None, min_length=1, max_length=64,
+        description="Fields of object documents to score, in order (Cohere v1; default [\"text\"]).")
     top_n: int | None = Field(None, ge=1, description="Return only the best N results (default: all).")
     return_documents: bool = Field(True, description="Include each document's text in the results.")
     instruction: str | None = Field(
@@ -88,9 +146,35 @@ class RerankRequest(BaseModel):
     )
     max_tokens_per_doc: MaxTokens | None = Field(None, description="Cut each document to this many tokens.")
     raw_scores: bool = Field(False, description="Return logit_yes - logit_no instead of a probability.")
+    priority: Priority = 0
+
+    @model_validator(mode="after")
+    def _check_rank_fields(self) -> RerankRequest:
+        """Every object document has each ranked field, as a string: a 422 naming the document and field."""
+        names = self.rank_fields or DEFAULT_RANK_FIELDS
+        for i, doc in enumerate(self.documents):
+            if isinstance(doc, str):
+                continue
+            fields = doc.fields()
+            for name in names:
+                if name not in fields:
+                    advice = ("it is named in `rank_fields`" if self.rank_fields else
+                              "give each document object a `text` field, or name the fields to rank in `rank_fields`")
+                    raise FieldError(f"`documents[{i}]` has no field `{name}`: {advice}", f"documents[{i}].{name}")
+                if not isinstance(fields[name], str):
+                    raise FieldError(f"`documents[{i}].{name}` must be a string to be ranked, got "
+                                     f"{_kind(fields[name])}", f"documents[{i}].{name}")
+        return self
 
     def document_texts(self) -> list[str]:
-        return [d if isinstance(d, str) else d.text for d in self.documents]
+        """The text scored for each document: a string as it is, an object's ranked fields (:func:`ranked_text`)."""
+        names = self.rank_fields or DEFAULT_RANK_FIELDS
+        return [d if isinstance(d, str) else ranked_text(d.fields(), names) for d in self.documents]
+
+    def returned_document(self, index: int) -> dict[str, Any]:
+        """``document`` of a result: ``{"text": …}`` for a string, an object whole, as it was sent."""
+        doc = self.documents[index]
+        return {"text": doc} if isinstance(doc, str) else doc.fields()
 
     def to_task(self) -> RerankTask:
         return RerankTask(self.query, self.document_texts(), self.instruction, self.max_tokens_per_doc)
@@ -99,7 +183,16 @@ class RerankRequest(BaseModel):
 class RerankResult(BaseModel):
     index: int
     relevance_score: float
-    document: DocumentObject | None = None
+    document: dict[str, Any] | None = Field(
+        None, description="The document as sent (`{\"text\": …}` for a string); only with `return_documents`.")
+
+    @model_serializer(mode="wrap")
+    def _omit_missing_document(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Not exclude_none on the route: a client's own null metadata inside `document` comes back as sent.
+        data: dict[str, Any] = handler(self)
+        if self.document is None:
+            data.pop("document", None)
+        return data
 
 
 class Usage(BaseModel):
@@ -131,6 +224,7 @@ class TEIRerankRequest(BaseModel):
     )
     truncation_direction: Literal["Right", "right"] = "Right"
     instruction: str | None = Field(None, max_length=100_000)
+    priority: Priority = 0
 
     def to_task(self) -> RerankTask:
         return RerankTask(self.query, list(self.texts), self.instruction, None)
@@ -140,6 +234,38 @@ class TEIRankItem(BaseModel):
     index: int
     score: float
     text: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_missing_text(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if self.text is None:
+            data.pop("text", None)
+        return data
+
+
+def is_tei_body(body: Any) -> bool:
+    """Whether a ``POST /rerank`` body is TEI's (``texts``, no ``documents``): a parsed object, a model, or the
+    raw bytes of a body refused before it was parsed (a key ``"texts"`` and no ``"documents"``)."""
+    if isinstance(body, TEIRerankRequest):
+        return True
+    if isinstance(body, dict):
+        return "texts" in body and "documents" not in body
+    if isinstance(body, bytes | bytearray):
+        return b'"texts"' in body and b'"documents"' not in body
+    return False
+
+
+def _rerank_dialect(body: Any) -> str:
+    return "TEIRerankRequest" if is_tei_body(body) else "RerankRequest"
+
+
+AnyRerankRequest = Annotated[
+    Annotated[RerankRequest, Tag("RerankRequest")] | Annotated[TEIRerankRequest, Tag("TEIRerankRequest")],
+    Discriminator(_rerank_dialect),
+]
+"""``POST /rerank``'s body: TEI's when it has ``texts`` and no ``documents``, else the rerank shape. Validated
+as that one shape only, so an error names the fields of the shape the client sent (``texts``, not ``documents``).
+The tags are the model names, which the error messages leave out of a field's location."""
 
 
 # ---------------------------------------------------------------- vLLM score
@@ -161,6 +287,7 @@ class ScoreRequest(BaseModel):
     documents: str | list[str] | None = None
     instruction: str | None = Field(None, max_length=100_000)
     truncate_prompt_tokens: MaxTokens | None = None
+    priority: Priority = 0
 
     @model_validator(mode="after")
     def _check_sides(self) -> ScoreRequest:
@@ -240,9 +367,18 @@ class ErrorDetail(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    """Every error answer: ``{"error": {"message", "type", "code", "field"?}}``."""
+    """Every error answer: ``{"error": {"message", "type", "code", "field"?}, "detail"}``; ``detail`` repeats the
+    message for clients that read Jina's top-level ``detail``."""
 
     error: ErrorDetail
+    detail: str
+
+
+class TEIErrorBody(BaseModel):
+    """An error answer to a TEI-shaped request, as TEI writes it: ``{"error": "…", "error_type": "Validation"}``."""
+
+    error: str
+    error_type: Literal["Unhealthy", "Backend", "Overloaded", "Validation", "Tokenizer", "Empty"]
 
 
 # ---------------------------------------------------------------- internal form and answers
@@ -268,12 +404,11 @@ def build_rerank_response(
     request: RerankRequest, raw: Sequence[float], prompt_tokens: int, model: str, request_id: str
 ) -> RerankResponse:
     scores = list(raw) if request.raw_scores else [sigmoid(x) for x in raw]
-    texts = request.document_texts()
     results = [
         RerankResult(
             index=i,
             relevance_score=scores[i],
-            document=DocumentObject(text=texts[i]) if request.return_documents else None,
+            document=request.returned_document(i) if request.return_documents else None,
         )
         for i in rank_order(scores, request.top_n)
     ]

@@ -161,7 +161,8 @@ def up(model: str, replicas: int, host: str, gateway_port: int, ui_port: int, wi
     replica = ServerSettings(model=model, **server_flags)
     name = replica.model_name
     serve_extra = settings_argv(replica, [n for n in REPLICA_SETTINGS if n != "served_model_name"])
-    servers = [Child(f"server-{i + 1}", [*python, "serve", "--model", str(model_path), "--served-model-name", name,
+    names = [arg for served in replica.served_model_names for arg in ("--served-model-name", served)]
+    servers = [Child(f"server-{i + 1}", [*python, "serve", "--model", str(model_path), *names,
                                          "--host", "127.0.0.1", "--port", str(server_base_port + i), *serve_extra],
                      logs / f"server-{i + 1}.log", {**env, "RERANKD_API_KEY": replica_key}) for i in range(replicas)]
     server_urls = [f"http://127.0.0.1:{server_base_port + i}" for i in range(replicas)]

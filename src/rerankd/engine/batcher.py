@@ -125,8 +125,10 @@ class DynamicBatcher:
         # Off the loop: a forward pass still running must not stall every other coroutine while it ends.
         await asyncio.to_thread(self._executor.shutdown, wait=True)
 
-    async def submit(self, shared: list[int], tails: list[list[int]], *, tenant: str | None = None) -> list[float]:
+    async def submit(self, shared: list[int], tails: list[list[int]], *, tenant: str | None = None,
+                     priority: int = 0) -> list[float]:
         """Queue one request's prompts; return their raw scores in order. ``tenant``: who asks, for fair turns.
+        ``priority``: the request's (vLLM's field, lower = earlier); accepted here, not yet used for ordering.
 
         Raises :class:`OverloadedError` at once when ``max_queue`` requests already wait.
         """

@@ -52,12 +52,14 @@ class RerankEngine:
     def max_model_len(self) -> int:
         return self.builder.max_model_len
 
-    async def score(self, task: RerankTask, tenant: str | None = None) -> ScoreOutcome:
-        (outcome,) = await self.score_all([task], tenant)
+    async def score(self, task: RerankTask, tenant: str | None = None, *, priority: int = 0) -> ScoreOutcome:
+        (outcome,) = await self.score_all([task], tenant, priority=priority)
         return outcome
 
-    async def score_all(self, tasks: Sequence[RerankTask], tenant: str | None = None) -> list[ScoreOutcome]:
-        """Score the tasks of one request; ``tenant`` (who asks, for fair batching) shares turns with its peers.
+    async def score_all(self, tasks: Sequence[RerankTask], tenant: str | None = None, *,
+                        priority: int = 0) -> list[ScoreOutcome]:
+        """Score the tasks of one request; ``tenant`` (who asks, for fair batching) shares turns with its peers;
+        ``priority`` (the request's ``priority`` field, lower = earlier) goes to the batcher.
 
         Raises :class:`PayloadTooLargeError` when the request's prompt tokens after truncation exceed
         ``max_request_tokens``, once every task is tokenized and before any reaches the model.
@@ -78,7 +80,8 @@ class RerankEngine:
                 f"the request takes {sum(tokens)} prompt tokens after truncation, more than the limit of "
                 f"{self.max_request_tokens} (--max-request-tokens); send fewer or shorter documents",
                 field="documents")
-        raws = await asyncio.gather(*(self.batcher.submit(g.shared, g.tails, tenant=tenant) for g in groups))
+        raws = await asyncio.gather(*(self.batcher.submit(g.shared, g.tails, tenant=tenant, priority=priority)
+                                      for g in groups))
         outcomes: list[ScoreOutcome] = []
         for group, slot, raw, prompt_tokens in zip(groups, slots, raws, tokens, strict=True):
             truncated = [group.truncated[i] for i in slot]
