@@ -70,9 +70,9 @@ DEFAULT_RANK_FIELDS = ("text",)
 
 
 class FieldError(ValueError):
-    """A validation failure that names its own field (``documents[2].title``): the HTTP error handler puts
-    ``field`` in the error body and the message as it is, where a plain ``ValueError`` raised by a model
-    validator would be located at the whole body."""
+    """A validation failure that names its own field (``documents.2.title``, as pydantic locates fields): the
+    HTTP error handler puts ``field`` in the error body and the message as it is, where a plain ``ValueError``
+    raised by a model validator would be located at the whole body."""
 
     def __init__(self, message: str, field: str) -> None:
         super().__init__(message)
@@ -160,10 +160,10 @@ class RerankRequest(BaseModel):
                 if name not in fields:
                     advice = ("it is named in `rank_fields`" if self.rank_fields else
                               "give each document object a `text` field, or name the fields to rank in `rank_fields`")
-                    raise FieldError(f"`documents[{i}]` has no field `{name}`: {advice}", f"documents[{i}].{name}")
+                    raise FieldError(f"`documents[{i}]` has no field `{name}`: {advice}", f"documents.{i}.{name}")
                 if not isinstance(fields[name], str):
                     raise FieldError(f"`documents[{i}].{name}` must be a string to be ranked, got "
-                                     f"{_kind(fields[name])}", f"documents[{i}].{name}")
+                                     f"{_kind(fields[name])}", f"documents.{i}.{name}")
         return self
 
     def document_texts(self) -> list[str]:

@@ -113,10 +113,10 @@ def test_text_objects_score_as_their_text_as_before(server_url: str) -> None:
 
 
 @pytest.mark.parametrize(("body", "field", "needle"), [
-    ({"documents": [{"text": "a"}, {"title": "b"}], "rank_fields": ["title"]}, "documents[0].title", "no field"),
-    ({"documents": [{"title": "a", "year": 1999}], "rank_fields": ["title", "year"]}, "documents[0].year",
+    ({"documents": [{"text": "a"}, {"title": "b"}], "rank_fields": ["title"]}, "documents.0.title", "no field"),
+    ({"documents": [{"title": "a", "year": 1999}], "rank_fields": ["title", "year"]}, "documents.0.year",
      "must be a string"),
-    ({"documents": ["a", {"body": "b"}]}, "documents[1].text", "rank_fields"),
+    ({"documents": ["a", {"body": "b"}]}, "documents.1.text", "rank_fields"),
     ({"documents": ["a"], "rank_fields": []}, "rank_fields", "rank_fields"),
 ])
 def test_a_missing_or_non_string_rank_field_is_a_422_naming_document_and_field(

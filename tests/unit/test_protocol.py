@@ -61,10 +61,10 @@ def test_rank_fields_build_yaml_like_lines_in_their_order_and_one_field_is_its_v
 
 
 @pytest.mark.parametrize(("documents", "rank_fields", "field"), [
-    ([{"title": "T"}], None, "documents[0].text"),
-    (["a", {"text": "b"}, {"title": "T"}], ["title"], "documents[1].title"),
-    ([{"title": "T", "year": 1999}], ["title", "year"], "documents[0].year"),
-    ([{"text": None}], None, "documents[0].text"),
+    ([{"title": "T"}], None, "documents.0.text"),
+    (["a", {"text": "b"}, {"title": "T"}], ["title"], "documents.1.title"),
+    ([{"title": "T", "year": 1999}], ["title", "year"], "documents.0.year"),
+    ([{"text": None}], None, "documents.0.text"),
 ])
 def test_a_missing_or_non_string_rank_field_names_document_and_field(documents: list, rank_fields: list | None,
                                                                      field: str) -> None:
@@ -72,8 +72,8 @@ def test_a_missing_or_non_string_rank_field_names_document_and_field(documents: 
         RerankRequest(query="q", documents=documents, rank_fields=rank_fields)
     cause = caught.value.errors()[0]["ctx"]["error"]
     assert isinstance(cause, FieldError) and cause.field == field
-    index, name = field.removeprefix("documents").split(".")
-    assert f"`documents{index}" in str(cause) and f"{name}`" in str(cause)
+    _, index, name = field.split(".")
+    assert f"`documents[{index}]" in str(cause) and f"{name}`" in str(cause)
 
 
 @pytest.mark.parametrize("priority", ["1", 1.0, True, -(2**31) - 1, 2**31])
