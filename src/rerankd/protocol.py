@@ -21,9 +21,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
-    SerializerFunctionWrapHandler,
     Tag,
-    model_serializer,
     model_validator,
 )
 
@@ -186,14 +184,6 @@ class RerankResult(BaseModel):
     document: dict[str, Any] | None = Field(
         None, description="The document as sent (`{\"text\": …}` for a string); only with `return_documents`.")
 
-    @model_serializer(mode="wrap")
-    def _omit_missing_document(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # Not exclude_none on the route: a client's own null metadata inside `document` comes back as sent.
-        data: dict[str, Any] = handler(self)
-        if self.document is None:
-            data.pop("document", None)
-        return data
-
 
 class Usage(BaseModel):
     prompt_tokens: int = 0
@@ -234,13 +224,6 @@ class TEIRankItem(BaseModel):
     index: int
     score: float
     text: str | None = None
-
-    @model_serializer(mode="wrap")
-    def _omit_missing_text(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data: dict[str, Any] = handler(self)
-        if self.text is None:
-            data.pop("text", None)
-        return data
 
 
 def is_tei_body(body: Any) -> bool:

@@ -27,10 +27,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rerankd.errors import RerankdError
 from rerankd.http.disconnect import CLIENT_CLOSED_STATUS, ClientDisconnectedError
-from rerankd.protocol import ErrorBody, FieldError
+from rerankd.protocol import ErrorBody, FieldError, TEIErrorBody
 
 __all__ = [
     "ERROR_RESPONSES",
+    "TEI_ERROR_RESPONSES",
     "ErrorDialect",
     "error_body",
     "error_dialect",
@@ -67,6 +68,11 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         429: "Rate limited (Retry-After, X-RateLimit-*)",
         503: "Not ready, overloaded, or no replica could answer (Retry-After)",
     }.items()
+}
+
+# A route that also takes TEI's body (``POST /rerank``) answers either shape, TEI's for a TEI body.
+TEI_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {**response, "model": ErrorBody | TEIErrorBody} for code, response in ERROR_RESPONSES.items()
 }
 
 

@@ -26,7 +26,7 @@ from rerankd.engine.engine import RerankEngine, ScoreOutcome, load_engine
 from rerankd.errors import ModelNotFoundError, NotReadyError, PayloadTooLargeError
 from rerankd.http import HttpMiddleware, known_routes_label, request_id_of
 from rerankd.http.disconnect import unless_disconnected
-from rerankd.http.errors import ERROR_RESPONSES, ErrorDialect, install_error_handlers
+from rerankd.http.errors import ERROR_RESPONSES, TEI_ERROR_RESPONSES, ErrorDialect, install_error_handlers
 from rerankd.observability.metrics import ServerMetrics
 from rerankd.protocol import (
     TENANT_HEADER,
@@ -198,11 +198,15 @@ def create_server_app(settings: ServerSettings, *, engine_loader: EngineLoader |
             body, outcome.raw_scores, outcome.prompt_tokens, settings.model_name, request_id_of(request.scope)
         )
 
-    scoring.post("/v1/rerank", response_model=RerankResponse,
+    # exclude_none leaves out an absent `document` (or TEI `text`); it does not reach inside a returned document
+    # object, whose null fields come back as the client sent them.
+    scoring.post("/v1/rerank", response_model=RerankResponse, response_model_exclude_none=True,
                  summary="Rerank documents (Jina / Cohere / vLLM shape)")(rerank)
-    scoring.post("/v2/rerank", response_model=RerankResponse, summary="Rerank documents (Cohere v2 shape)")(rerank)
+    scoring.post("/v2/rerank", response_model=RerankResponse, response_model_exclude_none=True,
+                 summary="Rerank documents (Cohere v2 shape)")(rerank)
 
-    @scoring.post("/rerank", response_model=RerankResponse | list[TEIRankItem],
+    @scoring.post("/rerank", response_model=RerankResponse | list[TEIRankItem], response_model_exclude_none=True,
+                  responses=TEI_ERROR_RESPONSES,
                   summary="Rerank: Jina/Cohere shape with `documents`, or TEI shape with `texts`")
     async def rerank_any(request: Request, response: Response, body: AnyRerankRequest) -> Any:
         if isinstance(body, RerankRequest):
