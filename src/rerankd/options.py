@@ -38,10 +38,19 @@ def _flag(name: str) -> str:
 
 
 def _value_type(annotation: Any) -> Any:
-    """``int`` for ``int | None``: the type a flag's value is parsed as."""
+    """``int`` for ``int | None``, ``str`` for ``tuple[str, ...]``: the type a flag's value is parsed as."""
     if get_origin(annotation) in (Union, types.UnionType):
         (annotation,) = (a for a in get_args(annotation) if a is not type(None))
+    if _repeatable(annotation):
+        return get_args(annotation)[0]
     return annotation
+
+
+def _repeatable(annotation: Any) -> bool:
+    """A ``tuple[X, ...]`` setting is a flag given once per value (``--served-model-name a --served-model-name
+    b``; its variable holds the values separated by spaces)."""
+    args = get_args(annotation)
+    return get_origin(annotation) is tuple and len(args) == 2 and args[1] is Ellipsis
 
 
 def _click_type(field: FieldInfo) -> Any:
@@ -76,6 +85,9 @@ def _field_option(name: str, field: FieldInfo) -> Decorator:
         return env_option(_flag(name), name, required=True, type=_click_type(field), **common)
     if _value_type(field.annotation) is bool:
         return env_option(f"{_flag(name)}/--no-{_flag(name)[2:]}", name, default=field.default, **common)
+    if _repeatable(field.annotation):
+        return env_option(_flag(name), name, type=_click_type(field), default=field.default, multiple=True,
+                          **{**common, "show_default": False})
     return env_option(_flag(name), name, type=_click_type(field), default=field.default, **common)
 
 
@@ -107,6 +119,8 @@ def settings_argv(settings: BaseModel, names: Iterable[str]) -> list[str]:
             continue
         if isinstance(value, bool):
             argv.append(_flag(name) if value else f"--no-{_flag(name)[2:]}")
+        elif isinstance(value, tuple):
+            argv.extend(arg for item in value for arg in (_flag(name), str(item)))
         else:
             argv.extend([_flag(name), str(value)])
     return argv

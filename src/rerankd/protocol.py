@@ -19,13 +19,15 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 __all__ = [
+    "DEFAULT_RANK_FIELDS",
     "TENANT_HEADER",
+    "AnyRerankRequest",
     "DocumentObject",
     "ErrorBody",
+    "FieldError",
     "LongDocumentFields",
     "ModelCard",
     "ModelList",
-    "RerankAnyRequest",
     "RerankRequest",
     "RerankResponse",
     "RerankResult",
@@ -33,15 +35,18 @@ __all__ = [
     "ScoreData",
     "ScoreRequest",
     "ScoreResponse",
+    "TEIErrorBody",
     "TEIRankItem",
     "TEIRerankRequest",
     "Usage",
     "build_rerank_response",
     "build_score_response",
     "build_tei_response",
+    "is_tei_body",
     "new_request_id",
     "prompt_tokens_cap",
     "rank_order",
+    "ranked_text",
     "sigmoid",
 ]
 
@@ -52,6 +57,21 @@ TENANT_HEADER = "X-Rerankd-Tenant"
 MaxTokens = Annotated[int, Field(ge=1, le=1_000_000)]
 # vLLM's truncate_prompt_tokens: a prompt length, or -1 for the model's own (vLLM's Field(ge=-1)).
 PromptTokens = Annotated[int, Field(ge=-1, le=1_000_000)]
+# vLLM's request `priority`: lower is served earlier, 0 by default. A JSON integer in the int32 range.
+Priority = Annotated[int, Field(
+    strict=True, ge=-(2**31), le=2**31 - 1,
+    description="Scheduling priority (vLLM's field): lower is served earlier; an integer, default 0.")]
+DEFAULT_RANK_FIELDS = ("text",)
+
+
+class FieldError(ValueError):
+    """A validation failure that names its own field (``documents.2.title``, as pydantic locates fields): the
+    HTTP error handler puts ``field`` in the error body and the message as it is, where a plain ``ValueError``
+    raised by a model validator would be located at the whole body."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 def new_request_id(prefix: str = "rerank") -> str:
@@ -70,10 +90,30 @@ def sigmoid(x: float) -> float:
 
 
 class DocumentObject(BaseModel):
-    """A document given as an object (Jina, Cohere v1): only ``text`` is scored."""
+    """A document given as an object (Jina, Cohere v1, Pinecone): any fields. The request's ``rank_fields``
+    (default ``["text"]``) name the string fields that are scored; the object comes back whole."""
 
     model_config = ConfigDict(extra="allow")
-    text: str
+    text: str | None = Field(None, description="The text scored when `rank_fields` is not given.")
+
+    def fields(self) -> dict[str, Any]:
+        """The fields as the client sent them (a ``text`` it did not send is not added)."""
+        return self.model_dump(mode="json", exclude_unset=True)
+
+
+def ranked_text(fields: dict[str, Any], rank_fields: Sequence[str]) -> str:
+    """The text scored for a document object: one ranked field's value as it is (so ``{"text": t}`` scores
+    exactly ``t``); several as ``name: value`` lines in ``rank_fields`` order, the YAML-like form Cohere
+    advises for semi-structured documents. The fields must be strings (the request validates that)."""
+    if len(rank_fields) == 1:
+        return str(fields[rank_fields[0]])
+    return "\n".join(f"{name}: {fields[name]}" for name in rank_fields)
+
+
+def _kind(value: Any) -> str:
+    names = {dict: "an object", list: "a list", bool: "a boolean", int: "a number", float: "a number",
+             type(None): "null"}
+    return names.get(type(value), type(value).__name__)
 
 
 # ---------------------------------------------------------------- long documents: chunking, whole-prompt cap
@@ -116,15 +156,23 @@ def prompt_tokens_cap(truncate_prompt_tokens: int | None) -> int | None:
 
 
 class RerankRequest(LongDocumentFields):
-    """``POST /v1/rerank``, ``/v2/rerank``, ``/rerank``. Only ``query`` and ``documents`` are required."""
+    """``POST /v1/rerank``, ``/v2/rerank``, ``/rerank``. Only ``query`` and ``documents`` are required.
+
+    ``documents`` are strings or objects; ``rank_fields`` (Cohere v1) names which string fields of an object
+    are scored, in which order (:func:`ranked_text`). Strings are scored as they are, whatever ``rank_fields``
+    says (Cohere v2 sends semi-structured documents as YAML strings: plain text here).
+    """
 
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = Field(None, description="Served model name; optional when one model is served.")
     query: str = Field(..., min_length=1, description="The search query.")
     documents: list[str | DocumentObject] = Field(
-        ..., min_length=1, description="Candidate documents: strings or objects with a `text` field."
-    )
+        ..., min_length=1,
+        description="Candidate documents: strings, or objects whose `rank_fields` (default `text`) are scored.")
+    rank_fields: list[Annotated[str, Field(min_length=1, max_length=256)]] | None = Field(
+        None, min_length=1, max_length=64,
+        description="Fields of object documents to score, in order (Cohere v1; default [\"text\"]).")
     top_n: int | None = Field(None, ge=1, description="Return only the best N results (default: all).")
     return_documents: bool = Field(True, description="Include each document's text in the results.")
     instruction: str | None = Field(
@@ -132,9 +180,35 @@ class RerankRequest(LongDocumentFields):
     )
     max_tokens_per_doc: MaxTokens | None = Field(None, description="Cut each document to this many tokens.")
     raw_scores: bool = Field(False, description="Return logit_yes - logit_no instead of a probability.")
+    priority: Priority = 0
+
+    @model_validator(mode="after")
+    def _check_rank_fields(self) -> RerankRequest:
+        """Every object document has each ranked field, as a string: a 422 naming the document and field."""
+        names = self.rank_fields or DEFAULT_RANK_FIELDS
+        for i, doc in enumerate(self.documents):
+            if isinstance(doc, str):
+                continue
+            fields = doc.fields()
+            for name in names:
+                if name not in fields:
+                    advice = ("it is named in `rank_fields`" if self.rank_fields else
+                              "give each document object a `text` field, or name the fields to rank in `rank_fields`")
+                    raise FieldError(f"`documents[{i}]` has no field `{name}`: {advice}", f"documents.{i}.{name}")
+                if not isinstance(fields[name], str):
+                    raise FieldError(f"`documents[{i}].{name}` must be a string to be ranked, got "
+                                     f"{_kind(fields[name])}", f"documents.{i}.{name}")
+        return self
 
     def document_texts(self) -> list[str]:
-        return [d if isinstance(d, str) else d.text for d in self.documents]
+        """The text scored for each document: a string as it is, an object's ranked fields (:func:`ranked_text`)."""
+        names = self.rank_fields or DEFAULT_RANK_FIELDS
+        return [d if isinstance(d, str) else ranked_text(d.fields(), names) for d in self.documents]
+
+    def returned_document(self, index: int) -> dict[str, Any]:
+        """``document`` of a result: ``{"text": …}`` for a string, an object whole, as it was sent."""
+        doc = self.documents[index]
+        return {"text": doc} if isinstance(doc, str) else doc.fields()
 
     def to_task(self) -> RerankTask:
         return RerankTask(self.query, self.document_texts(), self.instruction, self.max_tokens_per_doc,
@@ -144,7 +218,8 @@ class RerankRequest(LongDocumentFields):
 class RerankResult(BaseModel):
     index: int
     relevance_score: float
-    document: DocumentObject | None = None
+    document: dict[str, Any] | None = Field(
+        None, description="The document as sent (`{\"text\": …}` for a string); only with `return_documents`.")
     chunk_index: int | None = Field(None, description="With `max_chunks_per_doc`: the chunk whose score this is.")
 
 
@@ -179,31 +254,42 @@ class TEIRerankRequest(BaseModel):
         "Right", description="Which end of a too-long text is cut: Right its end, Left its start; the query is "
                              "never cut. TEI spells them Right/Left; lower case is accepted too.")
     instruction: str | None = Field(None, max_length=100_000)
+    priority: Priority = 0
 
     def to_task(self) -> RerankTask:
         direction: Literal["right", "left"] = "left" if self.truncation_direction in ("Left", "left") else "right"
         return RerankTask(self.query, list(self.texts), self.instruction, None, truncation_direction=direction)
 
 
-def _rerank_dialect(body: Any) -> str:
-    """``/rerank`` serves two dialects: a body with ``texts`` and no ``documents`` is TEI's."""
-    if isinstance(body, dict):
-        return "TEI" if "texts" in body and "documents" not in body else "Rerank"
-    return "TEI" if isinstance(body, TEIRerankRequest) else "Rerank"
-
-
-# One dialect per body, so a TEI body's errors name its own fields (not a missing `documents`). The tags are
-# capitalised as model names are: the error message leaves such a location part out (rerankd.http.errors).
-RerankAnyRequest = Annotated[
-    Annotated[RerankRequest, Tag("Rerank")] | Annotated[TEIRerankRequest, Tag("TEI")],
-    Discriminator(_rerank_dialect),
-]
-
-
 class TEIRankItem(BaseModel):
     index: int
     score: float
     text: str | None = None
+
+
+def is_tei_body(body: Any) -> bool:
+    """Whether a ``POST /rerank`` body is TEI's (``texts``, no ``documents``): a parsed object, a model, or the
+    raw bytes of a body refused before it was parsed (a key ``"texts"`` and no ``"documents"``)."""
+    if isinstance(body, TEIRerankRequest):
+        return True
+    if isinstance(body, dict):
+        return "texts" in body and "documents" not in body
+    if isinstance(body, bytes | bytearray):
+        return b'"texts"' in body and b'"documents"' not in body
+    return False
+
+
+def _rerank_dialect(body: Any) -> str:
+    return "TEIRerankRequest" if is_tei_body(body) else "RerankRequest"
+
+
+AnyRerankRequest = Annotated[
+    Annotated[RerankRequest, Tag("RerankRequest")] | Annotated[TEIRerankRequest, Tag("TEIRerankRequest")],
+    Discriminator(_rerank_dialect),
+]
+"""``POST /rerank``'s body: TEI's when it has ``texts`` and no ``documents``, else the rerank shape. Validated
+as that one shape only, so an error names the fields of the shape the client sent (``texts``, not ``documents``).
+The tags are the model names, which the error messages leave out of a field's location."""
 
 
 # ---------------------------------------------------------------- vLLM score
@@ -227,6 +313,7 @@ class ScoreRequest(BaseModel):
     truncate_prompt_tokens: PromptTokens | None = Field(
         None, description="Cut each whole prompt to this many tokens by cutting the document (never the query); "
                           "-1 = the model length.")
+    priority: Priority = 0
 
     @model_validator(mode="after")
     def _check_sides(self) -> ScoreRequest:
@@ -307,9 +394,18 @@ class ErrorDetail(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    """Every error answer: ``{"error": {"message", "type", "code", "field"?}}``."""
+    """Every error answer: ``{"error": {"message", "type", "code", "field"?}, "detail"}``; ``detail`` repeats the
+    message for clients that read Jina's top-level ``detail``."""
 
     error: ErrorDetail
+    detail: str
+
+
+class TEIErrorBody(BaseModel):
+    """An error answer to a TEI-shaped request, as TEI writes it: ``{"error": "…", "error_type": "Validation"}``."""
+
+    error: str
+    error_type: Literal["Unhealthy", "Backend", "Overloaded", "Validation", "Tokenizer", "Empty"]
 
 
 # ---------------------------------------------------------------- internal form and answers
@@ -343,12 +439,11 @@ def build_rerank_response(
 ) -> RerankResponse:
     """The rerank answer; ``chunk_index`` (chunked requests only) names each document's best chunk."""
     scores = list(raw) if request.raw_scores else [sigmoid(x) for x in raw]
-    texts = request.document_texts()
     results = [
         RerankResult(
             index=i,
             relevance_score=scores[i],
-            document=DocumentObject(text=texts[i]) if request.return_documents else None,
+            document=request.returned_document(i) if request.return_documents else None,
             chunk_index=None if chunk_index is None else chunk_index[i],
         )
         for i in rank_order(scores, request.top_n)

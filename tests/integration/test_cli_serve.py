@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from support import free_port
+from support import free_port, spawn_replica
 
 
 def test_serve_reads_env_vars_logs_startup_and_serves(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -76,3 +76,22 @@ def test_help_lists_every_contract_flag() -> None:
     for flag in ("--model", "--served-model-name", "--backend", "--device", "--dtype", "--max-model-len",
                  "--max-batch-tokens", "--max-queue", "--host", "--port", "--api-key", "RERANKD_MODEL"):
         assert flag in out.stdout, flag
+
+
+def test_serve_with_several_names_and_strict_mode(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """`--served-model-name` repeated and `--strict-model-names`, through the real command: every name is listed,
+    the first is reported, an unknown one is a 404 naming them, and /info names --model as given."""
+    replica = spawn_replica(tiny_model_dir, tmp_path, "--served-model-name", "rerank-v3.5", "--strict-model-names",
+                            "--compile", "off")
+    try:
+        replica.wait_ready(timeout=600)
+        models = httpx.get(f"{replica.url}/v1/models").json()
+        assert [m["id"] for m in models["data"]] == ["tiny-reranker", "rerank-v3.5"]
+        body = {"query": "q", "documents": ["a"]}
+        alias = httpx.post(f"{replica.url}/v1/rerank", json={**body, "model": "rerank-v3.5"}, timeout=60)
+        assert alias.status_code == 200 and alias.json()["model"] == "tiny-reranker"
+        other = httpx.post(f"{replica.url}/v1/rerank", json={**body, "model": "rerank-english-v3.0"}, timeout=60)
+        assert other.status_code == 404 and "'tiny-reranker', 'rerank-v3.5'" in other.json()["detail"]
+        assert httpx.get(f"{replica.url}/info").json()["model_id"] == str(tiny_model_dir)
+    finally:
+        replica.stop()

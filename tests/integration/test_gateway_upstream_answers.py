@@ -276,7 +276,8 @@ def test_an_error_in_rerankd_or_vllm_shape_passes_through_rebuilt(tmp_path: Path
         answer = httpx.post(f"{gateway}/v1/rerank", json=RERANK[1], headers=auth)
         assert answer.status_code == 422
         assert answer.json() == {"error": {"message": "`documents`: at most 3 items", "type": "invalid_request",
-                                           "code": 422, "field": "documents"}}  # no unknown field rides along
+                                           "code": 422, "field": "documents"},
+                                 "detail": "`documents`: at most 3 items"}  # no unknown field rides along
         replica.raw = (400, json.dumps(vllm).encode())
         answer = httpx.post(f"{gateway}/v1/rerank", json=RERANK[1], headers=auth)
         assert answer.status_code == 400 and answer.json()["error"]["message"] == vllm["message"]

@@ -65,6 +65,12 @@ def test_a_rerankd_error_is_rebuilt_from_its_fields_only() -> None:
     assert (error["type"], error["field"]) == ("invalid_request", "top_n")
 
 
+def test_a_tei_error_from_a_replica_keeps_its_message_and_type() -> None:
+    body = json.dumps({"error": "`texts[1]` is longer than the model length", "error_type": "Validation"}).encode()
+    error = json.loads(safe_error_body(422, body, request_id="r", upstream="u"))["error"]
+    assert error == {"message": "`texts[1]` is longer than the model length", "type": "Validation", "code": 422}
+
+
 def test_odd_type_and_field_values_are_dropped_not_echoed() -> None:
     body = json.dumps({"error": {"message": "no", "type": "<img src=x>", "field": "a b\nc"}}).encode()
     error = json.loads(safe_error_body(400, body, request_id="r", upstream="u"))["error"]
@@ -77,8 +83,8 @@ def test_anything_else_becomes_a_generic_message_and_a_log_line(body: bytes, cap
                                                                 ) -> None:
     with caplog.at_level(logging.WARNING, logger="rerankd.gateway.answers"):
         rebuilt = json.loads(safe_error_body(500, body, request_id="req-9", upstream="http://u:1"))
-    assert rebuilt == {"error": {"message": "the replica answered 500; see the gateway log (request id req-9)",
-                                 "type": "upstream_error", "code": 500}}
+    message = "the replica answered 500; see the gateway log (request id req-9)"
+    assert rebuilt == {"error": {"message": message, "type": "upstream_error", "code": 500}, "detail": message}
     assert [getattr(r, "request_id", None) for r in caplog.records] == ["req-9"]
 
 

@@ -6,19 +6,35 @@ import json
 
 import httpx
 import pytest
-from fastapi import FastAPI
-from pydantic import BaseModel
+from fastapi import FastAPI, Request
+from pydantic import BaseModel, model_validator
 
-from rerankd.errors import RateLimitedError, UnprocessableError
+from rerankd.errors import PayloadTooLargeError, RateLimitedError, UnprocessableError
 from rerankd.http import ClientDisconnectedError, error_body, error_headers, error_response, install_error_handlers
-from rerankd.protocol import ErrorBody
+from rerankd.http.errors import set_error_dialect, tei_status
+from rerankd.protocol import ErrorBody, FieldError, TEIErrorBody
 
 
 def test_the_body_has_the_documented_shape_and_a_field_only_when_named() -> None:
-    assert error_body(413, "too big") == {"error": {"message": "too big", "type": "payload_too_large", "code": 413}}
+    assert error_body(413, "too big") == {"error": {"message": "too big", "type": "payload_too_large", "code": 413},
+                                          "detail": "too big"}
     named = error_body(422, "`top_n`: bad", field="top_n")
-    assert named == {"error": {"message": "`top_n`: bad", "type": "invalid_request", "code": 422, "field": "top_n"}}
+    assert named == {"error": {"message": "`top_n`: bad", "type": "invalid_request", "code": 422, "field": "top_n"},
+                     "detail": "`top_n`: bad"}
     assert ErrorBody.model_validate(named).error.field == "top_n"
+
+
+@pytest.mark.parametrize(("status", "error_type", "tei"), [
+    (503, "overloaded", (429, "Overloaded")), (503, "not_ready", (503, "Unhealthy")),
+    (422, "empty", (400, "Empty")), (422, "invalid_request", (422, "Validation")),
+    (413, "payload_too_large", (422, "Validation")), (400, "query_too_long", (422, "Validation")),
+    (400, "bad_request", (400, "Validation")), (500, "internal_error", (500, "Backend")),
+])
+def test_tei_requests_get_tei_status_codes_and_types(status: int, error_type: str, tei: tuple[int, str]) -> None:
+    assert tei_status(status, error_type) == tei
+    response = error_response(status, "why", error_type=error_type, dialect="tei", retry_after=1)
+    assert response.status_code == tei[0] and response.headers["retry-after"] == "1"
+    assert TEIErrorBody.model_validate_json(bytes(response.body)) == TEIErrorBody(error="why", error_type=tei[1])
 
 
 @pytest.mark.parametrize(("status", "error_type"), [
@@ -51,6 +67,17 @@ class Body(BaseModel):
     top_n: int
 
 
+class Named(BaseModel):
+    names: list[object]
+
+    @model_validator(mode="after")
+    def _strings(self) -> Named:
+        for i, name in enumerate(self.names):
+            if not isinstance(name, str):
+                raise FieldError(f"`names[{i}]` is not a string", f"names[{i}]")
+        return self
+
+
 async def test_the_handlers_answer_every_failure_with_error_response() -> None:
     app = FastAPI()
     install_error_handlers(app)
@@ -75,6 +102,15 @@ async def test_the_handlers_answer_every_failure_with_error_response() -> None:
     async def gone() -> None:
         raise ClientDisconnectedError("client disconnected")
 
+    @app.post("/named")
+    async def named(body: Named) -> int:
+        return len(body.names)
+
+    @app.post("/tei-early")
+    async def tei_early(request: Request) -> int:
+        set_error_dialect(request.scope, "tei")
+        raise PayloadTooLargeError("`texts` has too many items", field="texts")
+
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         limited = await client.post("/typed")
@@ -93,3 +129,9 @@ async def test_the_handlers_answer_every_failure_with_error_response() -> None:
         assert broken.json()["error"]["type"] == "internal_error"
         left = await client.get("/gone")
         assert left.status_code == 499 and left.content == b""
+        field_named = await client.post("/named", json={"names": ["a", 1]})
+        assert field_named.status_code == 422 and field_named.json()["error"]["field"] == "names[1]"
+        assert field_named.json()["detail"] == "`names[1]` is not a string"  # the validator's words, no prefix
+        early = await client.post("/tei-early")
+        assert (early.status_code, early.json()) == (422, {"error": "`texts` has too many items",
+                                                           "error_type": "Validation"})

@@ -6,12 +6,15 @@ import pytest
 from pydantic import TypeAdapter, ValidationError
 
 from rerankd.protocol import (
-    RerankAnyRequest,
+    AnyRerankRequest,
+    FieldError,
     RerankRequest,
     ScoreRequest,
     TEIRerankRequest,
     build_rerank_response,
+    is_tei_body,
     rank_order,
+    ranked_text,
     sigmoid,
 )
 
@@ -74,9 +77,56 @@ def test_tei_truncation_direction_both_spellings(given: str, direction: str) -> 
 
 
 def test_rerank_route_picks_one_dialect_per_body() -> None:
-    adapter: TypeAdapter[RerankRequest | TEIRerankRequest] = TypeAdapter(RerankAnyRequest)
+    adapter: TypeAdapter[RerankRequest | TEIRerankRequest] = TypeAdapter(AnyRerankRequest)
     assert isinstance(adapter.validate_python({"query": "q", "texts": ["a"]}), TEIRerankRequest)
     assert isinstance(adapter.validate_python({"query": "q", "documents": ["a"]}), RerankRequest)
     with pytest.raises(ValidationError) as tei:
         adapter.validate_python({"query": "q", "texts": ["a"], "truncation_direction": "Up"})
-    assert [e["loc"] for e in tei.value.errors()] == [("TEI", "truncation_direction")]
+    assert [e["loc"] for e in tei.value.errors()] == [("TEIRerankRequest", "truncation_direction")]
+
+
+def test_rank_fields_build_yaml_like_lines_in_their_order_and_one_field_is_its_value() -> None:
+    doc = {"title": "T", "body": "B\nmore", "year": 1999}
+    req = RerankRequest(query="q", documents=[doc, "plain"], rank_fields=["body", "title"])
+    assert req.document_texts() == ["body: B\nmore\ntitle: T", "plain"]  # strings are scored as they are
+    assert req.returned_document(0) == doc and req.returned_document(1) == {"text": "plain"}
+    assert RerankRequest(query="q", documents=[doc], rank_fields=["title"]).document_texts() == ["T"]
+    assert ranked_text({"text": "t", "id": 3}, ["text"]) == "t"
+    assert RerankRequest(query="q", documents=[{"text": "t", "id": 3}]).document_texts() == ["t"]
+
+
+@pytest.mark.parametrize(("documents", "rank_fields", "field"), [
+    ([{"title": "T"}], None, "documents.0.text"),
+    (["a", {"text": "b"}, {"title": "T"}], ["title"], "documents.1.title"),
+    ([{"title": "T", "year": 1999}], ["title", "year"], "documents.0.year"),
+    ([{"text": None}], None, "documents.0.text"),
+])
+def test_a_missing_or_non_string_rank_field_names_document_and_field(documents: list, rank_fields: list | None,
+                                                                     field: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        RerankRequest(query="q", documents=documents, rank_fields=rank_fields)
+    cause = caught.value.errors()[0]["ctx"]["error"]
+    assert isinstance(cause, FieldError) and cause.field == field
+    _, index, name = field.split(".")
+    assert f"`documents[{index}]" in str(cause) and f"{name}`" in str(cause)
+
+
+@pytest.mark.parametrize("priority", ["1", 1.0, True, -(2**31) - 1, 2**31])
+def test_priority_is_a_json_integer_in_the_int32_range(priority: object) -> None:
+    for model, body in ((RerankRequest, {"query": "q", "documents": ["a"]}), (ScoreRequest, {"text_1": "q",
+                                                                                                "text_2": "a"}),
+                        (TEIRerankRequest, {"query": "q", "texts": ["a"]})):
+        assert model.model_validate({**body, "priority": -3}).priority == -3
+        assert model.model_validate(body).priority == 0
+        with pytest.raises(ValidationError):
+            model.model_validate({**body, "priority": priority})
+
+
+def test_slash_rerank_bodies_validate_as_the_dialect_they_are() -> None:
+    adapter: TypeAdapter[object] = TypeAdapter(AnyRerankRequest)
+    assert isinstance(adapter.validate_python({"query": "q", "texts": ["a"]}), TEIRerankRequest)
+    assert isinstance(adapter.validate_python({"query": "q", "documents": ["a"], "texts": ["b"]}), RerankRequest)
+    with pytest.raises(ValidationError) as caught:
+        adapter.validate_python({"query": "q", "texts": []})
+    assert [e["loc"] for e in caught.value.errors()] == [("TEIRerankRequest", "texts")]
+    assert is_tei_body(b'{"query": "q", "texts": ["a"]}') and not is_tei_body(b'{"documents": ["texts"]}')

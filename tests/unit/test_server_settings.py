@@ -137,3 +137,24 @@ def test_serve_help_imports_neither_torch_nor_the_app() -> None:
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
     assert "--max-batch-tokens" in out.stdout
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_served_model_name_repeats_and_the_first_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    flags = ServerSettings(**parse(["--model", "org/Qwen3-Reranker-4B", "--served-model-name", "rerank-v3.5",
+                                    "--served-model-name", "qwen3-4b", "--strict-model-names"]))
+    assert flags.served_model_names == ("rerank-v3.5", "qwen3-4b") and flags.model_name == "rerank-v3.5"
+    assert flags.strict_model_names is True
+    default = ServerSettings(**parse(["--model", "org/Qwen3-Reranker-4B"]))
+    assert default.served_model_names == ("Qwen3-Reranker-4B",) and default.strict_model_names is False
+    assert ServerSettings(model="m", served_model_name="one").served_model_names == ("one",)  # code's old spelling
+    monkeypatch.setenv("RERANKD_SERVED_MODEL_NAME", "a b")
+    monkeypatch.setenv("RERANKD_STRICT_MODEL_NAMES", "true")
+    from_env = ServerSettings(**parse(["--model", "m"]))
+    assert (from_env.served_model_names, from_env.strict_model_names) == (("a", "b"), True)
+
+
+def test_up_hands_every_served_name_to_the_replicas() -> None:
+    replica = ServerSettings(model="m", served_model_name=("x", "y"))
+    assert settings_argv(replica, ["served_model_name"]) == ["--served-model-name", "x", "--served-model-name", "y"]
+    params = parse(["--model", "m", "--served-model-name", "x", "--served-model-name", "y"], up)
+    assert params["served_model_name"] == ("x", "y")

@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -80,13 +80,17 @@ def _first_api_key(database_url: str, key_file: Path) -> str:
 class _Pool:
     """The replicas of one model in the stack: their processes, URLs and the gateway's ``--pool`` value."""
 
-    def __init__(self, task: str, name: str, model_path: Path, replicas: int, base_port: int, serve_extra: list[str],
-                 python: list[str], logs: Path, env: dict[str, str]) -> None:
+    def __init__(self, task: str, names: Sequence[str], model_path: Path, replicas: int, base_port: int,
+                 serve_extra: list[str], python: list[str], logs: Path, env: dict[str, str]) -> None:
         ports = [base_port + i for i in range(replicas)]  # replica 1 on the base port
         self.urls = [f"http://127.0.0.1:{port}" for port in ports]
-        self.flag = f"{task}:{name}={','.join(self.urls)}"
+        # The first served name names the pool; the others are its aliases at the gateway, so a client may use
+        # any of them there as it could on a replica.
+        self.flag = f"{task}:{names[0]}={','.join(self.urls)}"
+        self.alias_flags = [a for alias in names[1:] for a in ("--model-alias", f"{alias}={names[0]}")]
+        served = [a for n in names for a in ("--served-model-name", n)]
         self.children = [
-            Child(f"server-{i + 1}", [*python, "serve", "--model", str(model_path), "--served-model-name", name,
+            Child(f"server-{i + 1}", [*python, "serve", "--model", str(model_path), *served,
                                       "--host", "127.0.0.1", "--port", str(port), *serve_extra],
                   logs / f"server-{i + 1}.log", env)
             for i, port in enumerate(ports)]
@@ -182,11 +186,12 @@ def up(model: str, replicas: int, host: str, gateway_port: int, ui_port: int, wi
     serve_extra = settings_argv(replica, [n for n in REPLICA_SETTINGS if n != "served_model_name"])
     # One pool per model the stack serves, each a named pool of the gateway's model table. Issue 20's
     # `--embedding-model` adds its pool here: `_Pool("embed", <name>, <its model dir>, ...)`, on ports after these.
-    pools = [_Pool("rerank", name, model_path, replicas, server_base_port, serve_extra, python, logs,
+    pools = [_Pool("rerank", replica.served_model_names, model_path, replicas, server_base_port, serve_extra, python, logs,
                    {**env, "RERANKD_API_KEY": replica_key})]
     servers = [child for pool in pools for child in pool.children]
     server_urls = [url for pool in pools for url in pool.urls]
     gateway = Child("gateway", [*python, "gateway", *[a for pool in pools for a in ("--pool", pool.flag)],
+                                *[a for pool in pools for a in pool.alias_flags],
                                 "--host", host, "--port", str(gateway_port), "--database-url", database_url],
                     logs / "gateway.log",
                     {**env, "RERANKD_ADMIN_KEY": admin_key, "RERANKD_UPSTREAM_API_KEY": replica_key})

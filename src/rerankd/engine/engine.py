@@ -77,11 +77,11 @@ class RerankEngine:
     def max_model_len(self) -> int:
         return self.builder.max_model_len
 
-    async def score(self, task: RerankTask, tenant: str | None = None, priority: int = 0) -> ScoreOutcome:
-        (outcome,) = await self.score_all([task], tenant, priority)
+    async def score(self, task: RerankTask, tenant: str | None = None, *, priority: int = 0) -> ScoreOutcome:
+        (outcome,) = await self.score_all([task], tenant, priority=priority)
         return outcome
 
-    async def score_all(self, tasks: Sequence[RerankTask], tenant: str | None = None,
+    async def score_all(self, tasks: Sequence[RerankTask], tenant: str | None = None, *,
                         priority: int = 0) -> list[ScoreOutcome]:
         """Score the tasks of one request; ``tenant`` (who asks, for fair batching) shares turns with its peers.
 

@@ -110,8 +110,9 @@ def safe_error_body(status: int, body: bytes, *, request_id: str, upstream: str)
 
 
 def _error_fields(body: bytes) -> tuple[str, str | None, str | None] | None:
-    """(message, type, field) of ``{"error": {...}}`` (rerankd, newer vLLM) or ``{"object": "error", ...}``
-    (older vLLM); None for anything else."""
+    """(message, type, field) of ``{"error": {...}}`` (rerankd, newer vLLM), ``{"object": "error", ...}``
+    (older vLLM) or ``{"error": "…", "error_type": "…"}`` (TEI's shape, a replica's answer to a TEI body);
+    None for anything else."""
     try:
         parsed = json.loads(body)
     except ValueError:
@@ -119,6 +120,8 @@ def _error_fields(body: bytes) -> tuple[str, str | None, str | None] | None:
     if not isinstance(parsed, dict):
         return None
     error = parsed.get("error")
+    if isinstance(error, str) and isinstance(parsed.get("error_type"), str):
+        error = {"message": error, "type": parsed["error_type"]}
     if not isinstance(error, dict):
         error = parsed if parsed.get("object") == "error" else None
     if error is None or not isinstance(error.get("message"), str):

@@ -25,7 +25,7 @@ from rerankd.gateway.tokens import parse_answer
 from rerankd.http.disconnect import unless_disconnected
 from rerankd.http.middleware import request_id_of
 from rerankd.protocol import (
-    RerankAnyRequest,
+    AnyRerankRequest,
     RerankRequest,
     RerankResponse,
     ScoreRequest,
@@ -64,7 +64,7 @@ def scoring_router() -> APIRouter:
 
     @router.post("/rerank", response_model=RerankResponse | list[TEIRankItem],
                  summary="Rerank: Jina/Cohere shape with `documents`, or TEI shape with `texts`")
-    async def rerank_any(request: Request, body: RerankAnyRequest, identity: Caller,
+    async def rerank_any(request: Request, body: AnyRerankRequest, identity: Caller,
                          components: Components) -> Response:
         if isinstance(body, RerankRequest):
             return await rerank(request, body, identity, components)

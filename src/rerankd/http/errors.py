@@ -4,13 +4,21 @@ Why: a client must always get a JSON body that names what to fix, and bad input 
 500. Typed :class:`~rerankd.errors.RerankdError` subclasses carry their status; FastAPI's validation
 errors become 422 (400 for a body that is not JSON at all); anything unexpected becomes a 500 without a
 stack trace in the body.
+
+Two dialects of error body, so each client library reads the real reason:
+
+- ``rerankd`` (every request but TEI's): ``{"error": {"message", "type", "code", "field"?}, "detail"}``.
+  ``error.message`` is what OpenAI/Cohere-style clients read; ``detail`` (the same message) is what Jina-style
+  clients read (LangChain's, LlamaIndex's and Haystack's ``JinaRerank``/``JinaRanker`` do ``resp.json()["detail"]``).
+- ``tei`` (a request in TEI's shape, see :func:`set_error_dialect`): TEI's own ``{"error": "…", "error_type":
+  "Validation"}`` with TEI's status codes (:func:`tei_status`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, MutableMapping
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -19,9 +27,24 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rerankd.errors import RerankdError
 from rerankd.http.disconnect import CLIENT_CLOSED_STATUS, ClientDisconnectedError
-from rerankd.protocol import ErrorBody
+from rerankd.protocol import ErrorBody, FieldError, TEIErrorBody
 
-__all__ = ["ERROR_RESPONSES", "error_body", "error_headers", "error_response", "install_error_handlers"]
+__all__ = [
+    "ERROR_RESPONSES",
+    "TEI_ERROR_RESPONSES",
+    "ErrorDialect",
+    "error_body",
+    "error_dialect",
+    "error_headers",
+    "error_response",
+    "install_error_handlers",
+    "set_error_dialect",
+    "tei_error_body",
+    "tei_status",
+]
+
+ErrorDialect = Literal["rerankd", "tei"]
+_DIALECT_KEY = "rerankd_error_dialect"  # in the ASGI scope's "state", shared by every Request of one request
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +70,55 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     }.items()
 }
 
+# A route that also takes TEI's body (``POST /rerank``) answers either shape, TEI's for a TEI body.
+TEI_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {**response, "model": ErrorBody | TEIErrorBody} for code, response in ERROR_RESPONSES.items()
+}
+
 
 def error_body(status: int, message: str, *, error_type: str | None = None, field: str | None = None,
                ) -> dict[str, Any]:
-    """The one error shape, ``{"error": {"message", "type", "code", "field"?}}`` (``protocol.ErrorBody``)."""
+    """The one error shape, ``{"error": {"message", "type", "code", "field"?}, "detail": message}``
+    (``protocol.ErrorBody``)."""
     error: dict[str, Any] = {"message": message, "type": error_type or _TYPES.get(status, "error"), "code": status}
     if field:
         error["field"] = field
-    return {"error": error}
+    return {"error": error, "detail": message}
+
+
+def tei_status(status: int, error_type: str | None = None) -> tuple[int, str]:
+    """TEI's status and ``error_type`` for a rerankd failure (TEI: Validation and Tokenizer 422, Empty 400,
+    Overloaded 429, Unhealthy 503, Backend 424). A too-large request (413: more texts than
+    ``--max-documents``, a text too long with ``truncate: false``) and a query that cannot fit (400) are
+    TEI's validation errors, 422; a body that is not JSON stays 400, as TEI's own JSON parser answers."""
+    if error_type == "overloaded":
+        return 429, "Overloaded"
+    if status == 503:
+        return 503, "Unhealthy"
+    if error_type == "empty":
+        return 400, "Empty"
+    if status == 413 or status == 422 or error_type == "query_too_long":
+        return 422, "Validation"
+    if status >= 500:
+        return status, "Backend"
+    return status, "Validation"
+
+
+def tei_error_body(status: int, message: str, *, error_type: str | None = None) -> tuple[int, dict[str, Any]]:
+    """TEI's status and body, ``{"error": message, "error_type": …}`` (``protocol.TEIErrorBody``)."""
+    tei_code, tei_type = tei_status(status, error_type)
+    return tei_code, {"error": message, "error_type": tei_type}
+
+
+def set_error_dialect(scope: MutableMapping[str, Any], dialect: ErrorDialect) -> None:
+    """Answer this request's errors in ``dialect`` from now on (a route that has recognised a TEI body)."""
+    scope.setdefault("state", {})[_DIALECT_KEY] = dialect
+
+
+def error_dialect(scope: Mapping[str, Any]) -> ErrorDialect:
+    """The dialect this request's errors are answered in: ``rerankd`` unless a route said otherwise."""
+    dialect: ErrorDialect = (scope.get("state") or {}).get(_DIALECT_KEY, "rerankd")
+    return dialect
 
 
 def error_headers(status: int, *, retry_after: float | None = None, headers: Mapping[str, str] | None = None,
@@ -71,11 +135,15 @@ def error_headers(status: int, *, retry_after: float | None = None, headers: Map
 
 def error_response(
     status: int, message: str, *, error_type: str | None = None, field: str | None = None,
-    retry_after: float | None = None, headers: Mapping[str, str] | None = None,
+    retry_after: float | None = None, headers: Mapping[str, str] | None = None, dialect: ErrorDialect = "rerankd",
 ) -> JSONResponse:
     """Every error answer of every app. A Response is an ASGI app too: middleware that answers before (or
     instead of) the app sends it with ``await error_response(...)(scope, receive, send)``, so the
-    exception handlers and the raw-ASGI path write the same bytes."""
+    exception handlers and the raw-ASGI path write the same bytes. ``dialect="tei"``: TEI's body and status."""
+    if dialect == "tei":
+        tei_code, body = tei_error_body(status, message, error_type=error_type)
+        return JSONResponse(body, status_code=tei_code,
+                            headers=error_headers(tei_code, retry_after=retry_after, headers=headers))
     return JSONResponse(error_body(status, message, error_type=error_type, field=field), status_code=status,
                         headers=error_headers(status, retry_after=retry_after, headers=headers))
 
@@ -91,6 +159,11 @@ def _describe(errors: list[dict[str, Any]]) -> tuple[str, str | None, bool]:
             not_json = True
             parts.append(f"body is not valid JSON ({err.get('ctx', {}).get('error', 'parse error')})")
             continue
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, FieldError):  # a model validator that names its field: its own words
+            first_field = first_field or cause.field
+            parts.append(str(cause))
+            continue
         # Union branches prefix the location with the model name; drop it for readability.
         loc = [p for p in loc if not p[:1].isupper()] or loc
         name = ".".join(loc) or "body"
@@ -102,16 +175,23 @@ def _describe(errors: list[dict[str, Any]]) -> tuple[str, str | None, bool]:
 def install_error_handlers(app: FastAPI) -> None:
     """Map every failure of ``app`` to :func:`error_response` (a 499 without body for a client gone)."""
     @app.exception_handler(RerankdError)
-    async def _rerankd_error(_: Request, exc: RerankdError) -> JSONResponse:
+    async def _rerankd_error(request: Request, exc: RerankdError) -> JSONResponse:
         return error_response(exc.status_code, exc.message, error_type=exc.error_type,
-                              field=exc.field, retry_after=exc.retry_after, headers=getattr(exc, "headers", None))
+                              field=exc.field, retry_after=exc.retry_after, headers=getattr(exc, "headers", None),
+                              dialect=error_dialect(request.scope))
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        message, field, not_json = _describe(list(exc.errors()))
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = list(exc.errors())
+        message, field, not_json = _describe(errors)
+        dialect = error_dialect(request.scope)
         if not_json:
-            return error_response(400, message + "; send a JSON object with Content-Type: application/json")
-        return error_response(422, message, field=field)
+            return error_response(400, message + "; send a JSON object with Content-Type: application/json",
+                                  dialect=dialect)
+        # An empty list is TEI's "Empty" error (400); everything else is a validation error.
+        empty = bool(errors) and errors[0].get("type") == "too_short" and errors[0].get("input") == []
+        return error_response(422, message, field=field, error_type="empty" if empty and dialect == "tei" else None,
+                              dialect=dialect)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -123,7 +203,8 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 400 and message == "There was an error parsing the body":
             # FastAPI's words for undecodable bytes or JSON nested past the parser's recursion limit.
             message = "the body could not be parsed: send a JSON object in UTF-8, nested at most a few hundred levels"
-        return error_response(exc.status_code, message, headers=getattr(exc, "headers", None))
+        return error_response(exc.status_code, message, headers=getattr(exc, "headers", None),
+                              dialect=error_dialect(request.scope))
 
     @app.exception_handler(ClientDisconnectedError)
     async def _client_gone(_: Request, __: ClientDisconnectedError) -> Response:
@@ -131,7 +212,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return Response(status_code=CLIENT_CLOSED_STATUS)
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
         return error_response(500, "internal error; the request id identifies it in the server log",
-                              error_type="internal_error")
+                              error_type="internal_error", dialect=error_dialect(request.scope))

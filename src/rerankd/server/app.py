@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -25,13 +26,13 @@ from rerankd.engine.engine import RerankEngine, ScoreOutcome, load_engine
 from rerankd.errors import ModelNotFoundError, NotReadyError, PayloadTooLargeError
 from rerankd.http import HttpMiddleware, known_routes_label, request_id_of
 from rerankd.http.disconnect import unless_disconnected
-from rerankd.http.errors import ERROR_RESPONSES, install_error_handlers
+from rerankd.http.errors import ERROR_RESPONSES, TEI_ERROR_RESPONSES, ErrorDialect, install_error_handlers
 from rerankd.observability.metrics import ServerMetrics
 from rerankd.protocol import (
     TENANT_HEADER,
+    AnyRerankRequest,
     ModelCard,
     ModelList,
-    RerankAnyRequest,
     RerankRequest,
     RerankResponse,
     RerankTask,
@@ -41,6 +42,7 @@ from rerankd.protocol import (
     build_rerank_response,
     build_score_response,
     build_tei_response,
+    is_tei_body,
 )
 from rerankd.runtime import free_memory_releaser, freeze_startup_heap
 from rerankd.server.admission import admission_route
@@ -59,6 +61,7 @@ SERVER_ROUTES = frozenset({
     "/v1/rerank", "/v2/rerank", "/rerank", "/v1/score", "/score", "/v1/models", "/health", "/ready",
     "/metrics", "/info", "/docs", "/openapi.json", "/redoc",
 }) | EMBED_ROUTES
+ROUTE_GROUPS = {"/v1/models/": "/v1/models/{id}"}
 PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics"})
 # A body this large (~250k tokens of text) leaves enough freed memory behind to hand back once idle.
 LARGE_BODY_BYTES = 1024 * 1024
@@ -81,14 +84,29 @@ class _State:
         return self.engine
 
 
+def _error_dialect(path: str, body: object) -> ErrorDialect:
+    """TEI's error shape for a TEI body on ``/rerank``; rerankd's for everything else."""
+    return "tei" if path == "/rerank" and is_tei_body(body) else "rerankd"
+
+
+def _snapshot_sha(path: str) -> str | None:
+    """The revision of a model in the Hugging Face cache (``…/snapshots/<sha>``), else None."""
+    parent, name = os.path.split(os.path.normpath(path))
+    if os.path.basename(parent) == "snapshots" and len(name) == 40:
+        return name
+    return None
+
+
 def create_server_app(settings: ServerSettings, *, engine_loader: EngineLoader | None = None,
-                      on_load_failure: Callable[[str], None] | None = None) -> FastAPI:
+                      on_load_failure: Callable[[str], None] | None = None, model_id: str | None = None) -> FastAPI:
     """Build the app for one model. ``engine_loader`` exists for tests that share one loaded engine.
 
     ``on_load_failure(reason)`` is called when the model cannot load: ``rerankd serve`` stops its server and
     exits non-zero, so a supervisor sees a failure, not a clean stop. Without it the app keeps answering
-    ``/ready`` with 503 and the reason (an app hosted in a test).
+    ``/ready`` with 503 and the reason (an app hosted in a test). ``model_id``: ``--model`` as the user gave it
+    (``rerankd serve`` resolves it to a directory in ``settings.model``), reported by ``/info``.
     """
+    model_id = model_id or settings.model
     metrics = ServerMetrics()
     state = _State(settings, metrics)
     metrics.queue_capacity.set(settings.max_queue)
@@ -132,22 +150,27 @@ def create_server_app(settings: ServerSettings, *, engine_loader: EngineLoader |
     )
     install_error_handlers(app)
     app.add_middleware(
-        HttpMiddleware, route_label=known_routes_label(SERVER_ROUTES), metrics=metrics,
+        HttpMiddleware, route_label=known_routes_label(SERVER_ROUTES, ROUTE_GROUPS), metrics=metrics,
         max_body_bytes=settings.max_body_bytes, body_timeout=settings.body_timeout,
         body_deadline=settings.body_deadline, max_concurrent_requests=settings.max_concurrent_requests,
         api_key=settings.api_key, public_paths=PUBLIC_PATHS,
     )
     app.state.rerankd = state
 
+    served = settings.served_model_names
+    # The names a strict server accepts and /v1/models/{id} knows: every served name, and --model as given or
+    # resolved, whole or its last part.
+    known = {*served, *(name for source in (model_id, settings.model)
+                        for name in (source, source.rstrip("/").split("/")[-1]))}
+
+    def unknown_model(name: str) -> ModelNotFoundError:
+        names = ", ".join(repr(n) for n in served)
+        return ModelNotFoundError(f"model {name!r} is not served here; this server serves {names}", field="model")
+
     def check_model(name: str | None) -> None:
-        if name is None:
-            return
-        accepted = {settings.model_name, settings.model, settings.model.rstrip("/").split("/")[-1]}
-        if name not in accepted:
-            raise ModelNotFoundError(
-                f"model {name!r} is not served here; this server serves {settings.model_name!r}",
-                field="model",
-            )
+        """Any ``model`` is accepted (answers name the served model), unless ``--strict-model-names``."""
+        if name is not None and settings.strict_model_names and name not in known:
+            raise unknown_model(name)
 
     def check_count(n: int, field: str) -> None:
         if n > settings.max_documents:
@@ -170,38 +193,41 @@ def create_server_app(settings: ServerSettings, *, engine_loader: EngineLoader |
     def tenant_of(request: Request) -> str | None:
         return request.headers.get(TENANT_HEADER) if settings.api_key else None
 
-    async def score_tasks(request: Request, tasks: list[RerankTask]) -> list[ScoreOutcome]:
+    async def score_tasks(request: Request, tasks: list[RerankTask], priority: int) -> list[ScoreOutcome]:
         engine = state.ready_engine()
         require_task(engine, "rerank")
-        return await unless_disconnected(request, engine.score_all(tasks, tenant_of(request)))
+        return await unless_disconnected(request, engine.score_all(tasks, tenant_of(request), priority=priority))
 
     # The scoring routes read their body through admission (size bounds before validation and tokenizing).
     limits = AdmissionLimits(max_documents=settings.max_documents, max_request_chars=settings.max_request_chars)
     memory = IdleMemoryReturn(free_memory_releaser(), threshold_bytes=LARGE_BODY_BYTES)
-    scoring = APIRouter(route_class=admission_route(limits, memory))
+    scoring = APIRouter(route_class=admission_route(limits, memory, dialect_of=_error_dialect))
 
     async def rerank(request: Request, body: RerankRequest) -> RerankResponse:
         check_model(body.model)
         check_count(len(body.documents), "documents")
         check_chunks(body)
-        (outcome,) = await score_tasks(request, [body.to_task()])
+        (outcome,) = await score_tasks(request, [body.to_task()], body.priority)
         return build_rerank_response(
             body, outcome.raw_scores, outcome.prompt_tokens, settings.model_name, request_id_of(request.scope),
             outcome.chunk_index,
         )
 
+    # exclude_none leaves out an absent `document` (or TEI `text`); it does not reach inside a returned document
+    # object, whose null fields come back as the client sent them.
     scoring.post("/v1/rerank", response_model=RerankResponse, response_model_exclude_none=True,
                  summary="Rerank documents (Jina / Cohere / vLLM shape)")(rerank)
     scoring.post("/v2/rerank", response_model=RerankResponse, response_model_exclude_none=True,
                  summary="Rerank documents (Cohere v2 shape)")(rerank)
 
     @scoring.post("/rerank", response_model=RerankResponse | list[TEIRankItem], response_model_exclude_none=True,
+                  responses=TEI_ERROR_RESPONSES,
                   summary="Rerank: Jina/Cohere shape with `documents`, or TEI shape with `texts`")
-    async def rerank_any(request: Request, response: Response, body: RerankAnyRequest) -> Any:
+    async def rerank_any(request: Request, response: Response, body: AnyRerankRequest) -> Any:
         if isinstance(body, RerankRequest):
             return await rerank(request, body)
         check_count(len(body.texts), "texts")
-        (outcome,) = await score_tasks(request, [body.to_task()])
+        (outcome,) = await score_tasks(request, [body.to_task()], body.priority)
         # TEI's bare array has no usage field; the gateway's token accounting reads this header instead.
         response.headers["X-Prompt-Tokens"] = str(outcome.prompt_tokens)
         if body.truncate is False and any(outcome.truncated):
@@ -217,7 +243,7 @@ def create_server_app(settings: ServerSettings, *, engine_loader: EngineLoader |
         check_model(body.model)
         tasks, where = body.to_tasks()
         check_count(len(where), "text_2")
-        outcomes = await score_tasks(request, tasks)
+        outcomes = await score_tasks(request, tasks, body.priority)
         raw = [outcomes[t].raw_scores[d] for t, d in where]
         tokens = sum(o.prompt_tokens for o in outcomes)
         return build_score_response(raw, tokens, settings.model_name, request_id_of(request.scope))
@@ -232,11 +258,19 @@ def create_server_app(settings: ServerSettings, *, engine_loader: EngineLoader |
         admission_route(embed_limits, memory), ready_engine=state.ready_engine, check_model=check_model,
         check_count=check_count, tenant_of=tenant_of, model_name=settings.model_name, metrics=metrics))
 
-    @app.get("/v1/models", response_model=ModelList, summary="Served models (OpenAI list)")
-    async def models() -> ModelList:
+    def model_card(name: str) -> ModelCard:
         max_len = state.engine.max_model_len if state.engine else settings.max_model_len
-        card = ModelCard(id=settings.model_name, created=int(state.started_at), max_model_len=max_len)
-        return ModelList(data=[card])
+        return ModelCard(id=name, created=int(state.started_at), max_model_len=max_len)
+
+    @app.get("/v1/models", response_model=ModelList, summary="Served models (OpenAI list): every served name")
+    async def models() -> ModelList:
+        return ModelList(data=[model_card(name) for name in served])
+
+    @app.get("/v1/models/{model:path}", response_model=ModelCard, summary="One served model (OpenAI model object)")
+    async def model_object(model: str) -> ModelCard:
+        if model not in known:
+            raise unknown_model(model)
+        return model_card(model)
 
     @app.get("/health", summary="200 while the process lives")
     async def health() -> dict[str, str]:
@@ -248,20 +282,41 @@ def create_server_app(settings: ServerSettings, *, engine_loader: EngineLoader |
         return JSONResponse({"status": "ready", "model": settings.model_name,
                              "queue_depth": engine.batcher.waiting})
 
-    @app.get("/info", summary="Model, limits, version")
+    @app.get("/info", summary="Model, limits, version: TEI's fields and rerankd's")
     async def info() -> dict[str, Any]:
         engine = state.engine
+        max_len = engine.max_model_len if engine else settings.max_model_len
+        dtype = engine.info.dtype if engine else settings.dtype
+        task = engine.task if engine else settings.task
         return {
+            # Text Embeddings Inference's /info fields (what huggingface_hub and TEI clients read).
+            "model_id": model_id,
+            "model_sha": _snapshot_sha(settings.model),
+            "model_dtype": dtype,
+            "served_model_name": settings.model_name,
+            "model_type": ({"embedding": {"pooling": "last_token"}} if task == "embed"
+                           else {"reranker": {"id2label": {"0": "yes"}, "label2id": {"yes": 0}}}),
+            "max_concurrent_requests": settings.max_concurrent_requests,
+            "max_input_length": max_len,
+            "max_batch_requests": None,
+            "max_client_batch_size": settings.max_documents,
+            "auto_truncate": True,
+            "tokenization_workers": min(32, (os.cpu_count() or 1) + 4),  # asyncio's default thread pool
+            "sha": None,
+            "docker_label": None,
+            # rerankd's own.
             "version": __version__,
             "model": settings.model_name,
+            "served_model_names": list(served),
+            "strict_model_names": settings.strict_model_names,
             "model_source": settings.model,
-            "task": engine.task if engine else settings.task,
+            "task": task,
             "dimensions": engine.dimensions if engine else None,
             "ready": engine is not None,
             "backend": engine.info.name if engine else settings.backend,
             "device": engine.info.device if engine else settings.device,
-            "dtype": engine.info.dtype if engine else settings.dtype,
-            "max_model_len": engine.max_model_len if engine else settings.max_model_len,
+            "dtype": dtype,
+            "max_model_len": max_len,
             "max_batch_tokens": settings.max_batch_tokens,
             "max_queue": settings.max_queue,
             "max_documents": settings.max_documents,

@@ -61,7 +61,8 @@ def serve(**flags: Any) -> None:
     except ModelSourceError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_BAD_MODEL_PATH)
-    settings = settings.model_copy(update={"served_model_name": settings.model_name, "model": str(path)})
+    model_id = settings.model  # as given (a Hugging Face id or a path): /info's model_id
+    settings = settings.model_copy(update={"served_model_name": settings.served_model_names, "model": str(path)})
 
     load_failures: list[str] = []
 
@@ -69,7 +70,7 @@ def serve(**flags: Any) -> None:
         load_failures.append(reason)
         server.should_exit = True
 
-    app = create_server_app(settings, on_load_failure=stop_serving)
+    app = create_server_app(settings, on_load_failure=stop_serving, model_id=model_id)
     server = uvicorn.Server(uvicorn_config(app, host=settings.host, port=settings.port, limits=settings,
                                            log_level=settings.log_level, timeout_graceful_shutdown=30))
     click.echo(f"rerankd serve: model {settings.model_name} from {path}; listening on "

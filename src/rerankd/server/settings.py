@@ -12,7 +12,9 @@ environment behind its caller's back.
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Any
+
+from pydantic import Field, field_validator
 
 from rerankd.allocator import MallocChoice
 from rerankd.edge_settings import DEFAULT_MAX_REQUEST_CHARS, EdgeSettings
@@ -27,8 +29,12 @@ class ServerSettings(EngineConfig, EdgeSettings):
     ``repr=False`` is a secret, whose value ``--help`` never shows. The connection limits (head size and
     time, idle keep-alive, trusted proxies) are :class:`~rerankd.edge_settings.EdgeSettings`' fields."""
 
-    served_model_name: str | None = Field(
-        None, description="Name clients use in `model` (default: last part of --model).")
+    served_model_name: tuple[str, ...] = Field(
+        (), description="A name clients use in `model`; repeat for several (the first is the one answers report; "
+                        "default: last part of --model).")
+    strict_model_names: bool = Field(
+        False, description="Answer 404 to a `model` not served here (default: accept any `model`, answer with the "
+                           "served name).")
     max_documents: int = Field(1000, ge=1, description="Documents allowed per request.")
     max_chunks_per_request: int = Field(
         10_000, ge=1, description="Documents x max_chunks_per_doc one chunked rerank request may ask for (Cohere's "
@@ -56,12 +62,27 @@ class ServerSettings(EngineConfig, EdgeSettings):
     log_format: LogFormat = "auto"
     log_file: str | None = Field(None, description="Also write logs to this file, rotated at 50 MB.")
 
+    @field_validator("served_model_name", mode="before")
+    @classmethod
+    def _names(cls, value: Any) -> Any:
+        """One name (``served_model_name="x"``, as code wrote it before names could repeat) or several; blank
+        names dropped, repeats kept once, in order."""
+        if value is None:
+            return ()
+        names = [value] if isinstance(value, str) else value
+        if not isinstance(names, list | tuple) or not all(isinstance(n, str) for n in names):
+            return value  # pydantic names the type error
+        return tuple(dict.fromkeys(n.strip() for n in names if n.strip()))
+
+    @property
+    def served_model_names(self) -> tuple[str, ...]:
+        """Every name this server answers to: ``--served-model-name`` (each), else the last part of ``--model``."""
+        return self.served_model_name or (self.model.rstrip("/").split("/")[-1],)
+
     @property
     def model_name(self) -> str:
-        """The name clients see: ``--served-model-name``, else the last part of ``--model``."""
-        if self.served_model_name:
-            return self.served_model_name
-        return self.model.rstrip("/").split("/")[-1]
+        """The name clients see in answers: the first ``--served-model-name``, else the last part of ``--model``."""
+        return self.served_model_names[0]
 
     def engine_config(self) -> EngineConfig:
         """The engine's part of these settings, and nothing of the HTTP server's."""
