@@ -17,6 +17,7 @@ from rerankd.engine.backends.base import BackendInfo, ScoringBackend
 from rerankd.engine.batcher import DynamicBatcher
 from rerankd.engine.config import BACKEND_CHOICES, EngineConfig
 from rerankd.engine.prompt import PromptBuilder, PromptGroup
+from rerankd.engine.score_cache import ScoreCache, model_identity
 from rerankd.errors import PayloadTooLargeError
 from rerankd.observability.metrics import ServerMetrics
 from rerankd.protocol import RerankTask
@@ -40,9 +41,10 @@ class RerankEngine:
 
     def __init__(
         self, builder: PromptBuilder, batcher: DynamicBatcher, info: BackendInfo, metrics: ServerMetrics, *,
-        max_request_tokens: int,
+        max_request_tokens: int, score_cache: ScoreCache | None = None,
     ) -> None:
         self.builder = builder
+        self.score_cache = score_cache
         self.max_request_tokens = max_request_tokens
         self.batcher = batcher
         self.info = info
@@ -78,7 +80,7 @@ class RerankEngine:
                 f"the request takes {sum(tokens)} prompt tokens after truncation, more than the limit of "
                 f"{self.max_request_tokens} (--max-request-tokens); send fewer or shorter documents",
                 field="documents")
-        raws = await asyncio.gather(*(self.batcher.submit(g.shared, g.tails, tenant=tenant) for g in groups))
+        raws = await asyncio.gather(*(self._submit(g.shared, g.tails, tenant) for g in groups))
         outcomes: list[ScoreOutcome] = []
         for group, slot, raw, prompt_tokens in zip(groups, slots, raws, tokens, strict=True):
             truncated = [group.truncated[i] for i in slot]
@@ -87,6 +89,15 @@ class RerankEngine:
             self.metrics.truncated_documents_total.inc(sum(truncated))
             outcomes.append(ScoreOutcome([raw[i] for i in slot], prompt_tokens, truncated))
         return outcomes
+
+    async def _submit(self, shared: list[int], tails: list[list[int]], tenant: str | None) -> list[float]:
+        """One group's raw scores: from the batcher, through the exact score cache when it is on."""
+        async def compute(shared: list[int], tails: list[list[int]]) -> list[float]:
+            return await self.batcher.submit(shared, tails, tenant=tenant)
+
+        if self.score_cache is None:
+            return await compute(shared, tails)
+        return await self.score_cache.score(shared, tails, compute)
 
     def _build_all(self, tasks: Sequence[RerankTask], uniques: list[list[str]]) -> list[PromptGroup]:
         return [self.builder.build(t.query, docs, t.instruction, t.max_tokens_per_doc)
@@ -115,7 +126,9 @@ def _make_backend(config: EngineConfig, path: Path, tokenizer: Any, max_len: int
     if name == "torch":
         from rerankd.engine.backends.torch_backend import TorchBackend
 
-        return TorchBackend(path, prefix_reuse=config.prefix_reuse, compile=config.compile, **kwargs)
+        return TorchBackend(path, prefix_reuse=config.prefix_reuse, compile=config.compile,
+                            compile_cache_dir=config.compile_cache_dir, batch_invariant=config.batch_invariant,
+                            **kwargs)
     raise ValueError(f"unknown backend {config.backend!r}: use {', '.join(BACKEND_CHOICES)}")
 
 
@@ -137,9 +150,29 @@ def load_engine(config: EngineConfig, metrics: ServerMetrics | None = None) -> R
         log.warning("--max-model-len %d exceeds the model's limit %d; using %d",
                     config.max_model_len, own_limit, max_len)
     backend = _make_backend(config, path, tokenizer, max_len)
+    if hasattr(backend, "compiled_kernels_ready"):  # read at each scrape: it turns 1 when the swap happens
+        metrics.compiled_kernels_ready.set_function(lambda: float(backend.compiled_kernels_ready))
+    score_cache = _make_score_cache(config, path, backend, metrics) if config.score_cache else None
     builder = PromptBuilder(tokenizer, max_len)
     # The budget as configured: the batcher always admits a batch's first row, so a prompt longer than the
     # budget still runs (alone, its memory bounded by the backend's chunking), and no floor is needed.
     batcher = DynamicBatcher(backend, max_batch_tokens=config.max_batch_tokens, max_queue=config.max_queue,
                              metrics=metrics)
-    return RerankEngine(builder, batcher, backend.info, metrics, max_request_tokens=config.max_request_tokens)
+    return RerankEngine(builder, batcher, backend.info, metrics, max_request_tokens=config.max_request_tokens,
+                        score_cache=score_cache)
+
+
+def _make_score_cache(config: EngineConfig, path: Path, backend: ScoringBackend, metrics: ServerMetrics) -> ScoreCache:
+    """The exact score cache, refused where a cached score could differ from a recomputed one."""
+    if not getattr(backend, "batch_invariant", False):
+        backend.close()
+        raise ValueError("--score-cache needs batch-invariant scores (a pair's score must not depend on what it is "
+                         "batched with): use the torch backend with --batch-invariant on (auto = on for CPU)")
+    info = backend.info
+    kernels = getattr(backend, "kernels", info.name)
+
+    def current_kernels() -> str:
+        return str(getattr(backend, "kernels", kernels))
+
+    identity = model_identity(path, info.name, info.dtype, info.device, f"prefix_reuse={config.prefix_reuse}")
+    return ScoreCache(identity, current_kernels, config.score_cache_entries, metrics)
