@@ -84,3 +84,13 @@ def test_compile_off_reports_no_compiled_kernels(tiny_model_dir: Path) -> None:
                          metrics)
     assert engine.batcher.backend.compile_done.is_set()  # type: ignore[attr-defined]
     assert _gauge(metrics) == 0.0
+
+
+def test_the_compile_cache_dir_is_where_inductor_looks(tiny_model_dir: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)  # restored after the test
+    load_engine(EngineConfig(model=str(tiny_model_dir), device="cpu", dtype="float32", compile="off",
+                             compile_cache_dir=str(tmp_path / "inductor")), ServerMetrics())
+    assert cache_dir() == str(tmp_path / "inductor")

@@ -63,7 +63,7 @@ class EngineConfig(BaseModel):
         False, description="Exact score cache: a pair already scored (same model, kernels, prompt tokens after "
                            "truncation) is answered from memory. Needs batch-invariant scoring.")
     score_cache_entries: int = Field(
-        100_000, ge=1, description="Scores the cache holds (~200 bytes each), least recently used evicted first.")
+        100_000, ge=1, description="Scores the cache holds (~180 bytes each), least recently used evicted first.")
     gpu_memory_utilization: float | None = Field(
         None, ge=0.05, le=0.99,
         description="vllm backend: share of device memory vLLM takes for weights and KV cache (vLLM's flag; with "

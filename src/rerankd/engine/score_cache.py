@@ -15,7 +15,7 @@ So the key is a digest of exactly those, and a hit is the very float a recomputa
 score of a pair does not depend on the other pairs it is batched with: the engine keeps the cache only with
 batch-invariant scoring (``--batch-invariant``, :mod:`rerankd.engine.backends.torch_backend`), which
 guarantees that. Bounded: least recently used entries go first past ``max_entries`` (each entry is a
-16-byte digest and a float, ~200 bytes with the dictionary's own cost).
+16-byte digest and a float, ~180 bytes with the dictionary's own cost: :data:`ENTRY_BYTES`).
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from rerankd.observability.metrics import ServerMetrics
 
 __all__ = ["ENTRY_BYTES", "ScoreCache", "model_identity"]
 
-# What one entry costs in memory, measured with tracemalloc over 100k entries (a 16-byte key, a float and the
-# OrderedDict's node): the figure docs/serve.md sizes --score-cache-entries with.
-ENTRY_BYTES = 200
+# What one entry costs in memory: tracemalloc over 100k entries gave 129 bytes for the OrderedDict's node and
+# the float, plus 49 for the 16-byte key object. docs/serve.md sizes --score-cache-entries with it.
+ENTRY_BYTES = 180
 
 Compute = Callable[[list[int], list[list[int]]], Awaitable[list[float]]]
 
