@@ -31,6 +31,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -112,6 +113,24 @@ def resolve_batch_invariant(mode: str, device: str) -> bool:
     return mode == "on" or (mode == "auto" and device == "cpu")
 
 
+class _CompileCancelled(Exception):
+    """The backend closed, or the interpreter is exiting, while its kernels were still being built."""
+
+
+# Backends whose compile thread may still run. At interpreter exit their threads stop after the warm-up step
+# they are in (a thread still inside inductor's C++ when the interpreter tears down aborts the process), and
+# the exit waits for that step: the thread is not a daemon. threading's own pre-join hook runs this.
+_COMPILING: weakref.WeakSet[TorchBackend] = weakref.WeakSet()
+
+
+def _stop_background_compiles() -> None:
+    for backend in list(_COMPILING):
+        backend._closed = True
+
+
+getattr(threading, "_register_atexit", lambda fn: None)(_stop_background_compiles)
+
+
 def compiles_in_background(compile: str, device: str) -> bool:
     """Whether ``--compile`` builds the compiled kernels after the backend is ready (``auto`` on the CPU)
     rather than before (``on``) or never (``off``, ``auto`` elsewhere)."""
@@ -184,8 +203,8 @@ class TorchBackend:
             from rerankd.engine.backends.decoders import TransformersDecoder
 
             self.decoder: Decoder = TransformersDecoder(self.body)
-            self.compile_thread = threading.Thread(target=self._compile_in_background, name="rerankd-compile",
-                                                   daemon=True)
+            self.compile_thread = threading.Thread(target=self._compile_in_background, name="rerankd-compile")
+            _COMPILING.add(self)
             self.compile_thread.start()
         else:
             self.decoder = choose_decoder(self.body, compile, self.device)
@@ -216,12 +235,19 @@ class TorchBackend:
     def _build_and_swap(self) -> None:
         from rerankd.engine.backends.decoders import FusedDecoder
 
+        def run(decoder: Decoder, groups: list[TokenGroup], chunk_tokens: int | None = None) -> object:
+            if self._closed:  # stop between two warm-up steps: each may compile for a while
+                raise _CompileCancelled
+            return self._warm_up_run(decoder, groups, chunk_tokens)
+
         started = time.perf_counter()
         try:
             decoder = choose_decoder(self.body, "auto", self.device)  # logs why when it cannot compile here
             if not isinstance(decoder, FusedDecoder):
                 return
-            decoder.warm_up(self._warm_up_run)
+            decoder.warm_up(run)
+        except _CompileCancelled:
+            return
         except Exception as exc:  # a background failure must not take the server down: the eager path stays
             if not self._closed:
                 log.warning("compiled kernels failed to build in the background (%s: %s): keeping transformers' "
