@@ -106,8 +106,8 @@ def choose_decoder(body: Any, compile: str, device: str) -> Decoder:
 
 
 def resolve_batch_invariant(mode: str, device: str) -> bool:
-    """``--batch-invariant``: ``auto`` → on for the CPU (a forward pass per document costs little there:
-    bench/README.md), off for CUDA (where batching is the throughput)."""
+    """``--batch-invariant``: ``auto`` → on for the CPU (the same scores for the same request first; its cost
+    is in docs/performance.md), off for CUDA (where batching is the throughput)."""
     if mode not in BATCH_INVARIANT_CHOICES:
         raise ValueError(f"batch_invariant must be one of {', '.join(BATCH_INVARIANT_CHOICES)}, not {mode!r}")
     return mode == "on" or (mode == "auto" and device == "cpu")
