@@ -10,6 +10,7 @@ is on ``sys.path`` because it holds the root conftest and no ``__init__.py``).
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -45,6 +46,14 @@ __all__ = [
     "spawn_replica",
     "wait_until",
 ]
+
+
+def pinned_compile() -> str:
+    """The ``--compile`` test servers run unless a test asks for another: ``on`` (compiled before ``/ready``)
+    where a C++ compiler is installed, else ``off``. ``auto`` would serve with transformers' forward first and
+    swap the compiled kernels in mid-test, and a test comparing two answers of one server must not see the
+    (rounding-sized) change between them. ``--compile auto`` itself is tested where a test names it."""
+    return "on" if shutil.which(os.environ.get("CXX", "g++")) else "off"
 
 
 def free_port() -> int:
@@ -170,7 +179,8 @@ def running_server(settings: ServerSettings, timeout: float = 120.0) -> Iterator
     from rerankd.server.app import create_server_app
 
     port = free_port()
-    settings = settings.model_copy(update={"port": port, "host": "127.0.0.1"})
+    pinned = {} if "compile" in settings.model_fields_set else {"compile": pinned_compile()}
+    settings = settings.model_copy(update={"port": port, "host": "127.0.0.1", **pinned})
     headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
 
     def ready() -> bool:
@@ -253,6 +263,7 @@ def process_env() -> dict[str, str]:
     env.pop("CI", None)  # nothing in a child process depends on it; keeps their logs plain
     env["RERANKD_LOG_FORMAT"] = "json"
     env.setdefault("OMP_NUM_THREADS", "1")  # several replicas share two cores
+    env.setdefault("RERANKD_COMPILE", pinned_compile())  # one kernel path per server (a --compile flag wins)
     return env
 
 

@@ -26,9 +26,10 @@ def groups(tiny_model_dir: Path) -> list[TokenGroup]:
     return [TokenGroup(a.shared, a.tails), TokenGroup(b.shared, b.tails)]
 
 
-def backend(model_dir: Path, compile: str, dtype: str = "float32") -> TorchBackend:
+def backend(model_dir: Path, compile: str, dtype: str = "float32", batch_invariant: str = "off") -> TorchBackend:
+    """Batched passes by default: the paths these tests compare are the shared ones of several rows."""
     return TorchBackend(model_dir, yes_token_id=YES, no_token_id=NO, max_model_len=2048, device="cpu", dtype=dtype,
-                        compile=compile)
+                        compile=compile, batch_invariant=batch_invariant)
 
 
 def flat_scores(engine: TorchBackend, groups: list[TokenGroup], *, prefix_reuse: bool,
@@ -90,11 +91,14 @@ def test_compiled_bf16_ranks_like_fp32(tiny_model_dir: Path, groups: list[TokenG
     assert max(abs(x - y) for x, y in zip(want, got, strict=True)) < 0.05 * (max(want) - min(want))
 
 
-def test_warm_up_leaves_nothing_to_compile_for_new_batch_shapes(tiny_model_dir: Path, groups: list[TokenGroup]) -> None:
-    """Kernels are compiled with dynamic shapes at start-up: new row counts and widths reuse them."""
+@pytest.mark.parametrize("batch_invariant", ["off", "on"])
+def test_warm_up_leaves_nothing_to_compile_for_new_batch_shapes(tiny_model_dir: Path, groups: list[TokenGroup],
+                                                                batch_invariant: str) -> None:
+    """Kernels are compiled with dynamic shapes at start-up: new row counts and widths reuse them (batch-invariant
+    passes are all one row wide: the warm-up's own passes are too)."""
     from torch._dynamo.utils import counters
 
-    engine = backend(tiny_model_dir, "on")
+    engine = backend(tiny_model_dir, "on", batch_invariant=batch_invariant)
     compiled = counters["stats"]["unique_graphs"]
     flat_scores(engine, groups, prefix_reuse=True, chunk_tokens=100_000)
     flat_scores(engine, groups[:1], prefix_reuse=False, chunk_tokens=100_000)
@@ -139,6 +143,7 @@ def test_compile_on_without_a_compiler_is_a_clear_error(tiny_model_dir: Path, mo
         backend(tiny_model_dir, "on")
     with caplog.at_level("WARNING"):
         engine = backend(tiny_model_dir, "auto")
+        assert engine.compile_done.wait(120)  # auto probes in the background, after the backend is ready
     assert isinstance(engine.decoder, TransformersDecoder)  # auto falls back to transformers' forward and still scores
     assert any("compiled kernels unavailable" in r.getMessage() and "g++" in r.getMessage() for r in caplog.records)
     assert len(engine.score([TokenGroup([1, 2, 3], [[4, 5], [6]])])[0]) == 2

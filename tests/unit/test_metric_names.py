@@ -135,6 +135,7 @@ def test_every_exported_gpu_and_queue_metric_appears_somewhere() -> None:
     used = {name for _, expr in all_exprs() for name in metric_names(expr)}
     for name in ("rerankd_gpu_memory_used_bytes", "rerankd_gpu_memory_total_bytes", "rerankd_gpu_utilization_ratio",
                  "rerankd_queue_depth", "rerankd_queue_capacity", "rerankd_batch_size_bucket",
+                 "rerankd_compiled_kernels_ready", "rerankd_score_cache_hits_total", "rerankd_score_cache_misses_total",
                  "rerankd_gateway_upstream_breaker_state", "rerankd_gateway_ledger_lag_seconds",
                  "rerankd_gateway_rate_limited_total"):
         assert name in used

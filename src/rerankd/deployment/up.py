@@ -186,8 +186,8 @@ def up(model: str, replicas: int, host: str, gateway_port: int, ui_port: int, wi
     serve_extra = settings_argv(replica, [n for n in REPLICA_SETTINGS if n != "served_model_name"])
     # One pool per model the stack serves, each a named pool of the gateway's model table. Issue 20's
     # `--embedding-model` adds its pool here: `_Pool("embed", <name>, <its model dir>, ...)`, on ports after these.
-    pools = [_Pool("rerank", replica.served_model_names, model_path, replicas, server_base_port, serve_extra, python, logs,
-                   {**env, "RERANKD_API_KEY": replica_key})]
+    pools = [_Pool("rerank", replica.served_model_names, model_path, replicas, server_base_port, serve_extra,
+                   python, logs, {**env, "RERANKD_API_KEY": replica_key})]
     servers = [child for pool in pools for child in pool.children]
     server_urls = [url for pool in pools for url in pool.urls]
     gateway = Child("gateway", [*python, "gateway", *[a for pool in pools for a in ("--pool", pool.flag)],

@@ -18,11 +18,12 @@ from typing import Any, Literal
 
 import numpy as np
 
-from rerankd.engine.backends.base import BackendInfo
+from rerankd.engine.backends.base import BackendInfo, ScoringBackend
 from rerankd.engine.batcher import DynamicBatcher
 from rerankd.engine.config import BACKEND_CHOICES, EngineConfig
 from rerankd.engine.embedding import EmbeddingPromptBuilder, detect_task, finish_vectors, format_query
 from rerankd.engine.prompt import PromptBuilder, PromptGroup
+from rerankd.engine.score_cache import ScoreCache, model_identity
 from rerankd.errors import BadRequestError, PayloadTooLargeError
 from rerankd.observability.metrics import ServerMetrics
 from rerankd.protocol import RerankTask
@@ -59,9 +60,10 @@ class RerankEngine:
         self, builder: PromptBuilder, batcher: DynamicBatcher, info: BackendInfo, metrics: ServerMetrics, *,
         max_request_tokens: int, task: Literal["rerank", "embed"] = "rerank",
         embedder: EmbeddingPromptBuilder | None = None, dimensions: int | None = None,
-        prompts: dict[str, str] | None = None,
+        prompts: dict[str, str] | None = None, score_cache: ScoreCache | None = None,
     ) -> None:
         self.builder = builder
+        self.score_cache = score_cache
         self.max_request_tokens = max_request_tokens
         self.batcher = batcher
         self.info = info
@@ -107,8 +109,7 @@ class RerankEngine:
                 f"the request takes {sum(tokens)} prompt tokens after truncation, more than the limit of "
                 f"{self.max_request_tokens} (--max-request-tokens); send fewer or shorter documents",
                 field="documents")
-        raws = await asyncio.gather(*(self.batcher.submit(g.shared, g.tails, tenant=tenant, priority=priority)
-                                      for g in groups))
+        raws = await asyncio.gather(*(self._submit(g.shared, g.tails, tenant, priority) for g in groups))
         outcomes: list[ScoreOutcome] = []
         for group, slot, raw, prompt_tokens in zip(groups, slots, raws, tokens, strict=True):
             truncated = [group.truncated[i] for i in slot]
@@ -119,6 +120,16 @@ class RerankEngine:
             outcomes.append(ScoreOutcome([scores[i] for i in slot], prompt_tokens, truncated,
                                          None if winners is None else [winners[i] for i in slot]))
         return outcomes
+
+    async def _submit(self, shared: list[int], tails: list[list[int]], tenant: str | None,
+                      priority: int) -> list[float]:
+        """One group's raw scores: from the batcher, through the exact score cache when it is on."""
+        async def compute(shared: list[int], tails: list[list[int]]) -> list[float]:
+            return await self.batcher.submit(shared, tails, tenant=tenant, priority=priority)
+
+        if self.score_cache is None:
+            return await compute(shared, tails)
+        return await self.score_cache.score(shared, tails, compute)
 
     def _build_all(self, tasks: Sequence[RerankTask], uniques: list[list[str]]) -> list[PromptGroup]:
         return [self.builder.build(t.query, docs, t.instruction, t.max_tokens_per_doc,
@@ -199,7 +210,10 @@ def _make_backend(config: EngineConfig, path: Path, tokenizer: Any, max_len: int
     if name == "torch":
         from rerankd.engine.backends.torch_backend import TorchBackend
 
-        return TorchBackend(path, prefix_reuse=config.prefix_reuse, compile=config.compile, **kwargs)
+        # `auto`: invariant where the exact score cache needs it (a hit must be the bits a recomputation gives).
+        invariant = "on" if config.batch_invariant == "auto" and config.score_cache else config.batch_invariant
+        return TorchBackend(path, prefix_reuse=config.prefix_reuse, compile=config.compile,
+                            compile_cache_dir=config.compile_cache_dir, batch_invariant=invariant, **kwargs)
     raise ValueError(f"unknown backend {config.backend!r}: use {', '.join(BACKEND_CHOICES)}")
 
 
@@ -223,13 +237,17 @@ def load_engine(config: EngineConfig, metrics: ServerMetrics | None = None) -> R
     task = detect_task(path) if config.task == "auto" else config.task
     log.info("task: %s (%s)", task, "from the model's files" if config.task == "auto" else "--task")
     backend = _make_backend(config, path, tokenizer, max_len, task)
+    if hasattr(backend, "compiled_kernels_ready"):  # read at each scrape: it turns 1 when the swap happens
+        metrics.compiled_kernels_ready.set_function(lambda: float(backend.compiled_kernels_ready))
+    score_cache = _make_score_cache(config, path, backend, metrics) if config.score_cache and task != "embed" else None
     builder = PromptBuilder(tokenizer, max_len)
     # The budget as configured: the batcher always admits a batch's first row, so a prompt longer than the
     # budget still runs (alone, its memory bounded by the backend's chunking), and no floor is needed.
     batcher = DynamicBatcher(backend, max_batch_tokens=config.max_batch_tokens, max_queue=config.max_queue,
                              metrics=metrics, forward=backend.embed if task == "embed" else None)
     if task != "embed":
-        return RerankEngine(builder, batcher, backend.info, metrics, max_request_tokens=config.max_request_tokens)
+        return RerankEngine(builder, batcher, backend.info, metrics, max_request_tokens=config.max_request_tokens,
+                            score_cache=score_cache)
     from rerankd.engine.embedding import model_prompts
 
     return RerankEngine(builder, batcher, backend.info, metrics, max_request_tokens=config.max_request_tokens,
@@ -242,3 +260,19 @@ def _config_hidden_size(path: Path) -> int:
     import json
 
     return int(json.loads((path / "config.json").read_text(encoding="utf-8"))["hidden_size"])
+
+
+def _make_score_cache(config: EngineConfig, path: Path, backend: ScoringBackend, metrics: ServerMetrics) -> ScoreCache:
+    """The exact score cache, refused where a cached score could differ from a recomputed one."""
+    if not getattr(backend, "batch_invariant", False):
+        backend.close()
+        raise ValueError("--score-cache needs batch-invariant scores (a pair's score must not depend on what it is "
+                         "batched with): use the torch backend with --batch-invariant on or auto")
+    info = backend.info
+    kernels = getattr(backend, "kernels", info.name)
+
+    def current_kernels() -> str:
+        return str(getattr(backend, "kernels", kernels))
+
+    identity = model_identity(path, info.name, info.dtype, info.device, f"prefix_reuse={config.prefix_reuse}")
+    return ScoreCache(identity, current_kernels, config.score_cache_entries, metrics)

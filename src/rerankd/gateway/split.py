@@ -14,7 +14,7 @@ import math
 from typing import Any
 
 from rerankd.gateway.tokens import usage_count
-from rerankd.protocol import DocumentObject, RerankRequest
+from rerankd.protocol import RerankRequest
 
 __all__ = ["SplitPlan", "merge_rerank_parts", "plan_split"]
 
@@ -58,7 +58,6 @@ def merge_rerank_parts(plan: SplitPlan, answers: list[dict[str, Any]], request_i
     without ``results`` or with non-numeric fields raises KeyError/TypeError/ValueError (the caller's 502).
     """
     request = plan.request
-    texts = request.document_texts()
     merged: list[tuple[float, int, int | None]] = []
     prompt_tokens = total_tokens = 0
     chunked = request.max_chunks_per_doc is not None  # each result then names its best chunk
@@ -76,7 +75,7 @@ def merge_rerank_parts(plan: SplitPlan, answers: list[dict[str, Any]], request_i
     for score, index, chunk in merged:
         result: dict[str, Any] = {"index": index, "relevance_score": score}
         if request.return_documents:
-            result["document"] = DocumentObject(text=texts[index]).model_dump(mode="json")
+            result["document"] = request.returned_document(index)  # as sent: a string as {"text": …}, an object whole
         if chunk is not None:
             result["chunk_index"] = chunk
         results.append(result)

@@ -98,3 +98,25 @@ class ServerMetrics:
         self.model_ready = Gauge(
             "rerankd_model_ready", "1 when the model is loaded and requests can be served.", registry=r,
         )
+        self.compiled_kernels_ready = Gauge(
+            "rerankd_compiled_kernels_ready",
+            "1 while the torch backend's fused forward with compiled CPU kernels serves; 0 while another forward "
+            "does (transformers' forward while they compile in the background, with --compile off, after a failed "
+            "compile, or another backend).", registry=r,
+        )
+        self.score_cache_hits_total = Counter(
+            "rerankd_score_cache_hits_total", "Pairs whose score came from the exact score cache.", registry=r,
+        )
+        self.score_cache_misses_total = Counter(
+            "rerankd_score_cache_misses_total", "Pairs looked up in the score cache and computed.", registry=r,
+        )
+        self.score_cache_evictions_total = Counter(
+            "rerankd_score_cache_evictions_total", "Score cache entries dropped, least recently used first.",
+            registry=r,
+        )
+        self.score_cache_entries = Gauge(
+            "rerankd_score_cache_entries", "Scores held by the exact score cache.", registry=r,
+        )
+        self.score_cache_capacity = Gauge(
+            "rerankd_score_cache_capacity", "--score-cache-entries when the cache is on, else 0.", registry=r,
+        )

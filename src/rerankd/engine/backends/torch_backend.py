@@ -12,23 +12,37 @@ Four things make it faster than the model card's loop while giving the same numb
 * On the CPU (``compile="auto"``), the decoder runs :class:`FusedQwen3Forward`: the same weights, with
   each run of element-wise ops compiled into one kernel (see that module for the profile behind it).
 
-Which code runs the layers is a :class:`~rerankd.engine.backends.decoders.Decoder`, chosen once at load
+Which code runs the layers is a :class:`~rerankd.engine.backends.decoders.Decoder`, chosen at load
 (:func:`choose_decoder`); everything above is this module's one loop, the same for every decoder.
+
+Ready fast, fast later: with ``compile="auto"`` on the CPU the backend is ready as soon as the weights are
+loaded and serves with transformers' forward (what ``--compile off`` runs) while a background thread
+compiles and warms up the fused forward's kernels (46-128 s for the tiny model on a busy 2-core machine).
+Once built, the compiled decoder replaces it *between* two forward passes: :meth:`TorchBackend.score` holds
+a lock for the whole pass and the swap takes the same lock, so one pass never mixes two decoders (their
+caches do not even have the same format). A failure in the background is logged once and transformers'
+forward stays. ``compile="on"`` still compiles before the backend is ready: one kernel path, hence one set
+of numbers, for the server's whole life.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import threading
+import time
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rerankd.engine.backends.base import BackendInfo, TokenGroup, split_by_group
-from rerankd.engine.config import COMPILE_CHOICES
+from rerankd.engine.config import BATCH_INVARIANT_CHOICES, COMPILE_CHOICES
 
 if TYPE_CHECKING:
     from rerankd.engine.backends.decoders import Decoder, KVCacheHandle
 
-__all__ = ["COMPILE_CHOICES", "TorchBackend", "choose_decoder", "resolve_device", "resolve_dtype"]
+__all__ = ["COMPILE_CHOICES", "TorchBackend", "choose_decoder", "compiles_in_background", "resolve_device",
+           "resolve_dtype"]
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +105,49 @@ def choose_decoder(body: Any, compile: str, device: str) -> Decoder:
     return TransformersDecoder(body)
 
 
+def resolve_batch_invariant(mode: str, device: str) -> bool:
+    """``--batch-invariant``: only ``on`` runs each pair alone. ``auto`` is off here on every device: batching is
+    the throughput (invariance cost 2.70x the time for 4 documents of the 0.6B shape on the CPU,
+    docs/performance.md), as vLLM keeps its batch-invariant mode opt-in; the engine turns ``auto`` on where a
+    feature needs it (``--score-cache``). ``device`` is kept for a device where invariance comes free."""
+    if mode not in BATCH_INVARIANT_CHOICES:
+        raise ValueError(f"batch_invariant must be one of {', '.join(BATCH_INVARIANT_CHOICES)}, not {mode!r}")
+    return mode == "on"
+
+
+class _CompileCancelled(Exception):
+    """The backend closed, or the interpreter is exiting, while its kernels were still being built."""
+
+
+# Backends whose compile thread may still run. At interpreter exit their threads stop after the warm-up step
+# they are in (a thread still inside inductor's C++ when the interpreter tears down aborts the process), and
+# the exit waits for that step: the thread is not a daemon. threading's own pre-join hook runs this.
+_COMPILING: weakref.WeakSet[TorchBackend] = weakref.WeakSet()
+
+
+def _stop_background_compiles() -> None:
+    for backend in list(_COMPILING):
+        backend._closed = True
+
+
+getattr(threading, "_register_atexit", lambda fn: None)(_stop_background_compiles)
+
+
+def compiles_in_background(compile: str, device: str) -> bool:
+    """Whether ``--compile`` builds the compiled kernels after the backend is ready (``auto`` on the CPU)
+    rather than before (``on``) or never (``off``, ``auto`` elsewhere)."""
+    return compile == "auto" and device == "cpu"
+
+
+def kernels_name(decoder: Decoder) -> str:
+    """Which code computes the numbers: ``fused-compiled``, ``fused-eager`` or ``transformers``. Scores are
+    bit-identical run to run on one path, and differ by rounding between paths (a score cache keys on it)."""
+    forward = getattr(decoder, "forward", None)
+    if forward is None:
+        return "transformers"
+    return "fused-compiled" if getattr(forward, "compiled", False) else "fused-eager"
+
+
 class TorchBackend:
     """Scores token groups with a Qwen3 causal LM loaded by transformers."""
 
@@ -107,9 +164,15 @@ class TorchBackend:
         chunk_tokens: int = 2048,
         compile: str = "auto",
         task: str = "rerank",
+        compile_cache_dir: str | None = None,
+        batch_invariant: str = "auto",
     ) -> None:
         import torch
         from transformers import AutoModel, AutoModelForCausalLM
+
+        if compile_cache_dir:
+            # Read by inductor when it first looks for a cached kernel or FX graph: set before any compiling.
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(compile_cache_dir)
 
         self._torch = torch
         self.device = resolve_device(device)
@@ -120,6 +183,7 @@ class TorchBackend:
                         "(bench/results/cpu_matmul_dtypes.json); --dtype auto picks float32 on this CPU")
         self.prefix_reuse = prefix_reuse
         self.chunk_tokens = chunk_tokens
+        self.batch_invariant = resolve_batch_invariant(batch_invariant, self.device)
         load_kwargs: dict[str, Any] = dict(dtype=self.dtype, attn_implementation="sdpa", low_cpu_mem_usage=True)
         if task == "embed":
             # An embedder is the bare decoder, loaded as the model card loads it (AutoModel); its result is the last
@@ -138,12 +202,75 @@ class TorchBackend:
         self.task = task
         self.hidden_size = int(self.body.config.hidden_size)
         self._model: Any = model  # None once closed
-        self.decoder = choose_decoder(self.body, compile, self.device)
         self.info = BackendInfo(
             name="torch", device=self.device, dtype=str(self.dtype).removeprefix("torch."),
             max_model_len=max_model_len,
         )
-        self.decoder.warm_up(self._warm_up_run)
+        # Held for a whole forward pass, and by the swap to the compiled decoder: the swap falls between passes.
+        self._pass_lock = threading.Lock()
+        self._closed = False
+        self.compile_done = threading.Event()  # set once the decoder is final (compiled, or the eager one kept)
+        self.compile_thread: threading.Thread | None = None
+        if compiles_in_background(compile, self.device):
+            from rerankd.engine.backends.decoders import TransformersDecoder
+
+            self.decoder: Decoder = TransformersDecoder(self.body)
+            self.compile_thread = threading.Thread(target=self._compile_in_background, name="rerankd-compile")
+            _COMPILING.add(self)
+            self.compile_thread.start()
+        else:
+            self.decoder = choose_decoder(self.body, compile, self.device)
+            self.decoder.warm_up(self._warm_up_run)
+            self.compile_done.set()
+
+    @property
+    def kernels(self) -> str:
+        """The decoder serving now (:func:`kernels_name`); changes once, when the compiled one is swapped in."""
+        decoder = getattr(self, "decoder", None)
+        return "closed" if decoder is None else kernels_name(decoder)
+
+    @property
+    def compiled_kernels_ready(self) -> bool:
+        return self.kernels == "fused-compiled"
+
+    def _compile_in_background(self) -> None:
+        """Build and warm up the compiled decoder off the forward executor, then swap it in between passes.
+
+        The warm-up's own forward passes (a few rows of a few tokens: compiling is their cost) run on this
+        thread beside the serving passes; they read the same weights and write nothing shared.
+        """
+        try:
+            self._build_and_swap()
+        finally:
+            self.compile_done.set()
+
+    def _build_and_swap(self) -> None:
+        from rerankd.engine.backends.decoders import FusedDecoder
+
+        def run(decoder: Decoder, groups: list[TokenGroup], chunk_tokens: int | None = None) -> object:
+            if self._closed:  # stop between two warm-up steps: each may compile for a while
+                raise _CompileCancelled
+            return self._warm_up_run(decoder, groups, chunk_tokens)
+
+        started = time.perf_counter()
+        try:
+            decoder = choose_decoder(self.body, "auto", self.device)  # logs why when it cannot compile here
+            if not isinstance(decoder, FusedDecoder):
+                return
+            decoder.warm_up(run)
+        except _CompileCancelled:
+            return
+        except Exception as exc:  # a background failure must not take the server down: the eager path stays
+            if not self._closed:
+                log.warning("compiled kernels failed to build in the background (%s: %s): keeping transformers' "
+                            "forward", type(exc).__name__, exc, exc_info=True)
+            return
+        with self._pass_lock:
+            if self._closed:
+                return
+            self.decoder = decoder
+        log.info("compiled kernels ready after %.1fs in the background: the fused forward serves from the next "
+                 "forward pass", time.perf_counter() - started)
 
     def _warm_up_run(self, decoder: Decoder, groups: list[TokenGroup], chunk_tokens: int | None = None) -> object:
         """:class:`~rerankd.engine.backends.decoders.WarmUpRun`: this backend's loop, with a decoder and chunk
@@ -152,20 +279,52 @@ class TorchBackend:
 
     def score(self, groups: list[TokenGroup]) -> list[list[float]]:
         """Raw scores (``logit_yes - logit_no``) for every tail, grouped as given."""
-        return self._score(self.decoder, groups, self.chunk_tokens)
+        with self._pass_lock:  # the decoder cannot change during the pass
+            return self._score(self.decoder, groups, self.chunk_tokens)
 
     def _score(self, decoder: Decoder, groups: list[TokenGroup], chunk_tokens: int) -> list[list[float]]:
         """The one scoring loop: plain rows, or shared prefixes once and tails after their gathered cache."""
         torch = self._torch
         with torch.inference_mode():
             reused = sum(len(g.shared) * (len(g.tails) - 1) for g in groups)
-            if self.prefix_reuse and reused >= _MIN_REUSED_PREFIX_TOKENS:
+            if self.batch_invariant:
+                flat = [s for g in groups for s in self._score_alone(decoder, g, chunk_tokens)]
+            elif self.prefix_reuse and reused >= _MIN_REUSED_PREFIX_TOKENS:
                 flat = self._score_with_shared_prefix(decoder, groups, chunk_tokens)
             else:
                 ids, _, lengths = self._pad_right([g.shared + t for g in groups for t in g.tails])
                 last, _ = self._forward(decoder, ids, lengths, chunk_tokens)
                 flat = self._scores(last)
         return split_by_group(flat, groups)
+
+    def _score_alone(self, decoder: Decoder, group: TokenGroup, chunk_tokens: int) -> list[float]:
+        """Batch-invariant scoring: every prompt runs as a batch of one, after its group's prefix run alone.
+
+        Why: a row's numbers depend on the shapes of the pass it is in. oneDNN picks its GEMM blocking by
+        the whole matrix (rows × padded width), SDPA's CPU flash kernel its block sizes by the padded width,
+        and a batch decides whether the shared-prefix path is taken at all; each moves bf16 scores by ~1e-2
+        (``tests/unit/test_batch_invariance.py`` shows it). Run alone, the shapes are a function of the
+        pair's own tokens, so its score is the same bits whatever else was waiting. The prefix still runs
+        once per group and pass (alone too), and its cache is copied to each tail.
+        """
+        torch = self._torch
+        if not (self.prefix_reuse and group.shared):
+            scores = []
+            for tail in group.tails:
+                ids, _, lengths = self._pad_right([group.shared + tail])
+                last, _ = self._forward(decoder, ids, lengths, chunk_tokens)
+                scores.extend(self._scores(last))
+            return scores
+        prefix_ids, prefix_mask, prefix_lengths = self._pad_right([group.shared])
+        _, cache = self._forward(decoder, prefix_ids, prefix_lengths, chunk_tokens, keep_cache=True)
+        only = torch.zeros(1, dtype=torch.long, device=self.device)
+        scores = []
+        for tail in group.tails:
+            tail_ids, _, tail_lengths = self._pad_right([tail])
+            last, _ = self._forward(decoder, tail_ids, tail_lengths, chunk_tokens, past=decoder.copy_rows(cache, only),
+                                    past_mask=prefix_mask, past_lengths=prefix_lengths)
+            scores.extend(self._scores(last))
+        return scores
 
     def _pad_right(self, rows: list[list[int]]) -> tuple[Any, Any, Any]:
         torch = self._torch
@@ -247,7 +406,10 @@ class TorchBackend:
         return self._scores(last)
 
     def close(self) -> None:
-        # Drop every reference to the weights (the decoder holds the body too) so their memory is freed.
+        # Drop every reference to the weights (the decoder holds the body too) so their memory is freed. A
+        # background compile still running finds the backend closed and drops its decoder instead of swapping.
+        with self._pass_lock:
+            self._closed = True
         vars(self).pop("decoder", None)
         self.body = None
         self._model = None

@@ -9,6 +9,7 @@ reads. The backend picks one at load and never asks which it has; a new kernel p
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -56,6 +57,11 @@ class Decoder(ABC):
     def gather_rows(self, cache: KVCacheHandle, rows: torch.Tensor) -> KVCacheHandle:
         """The cache with row i taken from ``cache``'s row ``rows[i]``: one shared prefix per group,
         expanded to every document of the group. ``cache`` may be consumed."""
+
+    def copy_rows(self, cache: KVCacheHandle, rows: torch.Tensor) -> KVCacheHandle:
+        """Like :meth:`gather_rows`, but ``cache`` stays usable: the same prefix is copied to one tail after
+        another (batch-invariant scoring). By default a deep copy, gathered."""
+        return self.gather_rows(copy.deepcopy(cache), rows)
 
     def warm_up(self, run: WarmUpRun) -> None:  # noqa: B027 - a decoder with nothing to compile does nothing
         """Prepare now what would otherwise make the first requests wait (compiling kernels). Nothing by default."""

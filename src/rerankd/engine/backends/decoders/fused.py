@@ -33,6 +33,9 @@ class FusedDecoder(Decoder):
     def gather_rows(self, cache: KVCache, rows: torch.Tensor) -> KVCache:
         return [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in cache]
 
+    def copy_rows(self, cache: KVCache, rows: torch.Tensor) -> KVCache:
+        return self.gather_rows(cache, rows)  # index_select copies: ``cache`` is left as it was
+
     def warm_up(self, run: WarmUpRun) -> None:
         """Compile the kernels now, for the shapes a server meets (1 and several rows, with and without a
         cached prefix), so that the first clients do not wait on inductor."""
