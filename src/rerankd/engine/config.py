@@ -44,7 +44,8 @@ class EngineConfig(BaseModel):
     prefix_reuse: bool = Field(True, description="Run the shared system+query prefix once per request (torch "
                                                  "backend).")
     compile: CompileMode = Field(
-        "auto", description="torch backend: fused forward with torch.compile'd element-wise kernels (needs g++). "
+        "auto", description="torch backend: fused forward with torch.compile'd element-wise kernels (needs a C++ "
+                            "compiler and Python's C headers). "
                             "auto = on for CPU when it compiles here, else transformers' forward.")
     gpu_memory_utilization: float | None = Field(
         None, ge=0.05, le=0.99,
