@@ -14,14 +14,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 # In the child: optionally hide Python.h, then build the torch backend with --compile auto and log the warning.
 CHILD = """
 import logging, sys, sysconfig
 if sys.argv[2]:
-    real = sysconfig.get_path
-    sysconfig.get_path = lambda name, *a, **k: sys.argv[2] if name in ("include", "platinclude") else real(name, *a, **k)
+    real, hidden = sysconfig.get_path, sys.argv[2]
+    sysconfig.get_path = lambda name, *a, **k: hidden if name in ("include", "platinclude") else real(name, *a, **k)
 logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
 from rerankd.engine.backends.torch_backend import TorchBackend
 from rerankd.engine.backends.decoders import TransformersDecoder
