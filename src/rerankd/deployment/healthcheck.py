@@ -4,8 +4,8 @@ Why not a fixed URL: the images' HEALTHCHECKs used to GET ``http://127.0.0.1:800
 container started with ``serve --port 9000`` or ``-e RERANKD_PORT=9000`` listened on one port while Docker
 probed another, and was marked unhealthy while serving. Here the probe reads the command line and the
 environment of the rerankd process in the container (PID 1, else the first process running ``rerankd``),
-parses them with the real click command, so a flag, a ``RERANKD_*`` variable and a default count exactly as
-they do for the server, and GETs that host and port: ``/health`` for ``serve``, ``gateway`` and
+takes the port and host as click does (a flag, else its ``RERANKD_*`` variable, else the command's default,
+parsed by the real click command), and GETs that host and port: ``/health`` for ``serve``, ``gateway`` and
 ``alert-relay``, ``/`` for ``ui``. Exit status 0 for a 2xx answer, 1 otherwise (what Docker reads).
 
     python -m rerankd.deployment.healthcheck            # in the container
@@ -76,24 +76,44 @@ def _environment(env: dict[str, str]) -> Iterator[None]:
         os.environ.update(saved)
 
 
+def _given(args: list[str], flag: str, env: dict[str, str]) -> str | None:
+    """``flag``'s value as click takes it when given: the last ``--flag V``/``--flag=V``, else ``RERANKD_FLAG``."""
+    value = None
+    for i, word in enumerate(args):
+        if word == "--":
+            break
+        if word == flag and i + 1 < len(args):
+            value = args[i + 1]
+        elif word.startswith(flag + "="):
+            value = word.split("=", 1)[1]
+    return value if value is not None else env.get("RERANKD_" + flag[2:].upper())
+
+
 def probe_url(command: list[str], env: dict[str, str]) -> str:
-    """The URL that answers while ``rerankd COMMAND`` (run with ``env``) lives: its host and port as parsed."""
-    import click
+    """The URL that answers while ``rerankd COMMAND`` (run with ``env``) lives: its host and port as parsed.
 
-    from rerankd.cli import cli
-
+    The port and host as given (flag, else variable: the images set RERANKD_PORT) are read without importing
+    anything, so the probe stays fast on a container whose CPUs are busy serving; a command that gives neither
+    is parsed by the real click command for its defaults.
+    """
     name, args = command[0], command[1:]
     if name not in HEALTH_PATHS:
         raise ValueError(f"rerankd {name} serves no health route")
-    group_ctx = click.Context(cli)
-    click_command = cli.get_command(group_ctx, name)
-    if click_command is None:
-        raise ValueError(f"rerankd {name} is not installed here")
-    with _environment(env):
-        params = click_command.make_context(name, list(args), parent=group_ctx).params
+    params: dict[str, object] = {"port": _given(args, "--port", env), "host": _given(args, "--host", env)}
+    if params["port"] is None or params["host"] is None:
+        import click
+
+        from rerankd.cli import cli
+
+        group_ctx = click.Context(cli)
+        click_command = cli.get_command(group_ctx, name)
+        if click_command is None:
+            raise ValueError(f"rerankd {name} is not installed here")
+        with _environment(env):
+            params = click_command.make_context(name, list(args), parent=group_ctx).params
     host = str(params.get("host") or "")
     host = "127.0.0.1" if host in _ANY_ADDRESS else (f"[{host}]" if ":" in host else host)
-    return f"http://{host}:{params['port']}{HEALTH_PATHS[name]}"
+    return f"http://{host}:{int(str(params['port']))}{HEALTH_PATHS[name]}"
 
 
 def main(argv: list[str] | None = None) -> int:
