@@ -156,16 +156,18 @@ def test_server_is_non_root_on_a_read_only_root(server: str, server_url: str) ->
     assert_non_root_on_a_read_only_root(server, "server")
 
 
-def test_an_unreadable_model_directory_is_permission_denied_and_a_failure() -> None:
+@pytest.mark.parametrize("locked", ["model", "model/model.safetensors"])
+def test_an_unreadable_model_is_permission_denied_and_a_failure(locked: str) -> None:
     """The first build logged "No such file or directory" and exited 0 for a model the user could not read."""
-    locked = Path(tempfile.mkdtemp(prefix="ct-locked-model-"))
+    locked_dir = Path(tempfile.mkdtemp(prefix="ct-locked-model-"))
+    locked_dir.chmod(0o755)
     try:
-        shutil.copytree(MODEL, locked / "model")
-        (locked / "model").chmod(0o700)  # root's: uid 10001 in the container may not enter it
-        proc = docker("run", "--rm", "-v", f"{locked / 'model'}:/model:ro", "-e", "RERANKD_MODEL=/model",
+        shutil.copytree(MODEL, locked_dir / "model")
+        (locked_dir / locked).chmod(0o700 if locked == "model" else 0o600)  # root's: not uid 10001's
+        proc = docker("run", "--rm", "-v", f"{locked_dir / 'model'}:/model:ro", "-e", "RERANKD_MODEL=/model",
                       IMAGES["server"], check=False, timeout=300)
     finally:
-        shutil.rmtree(locked)
+        shutil.rmtree(locked_dir)
     assert proc.returncode == 2, proc.stderr[-3000:]  # rerankd.server.command.EXIT_BAD_MODEL_PATH
     assert "permission denied" in proc.stderr
     assert "No such file or directory" not in proc.stderr
