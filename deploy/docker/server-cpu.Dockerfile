@@ -24,10 +24,16 @@ RUN python -m venv /opt/rerankd
 # comes from the PyTorch index; its dependencies come from PyPI below, pinned like everything else.
 RUN /opt/rerankd/bin/pip install --no-deps --index-url "${TORCH_INDEX_URL}" torch==2.13.0
 COPY deploy/docker/constraints.txt /tmp/constraints.txt
-COPY pyproject.toml README.md /src/
+COPY pyproject.toml /src/
+# rerankd's dependencies (pyproject.toml's, pinned) before its source: a change to src/ rebuilds only the
+# small layers of the rerankd wheel, not this one.
+RUN python -c "import sys, tomllib; p = tomllib.load(open('/src/pyproject.toml', 'rb'))['project']; \
+print('\n'.join(p['dependencies'] + [r for e in sys.argv[1:] for r in p['optional-dependencies'][e]]))" \
+    > /tmp/requirements.txt \
+ && /opt/rerankd/bin/pip install --constraint /tmp/constraints.txt -r /tmp/requirements.txt torch==2.13.0
+COPY README.md /src/
 COPY src /src/src
-RUN /opt/rerankd/bin/pip wheel --no-deps --wheel-dir /tmp/wheels /src \
- && /opt/rerankd/bin/pip install --constraint /tmp/constraints.txt "$(ls /tmp/wheels/rerankd-*.whl)" torch==2.13.0
+RUN /opt/rerankd/bin/pip wheel --no-deps --wheel-dir /tmp/wheels /src
 
 FROM ${PYTHON_IMAGE} AS runtime
 # g++ and Python's C headers: torch.compile (inductor) builds the fused element-wise CPU kernels with them at
@@ -44,6 +50,8 @@ RUN groupadd --system --gid 10001 rerankd \
  && useradd --system --uid 10001 --gid rerankd --create-home --home-dir /home/rerankd rerankd \
  && mkdir -p /models && chown rerankd:rerankd /models
 COPY --from=build /opt/rerankd /opt/rerankd
+COPY --from=build /tmp/wheels /tmp/wheels
+RUN /opt/rerankd/bin/pip install --no-deps --no-index /tmp/wheels/rerankd-*.whl && rm -rf /tmp/wheels
 # HF_HOME: downloaded models land in the /models volume, kept across restarts.
 # JSON logs on stdout: what `kubectl logs` and every log shipper read.
 # RERANKD_PORT: the port `serve` listens on; the HEALTHCHECK reads the running command (flags and

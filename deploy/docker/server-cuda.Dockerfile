@@ -32,14 +32,20 @@ ARG PIP_NO_INDEX
 ARG PIP_FIND_LINKS
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 COPY deploy/docker/constraints.txt /tmp/constraints.txt
-COPY --from=build /tmp/wheels /tmp/wheels
-# Drop from the constraints every package the vLLM image already ships, then install rerankd[gpu].
+COPY pyproject.toml /tmp/pyproject.toml
+# Drop from the constraints every package the vLLM image already ships, then install rerankd[gpu]'s
+# dependencies (before its source: a change to src/ rebuilds only the rerankd wheel's layers).
 RUN python3 -c "import importlib.metadata as m, re; norm = lambda n: re.sub(r'[-_.]+', '-', n).lower(); have = {norm(d.metadata['Name']) for d in m.distributions()}; keep = [l for l in open('/tmp/constraints.txt') if l.strip() and not l.startswith('#') and norm(l.split('==')[0]) not in have]; open('/tmp/constraints-vllm.txt', 'w').writelines(keep)" \
- && python3 -m pip install --constraint /tmp/constraints-vllm.txt "$(ls /tmp/wheels/rerankd-*.whl)[gpu]" \
- && rm -rf /tmp/wheels /tmp/constraints*.txt \
+ && python3 -c "import sys, tomllib; p = tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']; \
+print('\n'.join(p['dependencies'] + [r for e in sys.argv[1:] for r in p['optional-dependencies'][e]]))" gpu \
+    > /tmp/requirements.txt \
+ && python3 -m pip install --constraint /tmp/constraints-vllm.txt -r /tmp/requirements.txt \
+ && rm -rf /tmp/constraints*.txt /tmp/requirements.txt /tmp/pyproject.toml \
  && groupadd --system --gid 10001 rerankd \
  && useradd --system --uid 10001 --gid rerankd --create-home --home-dir /home/rerankd rerankd \
  && mkdir -p /models && chown rerankd:rerankd /models
+COPY --from=build /tmp/wheels /tmp/wheels
+RUN python3 -m pip install --no-deps --no-index /tmp/wheels/rerankd-*.whl && rm -rf /tmp/wheels
 ENV PYTHONUNBUFFERED=1 \
     HF_HOME=/models \
     RERANKD_MODEL=Qwen/Qwen3-Reranker-4B \

@@ -11,15 +11,22 @@ ARG PIP_FIND_LINKS
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 RUN python -m venv /opt/rerankd
 COPY deploy/docker/constraints.txt /tmp/constraints.txt
-COPY pyproject.toml README.md /src/
+COPY pyproject.toml /src/
+# rerankd's dependencies (pinned) before its source: a change to src/ rebuilds only the rerankd wheel's layers.
+RUN python -c "import sys, tomllib; p = tomllib.load(open('/src/pyproject.toml', 'rb'))['project']; \
+print('\n'.join(p['dependencies'] + [r for e in sys.argv[1:] for r in p['optional-dependencies'][e]]))" ui \
+    > /tmp/requirements.txt \
+ && /opt/rerankd/bin/pip install --constraint /tmp/constraints.txt -r /tmp/requirements.txt
+COPY README.md /src/
 COPY src /src/src
-RUN /opt/rerankd/bin/pip wheel --no-deps --wheel-dir /tmp/wheels /src \
- && /opt/rerankd/bin/pip install --constraint /tmp/constraints.txt "$(ls /tmp/wheels/rerankd-*.whl)[ui]"
+RUN /opt/rerankd/bin/pip wheel --no-deps --wheel-dir /tmp/wheels /src
 
 FROM ${PYTHON_IMAGE} AS runtime
 RUN groupadd --system --gid 10001 rerankd \
  && useradd --system --uid 10001 --gid rerankd --create-home --home-dir /home/rerankd rerankd
 COPY --from=build /opt/rerankd /opt/rerankd
+COPY --from=build /tmp/wheels /tmp/wheels
+RUN /opt/rerankd/bin/pip install --no-deps --no-index /tmp/wheels/rerankd-*.whl && rm -rf /tmp/wheels
 # Gradio: no usage analytics calls home from a server. RERANKD_PORT: the UI's port (the HEALTHCHECK
 # reads the running command, so it follows a changed one).
 ENV PATH=/opt/rerankd/bin:$PATH \

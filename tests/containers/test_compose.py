@@ -68,7 +68,15 @@ def stack() -> Iterator[Stack]:
             raise AssertionError(f"compose up failed:\n{up.stderr[-4000:]}")
         key = json.loads(compose("exec", "-T", "gateway", "rerankd", "keys", "create", "--name", "ci",
                                  "--json").stdout)["key"]
-        yield Stack(published("gateway", 8080), published("prometheus", 9090), key, before)
+        gateway = published("gateway", 8080)
+
+        def both_replicas_ready() -> bool:  # the servers' HEALTHCHECK is /health: up before the model is loaded
+            response = httpx.get(gateway + "/ready", timeout=10)
+            return response.status_code == 200 and response.json()["healthy_replicas"] == 2
+
+        wait_until(both_replicas_ready, 600, "the gateway to see both replicas ready",
+                   lambda: compose("logs", "--tail", "30", "server", "gateway", check=False).stdout)
+        yield Stack(gateway, published("prometheus", 9090), key, before)
     finally:  # after test_down_leaves_nothing_behind there is nothing left to take down
         compose("down", "-v", "--remove-orphans", "--timeout", "40", check=False)
 
@@ -84,8 +92,8 @@ def test_gateway_reranks_through_both_replicas(stack: Stack) -> None:
     assert response.status_code == 200, response.text
     assert sorted(r["index"] for r in response.json()["results"]) == [0, 1, 2]
     assert len(compose("ps", "-q", "server").stdout.split()) == 2
-    ready = httpx.get(stack.gateway + "/ready", timeout=10)
-    assert ready.status_code == 200, ready.text
+    ready = httpx.get(stack.gateway + "/ready", timeout=10).json()
+    assert ready["replicas"] == ready["healthy_replicas"] == 2, ready  # `dns+http://server:8000`: both containers
 
 
 def prometheus_value(stack: Stack, query: str) -> list[dict[str, object]]:
@@ -99,12 +107,16 @@ def test_prometheus_scrapes_servers_and_gateway(stack: Stack) -> None:
 
     def scraped() -> bool:
         up = {r["metric"]["job"]: r["value"][1] for r in prometheus_value(stack, 'up{job=~"rerankd-.*"}')}
-        requests = prometheus_value(stack, 'rerankd_gateway_key_requests_total{key="ci"}')
-        return up.get("rerankd-server") == "1" and up.get("rerankd-gateway") == "1" and bool(requests)
+        # The gateway's own view, scraped: both replicas found by DNS and healthy; the servers counted requests.
+        healthy = prometheus_value(stack, 'rerankd_gateway_healthy_upstreams{job="rerankd-gateway"}')
+        served = prometheus_value(stack, 'rerankd_requests_total{job="rerankd-server"} > 0')
+        return (up.get("rerankd-server") == "1" and up.get("rerankd-gateway") == "1"
+                and [r["value"][1] for r in healthy] == ["2"] and bool(served))
 
     # The scrape interval of deploy/prometheus/prometheus.yml is 15 s.
-    wait_until(scraped, 120, "Prometheus to scrape both jobs and the gateway's per-key counter",
-               lambda: json.dumps(prometheus_value(stack, "up")))
+    wait_until(scraped, 120, "Prometheus to scrape both jobs, 2 healthy upstreams and the servers' requests",
+               lambda: json.dumps([prometheus_value(stack, q) for q in (
+                   "up", "rerankd_gateway_healthy_upstreams", "rerankd_requests_total")]))
 
 
 def test_killing_a_server_under_load_loses_no_request(stack: Stack) -> None:
