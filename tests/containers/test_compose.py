@@ -74,7 +74,7 @@ def stack() -> Iterator[Stack]:
             response = httpx.get(gateway + "/ready", timeout=10)
             return response.status_code == 200 and response.json()["healthy_replicas"] == 2
 
-        wait_until(both_replicas_ready, 600, "the gateway to see both replicas ready",
+        wait_until(both_replicas_ready, 900, "the gateway to see both replicas ready",
                    lambda: compose("logs", "--tail", "30", "server", "gateway", check=False).stdout)
         yield Stack(gateway, published("prometheus", 9090), key, before)
     finally:  # after test_down_leaves_nothing_behind there is nothing left to take down
