@@ -36,6 +36,7 @@ import tomllib
 import yaml
 
 from rerankd.cli import cli
+from rerankd.deployment.healthcheck import probe_url
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -582,7 +583,9 @@ def test_dockerfile_is_multistage_pinned_nonroot_and_healthchecked(name: str) ->
         if ins["instruction"] == "RUN":
             for step in ins["value"].split("&&"):
                 if re.search(r"pip\d? install", step):
-                    pinned = "--constraint" in step or re.search(r"\S==\d", step)
+                    # ... or the rerankd wheel the build stage made, alone: nothing resolved, nothing fetched
+                    local_wheel = re.search(r"--no-deps --no-index /tmp/wheels/rerankd-\*\.whl", step)
+                    pinned = "--constraint" in step or re.search(r"\S==\d", step) or local_wheel
                     assert pinned, f"{name}: unpinned install: {step.strip()}"
     final = _final_stage(structure)
     users = [ins["value"] for ins in final if ins["instruction"] == "USER"]
@@ -612,19 +615,28 @@ def test_dockerfile_runs_a_real_rerankd_command(name: str, server_routes: set[st
     subcommand, params = parse_rerankd(argv[1:], env, name)
     assert subcommand == DOCKERFILES[name]
     assert params["host"] == "0.0.0.0"
-    url = re.search(r"http://127\.0\.0\.1:(\d+)(/[^'\"]*)", health["value"])
+    # The HEALTHCHECK reads the running command (rerankd.deployment.healthcheck), so it probes whatever port
+    # that command listens on: here the one the image's own command parses to, and a route of that app.
+    probe = json.loads(health["value"].split("CMD", 1)[1])
+    assert probe[1:] == ["-m", "rerankd.deployment.healthcheck"], f"{name}: HEALTHCHECK {probe}"
+    url = re.fullmatch(r"http://127\.0\.0\.1:(\d+)(/.*)", probe_url(argv[1:], env))
     assert url, f"{name}: HEALTHCHECK does not GET a local URL"
-    assert int(url.group(1)) == params["port"], f"{name}: HEALTHCHECK port differs from --port"
+    assert int(url.group(1)) == params["port"], f"{name}: HEALTHCHECK port differs from the command's"
     routes = {"serve": server_routes, "gateway": gateway_routes, "ui": {"/"}}[subcommand]
     assert url.group(2) in routes, f"{name}: HEALTHCHECK path {url.group(2)} is not a route"
+    moved = {**env, "RERANKD_PORT": "9123"}
+    assert probe_url(argv[1:], moved).startswith("http://127.0.0.1:9123/"), f"{name}: probe ignores RERANKD_PORT"
+    assert probe_url([*argv[1:], "--port", "9124"], env).startswith("http://127.0.0.1:9124/")
     expose = [ins["value"] for ins in _final_stage(_instructions(DOCKER / name)) if ins["instruction"] == "EXPOSE"]
     assert expose == [str(params["port"])]
 
 
 def test_cpu_image_installs_the_cpu_torch_build() -> None:
-    """Only torch comes from the CPU index; its dependencies come from PyPI under the constraints."""
+    """Only torch comes from the CPU index (a build argument, for a mirror); its dependencies come from PyPI
+    under the constraints."""
     text = (DOCKER / "server-cpu.Dockerfile").read_text()
-    assert "pip install --no-deps --index-url https://download.pytorch.org/whl/cpu torch==2.13.0" in text
+    assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu\n" in text
+    assert 'pip install --no-deps --index-url "${TORCH_INDEX_URL}" torch==2.13.0' in text
     pins = (DOCKER / "constraints.txt").read_text()
     assert all(re.search(rf"^{dep}==", pins, re.M) for dep in ("sympy", "networkx", "filelock"))
 

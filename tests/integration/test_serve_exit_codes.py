@@ -70,13 +70,16 @@ def test_a_model_that_fails_to_load_exits_non_zero(tiny_model_dir: Path, tmp_pat
     assert f"exiting with status {EXIT_MODEL_LOAD_FAILED}" in result.stderr
 
 
-@pytest.mark.parametrize("locked", ["the model directory", "its parent"])
+@pytest.mark.parametrize("locked", ["the model directory", "its parent", "the weights file", "the tokenizer file"])
 def test_an_unreadable_model_directory_says_permission_denied(tiny_model_dir: Path, world_readable_dir: Path,
                                                               locked: str) -> None:
     preexec_fn = _as_unprivileged()
     model = world_readable_dir / "parent" / "model"
     shutil.copytree(tiny_model_dir, model)
-    (model if locked == "the model directory" else model.parent).chmod(0o000)
+    # A directory, or one file in it (files copied from another user's cache are often 0600).
+    target = {"the model directory": model, "its parent": model.parent,
+              "the weights file": model / "model.safetensors", "the tokenizer file": model / "tokenizer.json"}[locked]
+    target.chmod(0o000)
     result = serve(model, preexec_fn)
     assert result.returncode == EXIT_BAD_MODEL_PATH, result.stderr[-2000:]
     assert "permission denied" in result.stderr

@@ -53,7 +53,8 @@ class EngineConfig(BaseModel):
     prefix_reuse: bool = Field(True, description="Run the shared system+query prefix once per request (torch "
                                                  "backend).")
     compile: CompileMode = Field(
-        "auto", description="torch backend: fused forward with torch.compile'd element-wise kernels (needs g++). "
+        "auto", description="torch backend: fused forward with torch.compile'd element-wise kernels (needs a C++ "
+                            "compiler and Python's C headers). "
                             "auto = on for CPU when it compiles here, built in the background after /ready (the "
                             "first requests run transformers' forward); on = built before /ready; off = "
                             "transformers' forward.")

@@ -50,8 +50,9 @@ def _unreadable(local: Path) -> str | None:
     """Why this user cannot read the model at ``local`` (a permission problem), or None.
 
     ``Path.is_dir()`` and ``is_file()`` answer False for a path they may not look at, which would report a
-    directory without read permission as missing. Here a ``stat`` that is refused, or a directory or
-    config.json that exists but is not readable, names the path and the permission instead.
+    directory without read permission as missing. Here a ``stat`` that is refused, or a directory,
+    config.json or any other file of the model that exists but is not readable, names the path and the
+    permission instead.
     """
     config = local / "config.json"
     try:
@@ -65,6 +66,11 @@ def _unreadable(local: Path) -> str | None:
         return f"permission denied: {local} (the directory must be readable and searchable)"
     if config.is_file() and not os.access(config, os.R_OK):
         return f"permission denied: {config}"
+    if local.is_dir() and config.is_file():
+        # transformers reports a weights or tokenizer file it may not open as "No such file or directory".
+        for entry in sorted(local.iterdir()):
+            if entry.is_file() and not os.access(entry, os.R_OK):
+                return f"permission denied: {entry} (every file of the model must be readable)"
     return None
 
 

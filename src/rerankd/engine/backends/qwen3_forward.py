@@ -35,6 +35,9 @@ from __future__ import annotations
 
 import enum
 import functools
+import os
+import sys
+import sysconfig
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -43,7 +46,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["SPLIT_ATTENTION_MIN_COLUMNS", "AttentionKernel", "FusedQwen3Forward", "KVCache", "choose_attention",
-           "compile_supported", "split_attention_supported"]
+           "compile_problem", "compile_supported", "split_attention_supported"]
 
 # Per layer: (keys, values), each (rows, kv_heads, positions, head_dim).
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
@@ -144,14 +147,35 @@ def _compiled_kernels() -> _Kernels:
 
 @functools.cache
 def compile_supported() -> str | None:
-    """None when ``torch.compile`` can build CPU kernels here, else the reason (no C++ compiler...)."""
+    """None when ``torch.compile`` can build CPU kernels here, else the reason, naming what is missing."""
     try:
         x = torch.ones(2, 3)
         if not torch.allclose(_compiled_kernels().silu_mul(x, x), silu_mul(x, x)):
             return "compiled probe gave different numbers"
     except Exception as exc:
-        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        return compile_problem(exc)
     return None
+
+
+def compile_problem(exc: BaseException) -> str:
+    """What stopped ``torch.compile`` in ``exc``, said as what is missing and how to add it.
+
+    Why not the exception's first line: inductor wraps every failure of the C++ build in "CppCompileError:
+    C++ compile error", and the cause (a missing ``Python.h`` in an image without Python's headers, a
+    compiler that is not there) sits in the compiler's output further down.
+    """
+    text = str(exc)
+    if "Python.h" in text:
+        include = sysconfig.get_path("include")
+        return (f"Python's C headers are missing (no Python.h in {include}): install them for this interpreter "
+                f"(Debian/Ubuntu: python{sys.version_info.major}.{sys.version_info.minor}-dev)")
+    if "InvalidCxxCompiler" in text or type(exc).__name__ == "InvalidCxxCompiler":
+        compiler = os.environ.get("CXX", "g++")
+        return f"no working C++ compiler ({compiler} was tried): install one (Debian/Ubuntu: g++) or set CXX"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    detail = next((line for line in lines if "error:" in line and line != lines[0]), None)
+    first = lines[0] if lines else ""
+    return f"{type(exc).__name__}: {first}" + (f" ({detail})" if detail else "")
 
 
 @dataclass(frozen=True)

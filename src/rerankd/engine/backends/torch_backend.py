@@ -100,8 +100,8 @@ def choose_decoder(body: Any, compile: str, device: str) -> Decoder:
             problem = str(exc)
     if compile == "on":
         raise ValueError(f"--compile on: torch.compile cannot be used here ({problem}); use --compile off")
-    log.warning("compiled kernels unavailable (%s): using transformers' forward (1.6x slower on an AMX CPU, "
-                "bench/results/cpu_throughput_amx.json); install a C++ compiler (g++) to enable them", problem)
+    log.warning("compiled kernels unavailable (%s); using transformers' forward instead (1.6x slower on an AMX CPU, "
+                "bench/results/cpu_throughput_amx.json)", problem)
     return TransformersDecoder(body)
 
 
