@@ -187,3 +187,26 @@ def test_keys_and_limits_hold_on_the_embedding_routes(stack: tuple[str, Path], k
     assert fits.headers["x-ratelimit-remaining-tokens"] == str(tpm - real)  # settled to the replica's count
     again = httpx.post(f"{url}/v1/embeddings", json={"input": [text]}, headers=bearer(small), timeout=60)
     assert again.status_code == 429 and "token limit" in again.json()["error"]["message"]
+
+
+def test_a_replica_that_dies_is_failed_over_within_the_embedding_pool(
+        embed_model_dir: Path, embedders: list[Proc], tmp_path: Path) -> None:
+    """A replica killed after the gateway saw it ready (no probe runs meanwhile): the requests that pick it are
+    retried on the pool's live replica, whole and split."""
+    doomed = spawn_replica(embed_model_dir, tmp_path, "--served-model-name", EMBEDDER, "--compile", "off")
+    doomed.wait_ready(400)
+    proc = gateway_proc(tmp_path, "--pool", f"embed:{EMBEDDER}={doomed.url},{embedders[0].url}",
+                        "--split-threshold", "1", "--health-interval", "3600")
+    try:
+        k = make_key(proc.url, "failover")
+        reference = direct(embedders[0], "/embed", {"inputs": TEXTS[:3]}).json()
+        doomed.stop()
+        for _ in range(4):
+            reply = httpx.post(f"{proc.url}/embed", json={"inputs": TEXTS[:3]}, headers=bearer(k), timeout=120)
+            assert reply.status_code == 200, reply.text
+            np.testing.assert_allclose(reply.json(), reference, rtol=0, atol=1e-5)
+        wait_until(lambda: len(ledger(tmp_path)) >= 4, 15, "four usage rows")
+        assert all(upstream is not None and doomed.url not in upstream for *_, upstream in ledger(tmp_path))
+    finally:
+        proc.stop()
+        doomed.stop()
