@@ -187,6 +187,8 @@ def test_keys_and_limits_hold_on_the_embedding_routes(stack: tuple[str, Path], k
     assert fits.headers["x-ratelimit-remaining-tokens"] == str(tpm - real)  # settled to the replica's count
     again = httpx.post(f"{url}/v1/embeddings", json={"input": [text]}, headers=bearer(small), timeout=60)
     assert again.status_code == 429 and "token limit" in again.json()["error"]["message"]
+    metrics = httpx.get(f"{url}/metrics", headers=bearer(ADMIN), timeout=10).text
+    assert 'route="/v1/embeddings"' in metrics and 'route="/embed"' in metrics  # labelled, not "other"
 
 
 def test_a_replica_that_dies_is_failed_over_within_the_embedding_pool(
