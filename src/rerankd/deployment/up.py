@@ -136,6 +136,22 @@ def _wait_ready(children: list[tuple[Child, str]], timeout: float, stop: threadi
     return not pending
 
 
+def _wait_pools(gateway_url: str, timeout: float, stop: threading.Event) -> bool:
+    """Wait until the gateway counts every replica of every pool healthy: its ``/ready`` is 200 once any one is,
+    and its probes may not have seen a pool's replicas yet (an embedding request would be a 503 meanwhile)."""
+    deadline = time.monotonic() + timeout
+    with httpx.Client(timeout=2, trust_env=False) as client:
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                pools = client.get(f"{gateway_url}/info").json().get("models", [])
+                if pools and all(p["healthy_replicas"] == p["replicas"] for p in pools):
+                    return True
+            except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError):
+                pass
+            stop.wait(0.25)
+    return False
+
+
 @click.command()
 @env_option("--model", required=True, help="Hugging Face id or local directory, served by every replica.")
 @env_option("--replicas", type=click.IntRange(min=1), default=1, help="Inference servers to start.")
@@ -224,7 +240,7 @@ def up(model: str, replicas: int, host: str, gateway_port: int, ui_port: int, wi
                f"logs in {logs}", err=True)
     supervisor.start()
     try:
-        if not _wait_ready(readiness, ready_timeout, stop):
+        if not _wait_ready(readiness, ready_timeout, stop) or not _wait_pools(gateway_url, 60, stop):
             if not stop.is_set():
                 raise click.ClickException(f"not everything was ready after {ready_timeout:.0f}s; see {logs}")
             return
