@@ -161,3 +161,47 @@ def test_a_signal_landing_while_the_stop_event_is_locked_does_not_hang() -> None
     finally:
         signal.signal(signal.SIGINT, before[0])
         signal.signal(signal.SIGTERM, before[1])
+
+
+def test_up_with_an_embedding_model_serves_both_through_one_gateway_with_one_key(
+        tiny_model_dir: Path, embed_model_dir: Path, tmp_path: Path) -> None:
+    """``up --model <reranker> --embedding-model <embedder>``: two pools behind one gateway, one key for both,
+    the OpenAI SDK's ``embeddings.create`` unchanged."""
+    import openai
+
+    base = consecutive_free_ports(2)
+    gateway_port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RERANKD_COMPILE": "off"}
+    env.pop("RERANKD_API_KEY", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rerankd.cli", "up", "--model", str(tiny_model_dir), "--embedding-model",
+         str(embed_model_dir), "--no-ui", "--device", "cpu", "--dtype", "float32", "--max-model-len", "256",
+         "--compile", "off", "--data-dir", str(tmp_path / "data"), "--gateway-port", str(gateway_port),
+         "--server-base-port", str(base)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    try:
+        printed = read_until(proc, r"^try:", timeout=280)
+        key, gateway = printed["API key"], printed["gateway"]
+        assert printed["replica 1"] == f"http://127.0.0.1:{base}"
+        assert printed["replica 2"] == f"http://127.0.0.1:{base + 1}"  # the embedder, after the reranker
+        auth = {"Authorization": f"Bearer {key}"}
+        ranked = httpx.post(f"{gateway}/v1/rerank", json={"query": "capital of France",
+                                                           "documents": ["Paris", "Berlin"]}, headers=auth, timeout=60)
+        assert ranked.status_code == 200, ranked.text
+        assert {r["index"] for r in ranked.json()["results"]} == {0, 1}
+        client = openai.OpenAI(base_url=f"{gateway}/v1", api_key=key, max_retries=0, timeout=60)
+        vectors = client.embeddings.create(model=embed_model_dir.name, input=["Paris", "Berlin", "Rome"])
+        assert [d.index for d in vectors.data] == [0, 1, 2]
+        assert len({len(d.embedding) for d in vectors.data}) == 1 and vectors.usage.prompt_tokens > 0
+        # A name the table does not know reaches the default pool of the route's task, never the other pool.
+        default_route = client.embeddings.create(model="text-embedding-3-small", input="Paris")
+        assert default_route.data[0].embedding == pytest.approx(vectors.data[0].embedding, abs=1e-5)
+        models = httpx.get(f"{gateway}/v1/models", headers=auth, timeout=10).json()["data"]
+        assert {(m["id"], m["task"]) for m in models} == {(tiny_model_dir.name, "rerank"),
+                                                          (embed_model_dir.name, "embed")}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(90)
+        except subprocess.TimeoutExpired:
+            proc.kill()

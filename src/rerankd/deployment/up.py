@@ -81,7 +81,7 @@ class _Pool:
     """The replicas of one model in the stack: their processes, URLs and the gateway's ``--pool`` value."""
 
     def __init__(self, task: str, names: Sequence[str], model_path: Path, replicas: int, base_port: int,
-                 serve_extra: list[str], python: list[str], logs: Path, env: dict[str, str]) -> None:
+                 serve_extra: list[str], python: list[str], logs: Path, env: dict[str, str], first: int = 1) -> None:
         ports = [base_port + i for i in range(replicas)]  # replica 1 on the base port
         self.urls = [f"http://127.0.0.1:{port}" for port in ports]
         # The first served name names the pool; the others are its aliases at the gateway, so a client may use
@@ -90,11 +90,10 @@ class _Pool:
         self.alias_flags = [a for alias in names[1:] for a in ("--model-alias", f"{alias}={names[0]}")]
         served = [a for n in names for a in ("--served-model-name", n)]
         self.children = [
-            Child(f"server-{i + 1}", [*python, "serve", "--model", str(model_path), *served,
+            Child(f"server-{first + i}", [*python, "serve", "--model", str(model_path), *served,
                                       "--host", "127.0.0.1", "--port", str(port), *serve_extra],
-                  logs / f"server-{i + 1}.log", env)
+                  logs / f"server-{first + i}.log", env)
             for i, port in enumerate(ports)]
-
 
 
 def stop_on_signals(stop: threading.Event) -> Callable[[int, Any], None]:
@@ -141,6 +140,22 @@ def _wait_ready(children: list[tuple[Child, str]], timeout: float, stop: threadi
     return not pending
 
 
+def _wait_pools(gateway_url: str, timeout: float, stop: threading.Event) -> bool:
+    """Wait until the gateway counts every replica of every pool healthy: its ``/ready`` is 200 once any one is,
+    and its probes may not have seen a pool's replicas yet (an embedding request would be a 503 meanwhile)."""
+    deadline = time.monotonic() + timeout
+    with httpx.Client(timeout=2, trust_env=False) as client:
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                pools = client.get(f"{gateway_url}/info").json().get("models", [])
+                if pools and all(p["healthy_replicas"] == p["replicas"] for p in pools):
+                    return True
+            except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError):
+                pass
+            stop.wait(0.25)
+    return False
+
+
 @click.command()
 @env_option("--model", required=True, help="Hugging Face id or local directory, served by every replica.")
 @env_option("--replicas", type=click.IntRange(min=1), default=1, help="Inference servers to start.")
@@ -154,10 +169,16 @@ def _wait_ready(children: list[tuple[Child, str]], timeout: float, stop: threadi
 @env_option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_DATA_DIR,
             help="Ledger database, generated keys and logs (`rerankd keys --data-dir DIR` works on its keys).")
 @settings_options(ServerSettings, REPLICA_SETTINGS)
+@env_option("--embedding-model", default=None,
+            help="Also serve this embedding model (Hugging Face id or local directory), in a pool of its own beside "
+                 "the reranker's, behind the same gateway and key.")
+@env_option("--embedding-replicas", type=click.IntRange(min=1), default=1,
+            help="Inference servers for --embedding-model (on the ports after the reranker's).")
 @env_option("--ready-timeout", type=click.FloatRange(min=1), default=1800.0,
             help="Seconds to wait for every part to be ready before giving up.")
 def up(model: str, replicas: int, host: str, gateway_port: int, ui_port: int, with_ui: bool,
-       server_base_port: int, data_dir: Path, ready_timeout: float, **server_flags: Any) -> None:
+       server_base_port: int, data_dir: Path, ready_timeout: float, embedding_model: str | None,
+       embedding_replicas: int, **server_flags: Any) -> None:
     """Start servers + gateway + UI on this machine; Ctrl-C stops them all."""
     from rerankd.engine.model_source import ModelSourceError, resolve_model
 
@@ -166,6 +187,7 @@ def up(model: str, replicas: int, host: str, gateway_port: int, ui_port: int, wi
         logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
         model_path = resolve_model(model)  # download once here, not N times in parallel in the replicas
+        embedding_path = resolve_model(embedding_model) if embedding_model else None
     except ModelSourceError as exc:
         raise click.ClickException(str(exc)) from None
     data_dir = data_dir.resolve()
@@ -184,10 +206,18 @@ def up(model: str, replicas: int, host: str, gateway_port: int, ui_port: int, wi
     replica = ServerSettings(model=model, **server_flags)
     name = replica.model_name
     serve_extra = settings_argv(replica, [n for n in REPLICA_SETTINGS if n != "served_model_name"])
-    # One pool per model the stack serves, each a named pool of the gateway's model table. Issue 20's
-    # `--embedding-model` adds its pool here: `_Pool("embed", <name>, <its model dir>, ...)`, on ports after these.
+    # One pool per model the stack serves, each a named pool of the gateway's model table; the embedding
+    # pool's replicas listen on the ports after the reranker's and get the same engine flags.
+    replica_env = {**env, "RERANKD_API_KEY": replica_key}
     pools = [_Pool("rerank", replica.served_model_names, model_path, replicas, server_base_port, serve_extra,
-                   python, logs, {**env, "RERANKD_API_KEY": replica_key})]
+                   python, logs, replica_env)]
+    if embedding_model is not None and embedding_path is not None:
+        embedding_name = embedding_model.rstrip("/").split("/")[-1]  # as `serve` names it
+        if embedding_name in replica.served_model_names:
+            raise click.ClickException(f"--embedding-model {embedding_model!r} has the reranker's name {name!r}; "
+                                       "give the reranker another with --served-model-name")
+        pools.append(_Pool("embed", [embedding_name], embedding_path, embedding_replicas, server_base_port + replicas,
+                           serve_extra, python, logs, replica_env, first=replicas + 1))
     servers = [child for pool in pools for child in pool.children]
     server_urls = [url for pool in pools for url in pool.urls]
     gateway = Child("gateway", [*python, "gateway", *[a for pool in pools for a in ("--pool", pool.flag)],
@@ -211,16 +241,18 @@ def up(model: str, replicas: int, host: str, gateway_port: int, ui_port: int, wi
     supervisor = Supervisor(children)
     stop = threading.Event()
     stop_on_signals(stop)
-    click.echo(f"rerankd up: {replicas} replica(s) of {name}, gateway, {'UI' if with_ui else 'no UI'}; "
+    served = " and ".join(f"{len(p.urls)} replica(s) of {p.flag.split('=')[0]}" for p in pools)
+    click.echo(f"rerankd up: {served}, gateway, {'UI' if with_ui else 'no UI'}; "
                f"logs in {logs}", err=True)
     supervisor.start()
     try:
-        if not _wait_ready(readiness, ready_timeout, stop):
+        if not _wait_ready(readiness, ready_timeout, stop) or not _wait_pools(gateway_url, 60, stop):
             if not stop.is_set():
                 raise click.ClickException(f"not everything was ready after {ready_timeout:.0f}s; see {logs}")
             return
         click.echo("")
-        click.echo(f"gateway:   {gateway_url}   (POST /v1/rerank, GET /metrics)")
+        routes = "POST /v1/rerank, POST /v1/embeddings" if embedding_model else "POST /v1/rerank"
+        click.echo(f"gateway:   {gateway_url}   ({routes}, GET /metrics)")
         if ui_url:
             click.echo(f"web UI:    {ui_url}")
         for i, url in enumerate(server_urls):

@@ -21,9 +21,16 @@ from collections.abc import Mapping
 
 from rerankd.errors import PayloadTooLargeError, RateLimitedError
 from rerankd.gateway.authenticate import Identity
-from rerankd.gateway.cost import ScoringBody, estimate_prompt_tokens, scoring_tasks
+from rerankd.gateway.cost import (
+    EmbeddingBody,
+    ScoringBody,
+    estimate_embed_tokens,
+    estimate_prompt_tokens,
+    scoring_tasks,
+)
 from rerankd.gateway.ratelimit import Decision, RateLimiter, Reservation
 from rerankd.observability.gateway_metrics import GatewayMetrics
+from rerankd.protocol import RerankRequest, ScoreRequest, TEIRerankRequest
 
 __all__ = ["Admission", "document_refusal", "never_fits_refusal", "request_refusal", "token_headers",
            "token_refusal"]
@@ -94,7 +101,7 @@ class Admission:
         self._max_model_len = upstream_max_model_len
 
     async def admit(self, identity: Identity, documents: int,
-                    body: ScoringBody) -> tuple[dict[str, str], Reservation]:
+                    body: ScoringBody | EmbeddingBody) -> tuple[dict[str, str], Reservation]:
         """Spend one request of the key's requests/min, refuse a request too big, reserve its tokens."""
         headers = await self.spend_request(identity)
         too_large = document_refusal(documents, self._max_documents)
@@ -102,7 +109,10 @@ class Admission:
             raise too_large
         estimate = 0
         if identity.tpm is not None:
-            estimate = estimate_prompt_tokens(scoring_tasks(body), self._max_model_len)
+            if isinstance(body, RerankRequest | TEIRerankRequest | ScoreRequest):
+                estimate = estimate_prompt_tokens(scoring_tasks(body), self._max_model_len)
+            else:
+                estimate = estimate_embed_tokens(body, self._max_model_len)
             never = never_fits_refusal(identity, estimate)
             if never is not None:
                 raise never

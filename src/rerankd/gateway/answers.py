@@ -23,10 +23,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from rerankd.errors import UpstreamMalformedError
-from rerankd.gateway.tokens import TOKENS_HEADER, parse_answer, parse_token_header, shown, usage_tokens
+from rerankd.gateway.tokens import TOKENS_HEADER, parse_answer, parse_token_header, shown, usage_count, usage_tokens
 from rerankd.http.errors import error_body
 
-__all__ = ["MAX_ERROR_MESSAGE_CHARS", "AnswerShape", "accept_answer", "check_answer", "safe_error_body"]
+__all__ = ["EMBED_SHAPES", "MAX_ERROR_MESSAGE_CHARS", "AnswerShape", "accept_answer", "check_answer", "cohere_tokens",
+           "safe_error_body"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,12 @@ class AnswerShape(enum.Enum):
     TEI = "tei"  # [{"index", "score", ...}]
     SCORE = "score"  # {"data": [{"index", "score", ...}], ...}
     MODELS = "models"  # {"data": [...]} (OpenAI model list)
+    OPENAI_EMBED = "openai_embed"  # {"data": [{"index", "embedding"}], "usage"} (POST /v1/embeddings)
+    TEI_EMBED = "tei_embed"  # [[float, ...], ...] (POST /embed; tokens in X-Prompt-Tokens)
+    COHERE_EMBED = "cohere_embed"  # {"embeddings": {kind: [...]}, "meta": {"billed_units"}} (POST /v2/embed)
+
+
+EMBED_SHAPES = frozenset({AnswerShape.OPENAI_EMBED, AnswerShape.TEI_EMBED, AnswerShape.COHERE_EMBED})
 
 
 # shape -> (the list's key in the body, None for a bare list; the score's field name)
@@ -58,7 +65,22 @@ def accept_answer(shape: AnswerShape, headers: Mapping[str, str], body: bytes, d
     answer = parse_answer(body)
     check_answer(shape, answer, documents)
     header = headers.get(TOKENS_HEADER)
-    return parse_token_header(header) if header is not None else usage_tokens(answer)
+    if header is not None:
+        return parse_token_header(header)
+    if shape is AnswerShape.COHERE_EMBED:
+        return cohere_tokens(answer)
+    return usage_tokens(answer)
+
+
+def cohere_tokens(answer: Mapping[str, Any]) -> int:
+    """Cohere's count: ``meta.billed_units.input_tokens`` (0 when absent), read as defensively as ``usage``."""
+    meta = answer.get("meta")
+    billed = meta.get("billed_units") if isinstance(meta, Mapping) else None
+    if billed is None:
+        return 0
+    if not isinstance(billed, Mapping):
+        raise _malformed("`meta.billed_units` must be an object")
+    return usage_count({"input_tokens": billed.get("input_tokens")}, "input_tokens")
 
 
 def check_answer(shape: AnswerShape, answer: Any, documents: int) -> None:
@@ -66,6 +88,9 @@ def check_answer(shape: AnswerShape, answer: Any, documents: int) -> None:
     if shape is AnswerShape.MODELS:
         if not isinstance(answer, Mapping) or not isinstance(answer.get("data"), list):
             raise _malformed("a model list needs a `data` list")
+        return
+    if shape in EMBED_SHAPES:
+        _check_embeddings(shape, answer, documents)
         return
     key, score = _LISTS[shape]
     if key is None:
@@ -92,6 +117,41 @@ def check_answer(shape: AnswerShape, answer: Any, documents: int) -> None:
         value = item.get(score)
         if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
             raise _malformed(f"{where}[{position}].{score} must be a finite number, got {shown(repr(value))}")
+
+
+def _check_embeddings(shape: AnswerShape, answer: Any, inputs: int) -> None:
+    """An embedding answer holds exactly one vector per input (an embedding route answers every input)."""
+    if shape is AnswerShape.TEI_EMBED:
+        _vectors(answer, "the answer", inputs)
+        return
+    if not isinstance(answer, Mapping):
+        raise _malformed(f"the answer must be a JSON object, got {_kind(answer)}")
+    if shape is AnswerShape.OPENAI_EMBED:
+        items = answer.get("data")
+        if not isinstance(items, list) or len(items) != inputs:
+            raise _malformed(f"`data` must be a list of {inputs} embeddings, got {_kind(items)}"
+                             f"{f' of {len(items)}' if isinstance(items, list) else ''}")
+        for position, item in enumerate(items):
+            if not isinstance(item, Mapping) or type(item.get("index")) is not int \
+                    or not 0 <= item["index"] < inputs:
+                raise _malformed(f"`data`[{position}] must be an object with an index from 0 to {inputs - 1}")
+            if not isinstance(item.get("embedding"), list | str):
+                raise _malformed(f"`data`[{position}].embedding must be a list of numbers or a base64 string")
+        return
+    by_type = answer.get("embeddings")
+    if not isinstance(by_type, Mapping) or not by_type:
+        raise _malformed(f"`embeddings` must be an object of vector lists by type, got {_kind(by_type)}")
+    for kind, vectors in by_type.items():
+        _vectors(vectors, f"`embeddings.{kind}`", inputs)
+
+
+def _vectors(value: Any, where: str, inputs: int) -> None:
+    if not isinstance(value, list) or len(value) != inputs:
+        got = f"{len(value)} items" if isinstance(value, list) else _kind(value)
+        raise _malformed(f"{where} must be a list of {inputs} vectors, got {got}")
+    for position, vector in enumerate(value):
+        if not isinstance(vector, list | str):  # Cohere's base64 kind is a string per input
+            raise _malformed(f"{where}[{position}] must be a vector, got {_kind(vector)}")
 
 
 def safe_error_body(status: int, body: bytes, *, request_id: str, upstream: str) -> bytes:

@@ -23,6 +23,7 @@ from rerankd import __version__
 from rerankd.gateway.admin import admin_router
 from rerankd.gateway.components import open_components
 from rerankd.gateway.dependencies import COMPONENTS_STATE
+from rerankd.gateway.embed_routes import embedding_router
 from rerankd.gateway.probes import add_probes
 from rerankd.gateway.routes import scoring_router
 from rerankd.gateway.settings import GatewaySettings
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 
 GATEWAY_ROUTES = frozenset({
     "/v1/rerank", "/v2/rerank", "/rerank", "/v1/score", "/score", "/v1/models", "/v1/usage", "/health",
-    "/ready", "/metrics", "/info", "/docs", "/openapi.json", "/redoc",
+    "/ready", "/metrics", "/info", "/docs", "/openapi.json", "/redoc", "/v1/embeddings", "/embed", "/v2/embed",
 })
 
 
@@ -97,6 +98,7 @@ def create_gateway_app(settings: GatewaySettings) -> FastAPI:
                        max_body_bytes=settings.max_body_bytes, body_timeout=settings.body_timeout,
                        body_deadline=settings.body_deadline, max_concurrent_requests=settings.max_concurrent_requests)
     app.include_router(scoring_router())
+    app.include_router(embedding_router())
     app.include_router(admin_router())
     add_probes(app, metrics)
     return app

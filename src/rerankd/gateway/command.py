@@ -78,7 +78,7 @@ def _default(name: str) -> Any:
 @env_option("--upstream-max-model-len", type=click.IntRange(min=1), default=_default("upstream_max_model_len"),
             help="The replicas' --max-model-len; caps each document's share of the tokens/min estimate.")
 @env_option("--split-threshold", type=click.IntRange(min=1), default=_default("split_threshold"),
-            help="Requests with more documents are split across replicas.")
+            help="Requests with more documents (embedding requests: inputs) are split across replicas.")
 @env_option("--max-documents", type=click.IntRange(min=1), default=_default("max_documents"))
 @env_option("--max-body-bytes", type=click.IntRange(min=1024), default=_default("max_body_bytes"))
 @env_option("--max-upstream-answer-bytes", type=click.IntRange(min=1024), default=_default("max_upstream_answer_bytes"),

@@ -34,10 +34,13 @@ import math
 import unicodedata
 from collections.abc import Sequence
 
+from rerankd.embedding_protocol import CohereEmbedRequest, OpenAIEmbeddingRequest, TEIEmbedRequest
+from rerankd.engine.embedding import DEFAULT_EMBED_INSTRUCTION
 from rerankd.engine.prompt import format_pair
 from rerankd.protocol import RerankRequest, RerankTask, ScoreRequest, TEIRerankRequest, prompt_tokens_cap
 
-__all__ = ["TEMPLATE_TOKENS", "ScoringBody", "estimate_prompt_tokens", "scoring_tasks", "text_bytes"]
+__all__ = ["EMBED_TEMPLATE_TOKENS", "TEMPLATE_TOKENS", "EmbeddingBody", "ScoringBody", "estimate_embed_tokens",
+           "estimate_prompt_tokens", "scoring_tasks", "text_bytes"]
 
 # Qwen3 tokenizer: PREFIX is 39 tokens, SUFFIX 9 (rerankd.engine.prompt; pinned by a test).
 TEMPLATE_TOKENS = 39 + 9
@@ -84,6 +87,30 @@ def _chunked_bound(document: int, fixed: int, cap: int, max_chunks: int, overlap
 
 ScoringBody = RerankRequest | TEIRerankRequest | ScoreRequest
 """Every body shape a scoring route accepts."""
+
+EmbeddingBody = OpenAIEmbeddingRequest | TEIEmbedRequest | CohereEmbedRequest
+"""Every body shape an embedding route accepts."""
+
+# Qwen3-Embedding's query prompt is ``Instruct: {instruction}\nQuery:`` before the text and every input ends
+# in one end-of-text token: a few tokens of template, bounded with room to spare.
+EMBED_TEMPLATE_TOKENS = 16
+
+
+def estimate_embed_tokens(body: EmbeddingBody, max_model_len: int) -> int:
+    """At least the prompt tokens a rerankd replica reports for an embedding request: per input, its bytes
+    (a token-id input: its length) plus the instruction's bytes and the template, each cut to the model length.
+
+    A TEI ``prompt_name`` names one of the model's prompts, unknown here; it is bounded by the model length.
+    """
+    task = body.to_task()
+    head = EMBED_TEMPLATE_TOKENS + (text_bytes(task.instruction or DEFAULT_EMBED_INSTRUCTION) if task.is_query else 0)
+    if task.prompt_name is not None:
+        return len(task.inputs) * max_model_len
+    total = 0
+    for item in task.inputs:
+        size = len(item) if isinstance(item, list) else text_bytes(item)
+        total += min(head + size, max_model_len)
+    return total
 
 
 def scoring_tasks(body: ScoringBody) -> list[RerankTask]:

@@ -14,10 +14,11 @@ from collections.abc import Awaitable
 
 from rerankd.errors import UpstreamMalformedError
 from rerankd.gateway.answers import AnswerShape, check_answer
+from rerankd.gateway.embed_split import EmbedSplitPlan, merge_embed_parts, part_tokens, plan_embed_split
 from rerankd.gateway.forward import Forwarder, UpstreamReply
 from rerankd.gateway.pool import UpstreamPool
 from rerankd.gateway.split import SplitPlan, merge_rerank_parts, plan_split
-from rerankd.gateway.tokens import parse_answer
+from rerankd.gateway.tokens import TOKENS_HEADER, parse_answer, parse_token_header
 from rerankd.gateway.upstream_body import BodyEdit
 from rerankd.observability.gateway_metrics import GatewayMetrics
 from rerankd.protocol import RerankRequest
@@ -48,6 +49,43 @@ class Distributor:
         if plan is None:
             return await self.send(path, body, request_id, tenant=tenant)
         return await self._send_split(path, plan, request_id, tenant, part_edit or BodyEdit())
+
+    async def send_embed(self, path: str, body: bytes, shape: AnswerShape, inputs: int, request_id: str, *,
+                         tenant: str | None = None, part_edit: BodyEdit | None = None) -> UpstreamReply:
+        """An embedding request: its input list split when it is large and more than one replica can help
+        (:mod:`rerankd.gateway.embed_split`), else as it came. ``part_edit`` is made to each part's body."""
+        plan = plan_embed_split(shape, body, inputs, self._split_threshold, self._pool.available_count())
+        if plan is None:
+            return await self.send(path, body, request_id, tenant=tenant)
+        return await self._send_embed_split(path, plan, request_id, tenant, part_edit or BodyEdit())
+
+    async def _send_embed_split(self, path: str, plan: EmbedSplitPlan, request_id: str, tenant: str | None,
+                                part_edit: BodyEdit) -> UpstreamReply:
+        self._metrics.split_requests_total.inc()
+        self._metrics.split_parts.observe(len(plan.slices))
+        spread: set[str] = set()
+        replies = await gather_or_cancel([
+            self._forwarder.send(path, part_edit.apply(part), f"{request_id}.p{i}", spread=spread, tenant=tenant)
+            for i, part in enumerate(plan.bodies())])
+        failed = next((r for r in replies if r.status != 200), None)
+        if failed is not None:
+            return failed
+        upstreams = ",".join(r.upstream for r in replies)
+        answers = [parse_answer(r.body) for r in replies]
+        tokens = []
+        for (start, end), answer, reply in zip(plan.slices, answers, replies, strict=True):
+            check_answer(plan.shape, answer, end - start)
+            header = reply.headers.get(TOKENS_HEADER)
+            tokens.append(parse_token_header(header) if header is not None else part_tokens(plan.shape, answer))
+        try:
+            merged, total = merge_embed_parts(plan, answers, tokens)
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+            raise UpstreamMalformedError(
+                f"a replica answered a split part with a malformed embedding response ({upstreams}: "
+                f"{type(exc).__name__})") from None
+        return UpstreamReply(status=200, body=json.dumps(merged, ensure_ascii=False, separators=(",", ":")).encode(),
+                             headers={TOKENS_HEADER: str(total)}, upstream=upstreams,
+                             attempts=max(r.attempts for r in replies))
 
     async def _send_split(self, path: str, plan: SplitPlan, request_id: str, tenant: str | None,
                           part_edit: BodyEdit) -> UpstreamReply:

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 
 from rerankd.errors import RerankdError
 from rerankd.gateway.admit import Admission
-from rerankd.gateway.answers import AnswerShape, accept_answer
+from rerankd.gateway.answers import EMBED_SHAPES, AnswerShape, accept_answer
 from rerankd.gateway.authenticate import Identity
 from rerankd.gateway.charge import Outcome, UsageCharger
-from rerankd.gateway.cost import ScoringBody
+from rerankd.gateway.cost import EmbeddingBody, ScoringBody
 from rerankd.gateway.forward import UpstreamReply
 from rerankd.gateway.model_table import Task
 from rerankd.gateway.pools import ModelPool, PoolSet
@@ -54,7 +54,7 @@ class ScoringCall:
     documents: int
     request_id: str
     request_id_given: bool  # the client chose the id (it may reuse it)
-    parsed: ScoringBody  # the validated body: what admission estimates the tokens of
+    parsed: ScoringBody | EmbeddingBody  # the validated body: what admission estimates the tokens of
     rerank: RerankRequest | None = None  # set when the request may be split across replicas
     shape: AnswerShape = AnswerShape.RERANK  # what the replica's 200 must look like
     task: Task = "rerank"  # which of the model table's routes the request takes
@@ -131,6 +131,9 @@ class ScoringPipeline:
                                   key_priority=identity.priority)
         body = whole.apply(call.body)
         tenant = identity.key_id  # the replicas share their batcher's turns per tenant
+        if call.shape in EMBED_SHAPES:
+            return pool.distributor.send_embed(call.route, body, call.shape, call.documents, call.request_id,
+                                               tenant=tenant, part_edit=parts)
         if call.rerank is not None:
             return pool.distributor.send_rerank(call.route, body, call.rerank, call.request_id, tenant=tenant,
                                                 part_edit=parts)
