@@ -133,7 +133,7 @@ def test_a_name_of_another_task_and_a_gateway_without_an_embedding_pool_are_404s
     wrong = httpx.post(f"{url}/v1/rerank", json={"model": EMBEDDER, "query": "q", "documents": ["d"]},
                        headers=bearer(key), timeout=60)
     assert wrong.status_code == 404 and "embedding model" in wrong.json()["error"]["message"]
-    rerank_only = gateway_proc(tmp_path, "--pool", f"tiny-reranker={embedders[0].url}", "--strict-models")
+    rerank_only = gateway_proc(tmp_path, "--pool", f"tiny-reranker={embedders[0].url}", "--strict-model-names")
     try:
         other = make_key(rerank_only.url, "r")
         for path, body in (("/v1/embeddings", {"input": "x"}), ("/embed", {"inputs": "x"}),
@@ -147,7 +147,7 @@ def test_a_name_of_another_task_and_a_gateway_without_an_embedding_pool_are_404s
 
 
 def test_strict_mode_lists_the_embedding_models_served(embedders: list[Proc], tmp_path: Path) -> None:
-    proc = gateway_proc(tmp_path, "--pool", f"embed:{EMBEDDER}={embedders[0].url}", "--strict-models")
+    proc = gateway_proc(tmp_path, "--pool", f"embed:{EMBEDDER}={embedders[0].url}", "--strict-model-names")
     try:
         k = make_key(proc.url, "strict")
         unknown = httpx.post(f"{proc.url}/v1/embeddings", json={"model": "nope", "input": "x"}, headers=bearer(k))

@@ -307,7 +307,7 @@ async def test_the_engine_passes_tenant_and_priority_to_the_batcher(tiny_model_d
         engine = RerankEngine(PromptBuilder(AutoTokenizer.from_pretrained(tiny_model_dir), 256), batcher,
                               backend.info, metrics, max_request_tokens=10_000)
         plug = await on_the_model(batcher, backend, request(9, 2, (90, 3)))
-        later = asyncio.create_task(engine.score_all([RerankTask(query="later", documents=["x"])], "a", 1))
+        later = asyncio.create_task(engine.score_all([RerankTask(query="later", documents=["x"])], "a", priority=1))
         await wait_until(lambda: batcher.waiting == 1, "the priority-1 request waits")
         sooner = asyncio.create_task(engine.score(RerankTask(query="sooner", documents=["y"]), tenant="b",
                                                   priority=0))

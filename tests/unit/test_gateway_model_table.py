@@ -119,7 +119,7 @@ def test_settings_take_pool_and_alias_flag_strings() -> None:
     ({"pools": ["a=http://x:1"], "model_aliases": ["r=nope"]}, "no pool named 'nope'; pools: a"),
     ({"pools": ["a=http://x:1"], "model_aliases": ["a=a"]}, "'a' is already a pool's name"),
     ({"pools": ["a=http://x:1"], "default_model": "b"}, "--default-model 'b' is not a pool or an alias"),
-    ({"upstreams": ["http://x:1"], "strict_models": True}, "--strict-models needs every pool named"),
+    ({"upstreams": ["http://x:1"], "strict_model_names": True}, "--strict-model-names needs every pool named"),
     ({"pools": ["a=ftp://x:1"]}, "bad upstream URL 'ftp://x:1'"),
     ({}, "give --upstream URL or --pool NAME=URL"),
 ])
@@ -143,11 +143,11 @@ pools:
   - qwen3-reranker-0.6b=http://10.0.0.7:8001
 model-aliases: {rerank-v3.5: qwen3-reranker-4b}
 default-model: qwen3-reranker-0.6b
-strict-models: true
+strict-model-names: true
 """)
     loaded = GatewaySettings(**load_yaml_config(path))
     loaded.check_runnable()
     assert [(p.name, p.served_model) for p in loaded.pools] == [("qwen3-reranker-4b", "Qwen3-Reranker-4B"),
                                                                 ("qwen3-reranker-0.6b", None)]
     assert loaded.pools[0].upstreams == ["http://10.0.0.5:8001", "http://10.0.0.6:8001"]
-    assert loaded.model_aliases == {"rerank-v3.5": "qwen3-reranker-4b"} and loaded.strict_models
+    assert loaded.model_aliases == {"rerank-v3.5": "qwen3-reranker-4b"} and loaded.strict_model_names

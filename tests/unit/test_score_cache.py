@@ -51,7 +51,7 @@ def test_cached_scores_are_the_recomputed_ones(tiny_model_dir: Path) -> None:
             await cached.close()
 
     first, second, retry = asyncio.run(pages())
-    (fresh,) = asyncio.run(_score(engine(tiny_model_dir), [RerankTask(QUERY, DOCS)]))
+    (fresh,) = asyncio.run(_score(engine(tiny_model_dir, batch_invariant="on"), [RerankTask(QUERY, DOCS)]))
     assert first == fresh[:3] and second == fresh[1:] and retry == first
     # page 1 + other: 5 misses; page 2: 2 hits, 2 misses; the retry: 3 hits.
     assert metrics.score_cache_hits_total._value.get() == 5

@@ -88,7 +88,7 @@ def test_vllm_rerank_response_parses_as_rerankds_response() -> None:
     parsed = RerankResponse.model_validate(VLLM_RERANK_RESPONSE)
     assert [r.index for r in parsed.results] == [0, 1]
     assert parsed.results[0].document is not None
-    assert parsed.results[0].document.text == "The capital of China is Beijing."
+    assert parsed.results[0].document["text"] == "The capital of China is Beijing."
     assert parsed.usage.total_tokens == 142
     # The difference the README documents: vLLM reports no prompt_tokens, so it reads as 0.
     assert parsed.usage.prompt_tokens == 0

@@ -40,9 +40,10 @@ def _default(name: str) -> Any:
 @env_option("--model-alias", "model_aliases", multiple=True, envvar="RERANKD_MODEL_ALIAS",
             help="Another public name for a pool, repeatable: ALIAS=NAME (e.g. rerank-v3.5=qwen3-reranker-4b).")
 @env_option("--default-model", default=None,
-            help="Pool or alias for requests without a model (and, unless --strict-models, with an unknown one). "
+            help="Pool or alias for requests without a model (and, unless --strict-model-names, with an unknown "
+                 "one). "
                  "Default: the --upstream pool, else each task's first --pool.")
-@env_option("--strict-models/--lenient-models", default=_default("strict_models"),
+@env_option("--strict-model-names/--no-strict-model-names", default=_default("strict_model_names"),
             help="Strict: a model name no route matches is a 404 listing what is served. Lenient: it goes to the "
                  "default pool.")
 @env_option("--host", default=_default("host"))

@@ -105,7 +105,7 @@ async def open_components(settings: GatewaySettings, metrics: GatewayMetrics) ->
     pools = [_model_pool(settings, metrics, client, spec, unnamed=bool(settings.upstreams) and i == 0)
              for i, spec in enumerate(configured)]
     pool_set = PoolSet(pools, ModelTable(pools, settings.model_aliases, default_model=settings.default_model,
-                                         strict=settings.strict_models))
+                                         strict=settings.strict_model_names))
     pipeline = ScoringPipeline(
         Admission(limiter, metrics, max_documents=settings.max_documents,
                   upstream_max_model_len=settings.upstream_max_model_len),

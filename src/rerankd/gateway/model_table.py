@@ -11,7 +11,7 @@ Routing is keyed by task first (``rerank`` today; ``embed`` once issue 20's rout
 - a pool's name or one of its aliases routes to that pool, when the pool serves the request's task;
 - no name, or (lenient, the default) a name the table does not know, routes to the task's default pool:
   ``--default-model`` when it is of that task, else the task's first pool in configuration order;
-- in strict mode (``--strict-models``) an unknown name is a 404 listing what is served;
+- in strict mode (``--strict-model-names``) an unknown name is a 404 listing what is served;
 - a known name of another task (an embedding model on ``/v1/rerank``) is a 404 in either mode: that is a
   mistake, not a vendor name.
 
@@ -200,5 +200,5 @@ def check_table(pools: Iterable[PoolSettings], unnamed_upstreams: Sequence[str],
         known = ", ".join([*names, *aliases]) or "none (give --pool NAME=URL)"
         problems.append(f"--default-model {default_model!r} is not a pool or an alias; known: {known}")
     if strict and unnamed_upstreams:
-        problems.append("--strict-models needs every pool named: give --pool NAME=URL[,URL] instead of --upstream")
+        problems.append("--strict-model-names needs every pool named: give --pool NAME=URL[,URL] instead of --upstream")
     return problems

@@ -49,7 +49,7 @@ def add_probes(app: FastAPI, metrics: GatewayMetrics) -> None:
         return {"version": __version__, "role": "gateway", "replicas": len(pools.upstreams),
                 "healthy_replicas": pools.available_count(), "models": pools.describe(),
                 "default_models": {task: pool.name or None for task, pool in pools.table.defaults.items()},
-                "strict_models": pools.table.strict,
+                "strict_model_names": pools.table.strict,
                 "max_documents": settings.max_documents, "max_body_bytes": settings.max_body_bytes,
                 "split_threshold": settings.split_threshold, "shared_limits": settings.redis_url is not None,
                 "jwt": settings.jwt_enabled}

@@ -45,7 +45,7 @@ class GatewaySettings(EdgeSettings):
         default_factory=dict, description="More public names for a pool: ALIAS=MODEL (e.g. rerank-v3.5=...).")
     default_model: str | None = Field(
         None, description="The pool (or alias) a request without a model, or with an unknown one, goes to.")
-    strict_models: bool = Field(
+    strict_model_names: bool = Field(
         False, description="Answer 404 (listing what is served) for a model name no route matches, instead of "
                            "sending it to the default pool.")
     host: str = "127.0.0.1"
@@ -147,7 +147,7 @@ class GatewaySettings(EdgeSettings):
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise GatewayConfigError(f"bad upstream URL {url!r}: use http://HOST:PORT or dns+http://NAME:PORT")
         problems = check_table(self.pools, self.upstreams, self.model_aliases, self.default_model,
-                               self.strict_models)
+                               self.strict_model_names)
         if problems:
             raise GatewayConfigError("; ".join(problems))
         if self.jwt_jwks_url and self.jwt_secret:
