@@ -42,6 +42,7 @@ __all__ = [
     "build_rerank_response",
     "build_score_response",
     "build_tei_response",
+    "error_dialect_of",
     "is_tei_body",
     "new_request_id",
     "prompt_tokens_cap",
@@ -277,6 +278,12 @@ def is_tei_body(body: Any) -> bool:
     if isinstance(body, bytes | bytearray):
         return b'"texts"' in body and b'"documents"' not in body
     return False
+
+
+def error_dialect_of(path: str, body: Any) -> Literal["tei", "rerankd"]:
+    """The error shape a request to ``path`` is answered in: TEI's for a TEI body on ``/rerank`` (TEI clients
+    read ``{"error", "error_type"}``), rerankd's for everything else. The server and the gateway both ask."""
+    return "tei" if path == "/rerank" and is_tei_body(body) else "rerankd"
 
 
 def _rerank_dialect(body: Any) -> str:

@@ -179,3 +179,26 @@ def test_a_replica_413_is_final_and_attempted_once(tmp_path: Path) -> None:
                             headers={"Authorization": f"Bearer {key['key']}"})
         assert answer.status_code == 413, answer.text
     assert sum(len(replica.seen) for replica in replicas) == 1
+
+
+def test_a_tei_body_gets_teis_error_shape_through_the_gateway_and_a_rerank_body_rerankds(tmp_path: Path) -> None:
+    """TEI clients read ``{"error", "error_type"}``; Jina/Cohere-style ones ``error.message`` or ``detail``. The
+    gateway answers each body's errors in its own dialect, as a server does: pydantic's 422 and admission's
+    refusals alike."""
+    replica = RecordingReplica()
+    with replica.serving() as upstream, gateway_with_key([upstream], tmp_path / "gw.db") as (gateway, key):
+        auth = {"Authorization": f"Bearer {key['key']}"}
+        bad_field = httpx.post(f"{gateway}/rerank", json={"query": "q", "texts": ["a"], "truncation_direction": "Up"},
+                               headers=auth)
+        assert bad_field.status_code == 422, bad_field.text
+        tei = bad_field.json()
+        assert tei["error_type"] == "Validation" and "truncation_direction" in tei["error"], tei
+        assert "documents" not in tei["error"]
+        too_many = httpx.post(f"{gateway}/rerank", json={"query": "q", "texts": [""] * 200_000}, headers=auth,
+                              timeout=30)
+        assert isinstance(too_many.json()["error"], str) and "error_type" in too_many.json(), too_many.text[:300]
+        rerank = httpx.post(f"{gateway}/rerank", json={"query": "q", "documents": ["a"], "top_n": 0}, headers=auth)
+        assert rerank.status_code == 422
+        body = rerank.json()
+        assert body["error"]["field"] == "top_n" and body["detail"] == body["error"]["message"], body
+        assert len(replica.seen) == 0  # every refusal was the gateway's own

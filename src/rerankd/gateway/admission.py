@@ -8,7 +8,8 @@ only a body inside every bound reaches validation.
 Why authenticate before parsing: a stranger gets 401 and learns nothing about the limits (not a 413). Why
 charge a refusal: every request the gateway looks at costs it work, so one refused for its size or shape
 (admission's 400/413/422, or pydantic's 422 after it) spends one of the key's requests/min and gets its
-usage row, like any other refusal (:meth:`~rerankd.gateway.pipeline.ScoringPipeline.refuse`).
+usage row, like any other refusal (:meth:`~rerankd.gateway.pipeline.ScoringPipeline.refuse`). A TEI body on
+``/rerank`` gets its errors in TEI's shape, as from a server (:func:`rerankd.protocol.error_dialect_of`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from fastapi.routing import APIRoute
 from rerankd.admission import admit
 from rerankd.errors import RerankdError
 from rerankd.gateway.dependencies import caller_of, components_of
+from rerankd.http.errors import set_error_dialect
 from rerankd.http.middleware import request_id_of
+from rerankd.protocol import error_dialect_of
 
 __all__ = ["GatewayAdmissionRoute", "ledger_route"]
 
@@ -57,14 +60,19 @@ class GatewayAdmissionRoute(APIRoute):
                     request_id_given=request.scope["state"].get("request_id_given", False), status=status,
                     started=started)
 
+            path = request.url.path
             try:
                 admitted = await admit(request, components.admission)
             except RerankdError as exc:
+                set_error_dialect(request.scope, error_dialect_of(path, getattr(request, "_body", b"")))
                 await charged(exc.status_code)
                 raise
             except RequestValidationError as exc:
+                set_error_dialect(request.scope, error_dialect_of(path, getattr(request, "_body", b"")))
                 await charged(_validation_status(exc))
                 raise
+            # Every later error of this request (validation, limits, a replica's) in the shape its client reads.
+            set_error_dialect(request.scope, error_dialect_of(path, admitted.admitted_json))
             try:
                 return await handle(admitted)
             except RequestValidationError as exc:  # pydantic's; the pipeline records its own refusals

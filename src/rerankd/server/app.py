@@ -26,7 +26,7 @@ from rerankd.engine.engine import RerankEngine, ScoreOutcome, load_engine
 from rerankd.errors import ModelNotFoundError, NotReadyError, PayloadTooLargeError
 from rerankd.http import HttpMiddleware, known_routes_label, request_id_of
 from rerankd.http.disconnect import unless_disconnected
-from rerankd.http.errors import ERROR_RESPONSES, TEI_ERROR_RESPONSES, ErrorDialect, install_error_handlers
+from rerankd.http.errors import ERROR_RESPONSES, TEI_ERROR_RESPONSES, install_error_handlers
 from rerankd.observability.metrics import ServerMetrics
 from rerankd.protocol import (
     TENANT_HEADER,
@@ -42,7 +42,7 @@ from rerankd.protocol import (
     build_rerank_response,
     build_score_response,
     build_tei_response,
-    is_tei_body,
+    error_dialect_of,
 )
 from rerankd.runtime import free_memory_releaser, freeze_startup_heap
 from rerankd.server.admission import admission_route
@@ -82,11 +82,6 @@ class _State:
             why = self.load_error or "the model is still loading"
             raise NotReadyError(f"not ready: {why}", retry_after=5)
         return self.engine
-
-
-def _error_dialect(path: str, body: object) -> ErrorDialect:
-    """TEI's error shape for a TEI body on ``/rerank``; rerankd's for everything else."""
-    return "tei" if path == "/rerank" and is_tei_body(body) else "rerankd"
 
 
 def _snapshot_sha(path: str) -> str | None:
@@ -201,7 +196,7 @@ def create_server_app(settings: ServerSettings, *, engine_loader: EngineLoader |
     # The scoring routes read their body through admission (size bounds before validation and tokenizing).
     limits = AdmissionLimits(max_documents=settings.max_documents, max_request_chars=settings.max_request_chars)
     memory = IdleMemoryReturn(free_memory_releaser(), threshold_bytes=LARGE_BODY_BYTES)
-    scoring = APIRouter(route_class=admission_route(limits, memory, dialect_of=_error_dialect))
+    scoring = APIRouter(route_class=admission_route(limits, memory, dialect_of=error_dialect_of))
 
     async def rerank(request: Request, body: RerankRequest) -> RerankResponse:
         check_model(body.model)
