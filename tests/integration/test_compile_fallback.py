@@ -1,6 +1,7 @@
 """`--compile auto` falling back to transformers' forward says what is really missing, in a real process.
 
-The two things torch.compile needs on a CPU, each taken away for real in a child process: Python's C
+The two things torch.compile needs on a CPU, each taken away for real in a child process (which waits for the
+background compile of ``--compile auto`` to give up): Python's C
 headers (the include directory the interpreter reports is pointed at an empty one, as in an image without
 them) and the C++ compiler (CXX names one that does not exist). inductor's error for the first is a
 "C++ compile error" whose cause sits deep in the compiler's output; the warning must name the headers, not
@@ -25,6 +26,8 @@ from rerankd.engine.backends.torch_backend import TorchBackend
 from rerankd.engine.backends.decoders import TransformersDecoder
 backend = TorchBackend(sys.argv[1], yes_token_id=9693, no_token_id=2152, max_model_len=512, device="cpu",
                        dtype="float32", compile="auto")
+if backend.compile_thread is not None:  # auto compiles in the background after start-up: wait for its verdict
+    backend.compile_thread.join()
 print("decoder:", type(backend.decoder).__name__, file=sys.stderr)
 """
 
