@@ -88,10 +88,10 @@ def error_body(status: int, message: str, *, error_type: str | None = None, fiel
 
 def tei_status(status: int, error_type: str | None = None) -> tuple[int, str]:
     """TEI's status and ``error_type`` for a rerankd failure (TEI: Validation and Tokenizer 422, Empty 400,
-    Overloaded 429, Unhealthy 503, Backend 424). A too-large request (413: more texts than
+    Overloaded 429 (a gateway's rate limit too), Unhealthy 503, Backend 424). A too-large request (413: more texts than
     ``--max-documents``, a text too long with ``truncate: false``) and a query that cannot fit (400) are
     TEI's validation errors, 422; a body that is not JSON stays 400, as TEI's own JSON parser answers."""
-    if error_type == "overloaded":
+    if error_type == "overloaded" or status == 429:  # a full queue, or a gateway's rate limit
         return 429, "Overloaded"
     if status == 503:
         return 503, "Unhealthy"
