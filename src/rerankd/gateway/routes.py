@@ -23,6 +23,7 @@ from rerankd.gateway.pipeline import ScoringCall
 from rerankd.gateway.pools import ModelPool, PoolSet
 from rerankd.gateway.tokens import parse_answer
 from rerankd.http.disconnect import unless_disconnected
+from rerankd.http.errors import TEI_ERROR_RESPONSES
 from rerankd.http.middleware import request_id_of
 from rerankd.protocol import (
     AnyRerankRequest,
@@ -62,7 +63,7 @@ def scoring_router() -> APIRouter:
                 summary="Rerank documents (Jina / Cohere / vLLM shape)")(rerank)
     router.post("/v2/rerank", response_model=RerankResponse, summary="Rerank documents (Cohere v2 shape)")(rerank)
 
-    @router.post("/rerank", response_model=RerankResponse | list[TEIRankItem],
+    @router.post("/rerank", response_model=RerankResponse | list[TEIRankItem], responses=TEI_ERROR_RESPONSES,
                  summary="Rerank: Jina/Cohere shape with `documents`, or TEI shape with `texts`")
     async def rerank_any(request: Request, body: AnyRerankRequest, identity: Caller,
                          components: Components) -> Response:
