@@ -298,7 +298,7 @@ class Fleet:
         """Stop replica ``index`` with ``sig``, start it again on its port, wait until ready; the old exit status."""
         old = self.replicas[index]
         status = old.stop(sig)
-        self.replicas[index] = spawn_replica(self.model_dir, self.log_dir, port=old.port).wait_ready()
+        self.replicas[index] = spawn_replica(self.model_dir, self.log_dir, port=old.port).wait_ready(300)
         return status
 
     def ensure_all_up(self) -> None:
