@@ -59,14 +59,19 @@ class Distributor:
             return await self.send(path, body, request_id, tenant=tenant)
         return await self._send_embed_split(path, plan, request_id, tenant, part_edit or BodyEdit())
 
+    async def _send_parts(self, path: str, parts: list[bytes], request_id: str, tenant: str | None,
+                          part_edit: BodyEdit) -> list[UpstreamReply]:
+        """Every part of a split request at once, spread over distinct replicas (rerank and embed alike)."""
+        self._metrics.split_requests_total.inc()
+        self._metrics.split_parts.observe(len(parts))
+        spread: set[str] = set()
+        return await gather_or_cancel([
+            self._forwarder.send(path, part_edit.apply(part), f"{request_id}.p{i}", spread=spread, tenant=tenant)
+            for i, part in enumerate(parts)])
+
     async def _send_embed_split(self, path: str, plan: EmbedSplitPlan, request_id: str, tenant: str | None,
                                 part_edit: BodyEdit) -> UpstreamReply:
-        self._metrics.split_requests_total.inc()
-        self._metrics.split_parts.observe(len(plan.slices))
-        spread: set[str] = set()
-        replies = await gather_or_cancel([
-            self._forwarder.send(path, part_edit.apply(part), f"{request_id}.p{i}", spread=spread, tenant=tenant)
-            for i, part in enumerate(plan.bodies())])
+        replies = await self._send_parts(path, plan.bodies(), request_id, tenant, part_edit)
         failed = next((r for r in replies if r.status != 200), None)
         if failed is not None:
             return failed
@@ -89,12 +94,7 @@ class Distributor:
 
     async def _send_split(self, path: str, plan: SplitPlan, request_id: str, tenant: str | None,
                           part_edit: BodyEdit) -> UpstreamReply:
-        self._metrics.split_requests_total.inc()
-        self._metrics.split_parts.observe(len(plan.slices))
-        spread: set[str] = set()
-        replies = await gather_or_cancel([
-            self._forwarder.send(path, part_edit.apply(part), f"{request_id}.p{i}", spread=spread, tenant=tenant)
-            for i, part in enumerate(plan.bodies())])
+        replies = await self._send_parts(path, plan.bodies(), request_id, tenant, part_edit)
         failed = next((r for r in replies if r.status != 200), None)
         if failed is not None:
             return failed
