@@ -10,7 +10,6 @@ is on ``sys.path`` because it holds the root conftest and no ``__init__.py``).
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess

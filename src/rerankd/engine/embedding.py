@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from rerankd.engine.text_cut import PrefixCutter
 from rerankd.errors import PayloadTooLargeError, UnprocessableError
 
 __all__ = [
@@ -146,8 +147,7 @@ class EmbeddingPromptBuilder:
             self.end_ids = [tokenizer.convert_tokens_to_ids(END_OF_TEXT)]
             log.info("the tokenizer adds no end-of-text token: appending %s as the model card's first recipe did",
                      END_OF_TEXT)
-        vocab = tokenizer.get_vocab()
-        self._max_chars_per_token = max(8, max(len(tok) for tok in vocab))
+        self._cutter = PrefixCutter(tokenizer)  # cuts giant texts before tokenizing, keeping the kept tokens
 
     @property
     def text_budget(self) -> int:
@@ -169,11 +169,16 @@ class EmbeddingPromptBuilder:
         """
         budget = self.text_budget
         texts = [i for i in inputs if isinstance(i, str)]
-        cap = budget * self._max_chars_per_token
-        # Right-cut giant texts before tokenizing: no token spans more characters, so the kept tokens are the same.
-        cut = [prefix + t[:cap] if direction == "right" and truncate else prefix + t for t in texts]
-        encoded = iter(self.tokenizer(cut, add_special_tokens=False, return_attention_mask=False)["input_ids"]
-                       if cut else [])
+        right_cut = direction == "right" and truncate
+        caps = [self._cut_length(prefix, t, budget + 1) if right_cut else len(t) for t in texts]
+        encoded_ids = self._tokenize([prefix + t[:cap] for t, cap in zip(texts, caps, strict=True)])
+        safe = self._cutter.safe_length(budget + 1)
+        for i, (whole, cap) in enumerate(zip(texts, caps, strict=True)):
+            if cap < min(len(whole), safe) and len(encoded_ids[i]) <= budget:  # denser than the quick cut guessed
+                caps[i] = min(len(whole), safe)
+                encoded_ids[i] = self._tokenize([prefix + whole[:caps[i]]])[0]
+        encoded = iter(encoded_ids)
+        over = iter(len(t) > cap for t, cap in zip(texts, caps, strict=True))
         prefix_ids = self.tokenizer.encode(prefix, add_special_tokens=False) if prefix else []
         bodies: list[list[int]] = []
         truncated: list[bool] = []
@@ -183,7 +188,7 @@ class EmbeddingPromptBuilder:
                 over_chars = False
             else:
                 ids = next(encoded)
-                over_chars = direction == "right" and truncate and len(text) > cap
+                over_chars = next(over)
             too_long = len(ids) > budget
             if too_long and not truncate:
                 raise PayloadTooLargeError(
@@ -202,6 +207,18 @@ class EmbeddingPromptBuilder:
             tails=[b[shared_len:] for b in bodies],
             truncated=truncated,
         )
+
+    def _cut_length(self, prefix: str, text: str, tokens: int) -> int:
+        """How much of ``text`` to tokenize so that ``prefix + text`` surely yields its first ``tokens`` tokens:
+        the quick cut, checked by the caller, else the safe cut (:mod:`rerankd.engine.text_cut`)."""
+        quick = self._cutter.quick_length(prefix, text, tokens)
+        return min(len(text), self._cutter.safe_length(tokens)) if quick is None else quick
+
+    def _tokenize(self, texts: list[str]) -> list[list[int]]:
+        if not texts:
+            return []
+        return [list(ids) for ids in
+                self.tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]]
 
     def _check_ids(self, ids: Any, index: int) -> list[int]:
         out = list(ids)

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from rerankd.engine.text_cut import PrefixCutter
 from rerankd.errors import BadRequestError, QueryTooLongError, UnprocessableError
 
 __all__ = [
@@ -139,10 +140,8 @@ class PromptBuilder:
         self.max_model_len = max_model_len
         self.prefix_ids: list[int] = tokenizer.encode(PREFIX, add_special_tokens=False)
         self.suffix_ids: list[int] = tokenizer.encode(SUFFIX, add_special_tokens=False)
-        # Longest vocabulary entry in characters: lets us cut giant documents before tokenizing
-        # without changing which tokens survive truncation (no token spans more characters).
-        vocab = tokenizer.get_vocab()
-        self._max_chars_per_token = max(8, max(len(tok) for tok in vocab))
+        # Cuts giant documents before tokenizing without changing which tokens survive truncation.
+        self._cutter = PrefixCutter(tokenizer)
 
     @property
     def pair_budget(self) -> int:
@@ -202,21 +201,21 @@ class PromptBuilder:
         if max_chunks is not None:
             _check_chunk_length(doc_cap - len(head_ids), chunk_overlap)
             doc_cap = len(head_ids) + (doc_cap - len(head_ids)) * max_chunks  # every chunk's window, end to end
-        char_cap = doc_cap * self._max_chars_per_token
-        if direction == "left" and max_chunks is None:
-            texts = [head + doc[-char_cap:] for doc in documents]
-        else:
-            texts = [head + doc[:char_cap] for doc in documents]
+        char_cap = self._cutter.safe_length(doc_cap)
         # Offsets only when the head's token count is needed (a per-document cap, a head cut, chunks): for 1000
         # long documents they are ~10^6 tuples, built and freed per request, that fragment the small-object heap
         # and stay in the process's RSS.
         need_head = max_tokens_per_doc is not None or direction == "left" or max_chunks is not None
-        id_lists, offset_lists = self._encode(texts, need_head)
+        if direction == "left" and max_chunks is None:
+            cuts = [min(len(doc), char_cap) for doc in documents]
+            id_lists, offset_lists = self._encode([head + doc[-char_cap:] for doc in documents], need_head)
+        else:
+            cuts, id_lists, offset_lists = self._encode_prefixes(head, documents, doc_cap + 1, need_head)
         bodies: list[list[int]] = []
         truncated: list[bool] = []
         counts: list[int] = []
-        for ids, offsets, doc in zip(id_lists, offset_lists, documents, strict=True):
-            cut_chars = len(doc) > char_cap
+        for ids, offsets, doc, cut in zip(id_lists, offset_lists, documents, cuts, strict=True):
+            cut_chars = len(doc) > cut
             h = _head_token_count(offsets, len(head)) if need_head else 0
             if max_chunks is not None:
                 room = budget - h if max_tokens_per_doc is None else min(budget - h, max_tokens_per_doc)
@@ -241,6 +240,23 @@ class PromptBuilder:
             chunks=counts if max_chunks is not None else None,
         )
 
+
+    def _encode_prefixes(self, head: str, documents: Sequence[str], tokens: int, offsets: bool
+                         ) -> tuple[list[int], list[list[int]], list[Sequence[tuple[int, int]]]]:
+        """Tokenize ``head + document`` for each document, each cut to a prefix that surely yields the whole
+        text's first ``tokens`` tokens: the quick cut (:mod:`rerankd.engine.text_cut`) where it gave that many,
+        else the safe cut. Returns each document's cut length with the tokens (and offsets)."""
+        safe = self._cutter.safe_length(tokens)
+        quick = [self._cutter.quick_length(head, doc, tokens) for doc in documents]
+        cuts = [min(len(doc), safe) if q is None else q for doc, q in zip(documents, quick, strict=True)]
+        ids, spans = self._encode([head + doc[:cut] for doc, cut in zip(documents, cuts, strict=True)], offsets)
+        short = [i for i, q in enumerate(quick) if q is not None and len(ids[i]) < tokens]
+        if short:  # denser text than the quick cut guessed: the safe cut for those
+            again_ids, again_spans = self._encode([head + documents[i][:safe] for i in short], offsets)
+            spans = list(spans)
+            for i, again, span in zip(short, again_ids, again_spans, strict=True):
+                cuts[i], ids[i], spans[i] = min(len(documents[i]), safe), again, span
+        return cuts, ids, list(spans)
 
     def _encode(self, texts: list[str], offsets: bool) -> tuple[list[list[int]], Sequence[Sequence[tuple[int, int]]]]:
         """Token ids of each text (no special tokens) and, with ``offsets``, each token's character span.
