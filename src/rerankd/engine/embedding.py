@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from rerankd.engine.prompt import common_prefix_length
 from rerankd.engine.text_cut import PrefixCutter
 from rerankd.errors import PayloadTooLargeError, UnprocessableError
 
@@ -199,7 +200,7 @@ class EmbeddingPromptBuilder:
                 ids = ids[:budget] if direction == "right" else ids[len(ids) - budget:]
             bodies.append(self.head_ids + ids + self.end_ids)
             truncated.append(too_long or over_chars)
-        shared_len = _common_prefix_length(bodies)
+        shared_len = common_prefix_length(bodies)
         # Every row keeps at least its last token in its tail: that is the token pooled.
         shared_len = min(shared_len, min((len(b) - 1 for b in bodies), default=0))
         return EmbedGroup(
@@ -239,19 +240,6 @@ def _find(haystack: list[int], needle: list[int]) -> int:
         if haystack[i : i + len(needle)] == needle:
             return i
     return -1
-
-
-def _common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
-    if not sequences:
-        return 0
-    first = sequences[0]
-    n = min(len(s) for s in sequences)
-    for seq in sequences[1:]:
-        i = 0
-        while i < n and seq[i] == first[i]:
-            i += 1
-        n = i
-    return n
 
 
 def check_dimensions(dimensions: int | None, model_dimensions: int, field: str = "dimensions") -> int:
