@@ -26,7 +26,7 @@ from typing import Any, Literal
 import numpy as np
 
 from rerankd.engine.prompt import common_prefix_length
-from rerankd.engine.text_cut import PrefixCutter
+from rerankd.engine.text_cut import PrefixCutter, encode_prefixes
 from rerankd.errors import PayloadTooLargeError, UnprocessableError
 
 __all__ = [
@@ -170,14 +170,10 @@ class EmbeddingPromptBuilder:
         """
         budget = self.text_budget
         texts = [i for i in inputs if isinstance(i, str)]
-        right_cut = direction == "right" and truncate
-        caps = [self._cut_length(prefix, t, budget + 1) if right_cut else len(t) for t in texts]
-        encoded_ids = self._tokenize([prefix + t[:cap] for t, cap in zip(texts, caps, strict=True)])
-        safe = self._cutter.safe_length(budget + 1)
-        for i, (whole, cap) in enumerate(zip(texts, caps, strict=True)):
-            if cap < min(len(whole), safe) and len(encoded_ids[i]) <= budget:  # denser than the quick cut guessed
-                caps[i] = min(len(whole), safe)
-                encoded_ids[i] = self._tokenize([prefix + whole[:caps[i]]])[0]
+        if direction == "right" and truncate:
+            caps, encoded_ids = encode_prefixes(self._cutter, self._tokenize, len, prefix, texts, budget + 1)
+        else:
+            caps, encoded_ids = [len(t) for t in texts], self._tokenize([prefix + t for t in texts])
         encoded = iter(encoded_ids)
         over = iter(len(t) > cap for t, cap in zip(texts, caps, strict=True))
         prefix_ids = self.tokenizer.encode(prefix, add_special_tokens=False) if prefix else []
@@ -208,12 +204,6 @@ class EmbeddingPromptBuilder:
             tails=[b[shared_len:] for b in bodies],
             truncated=truncated,
         )
-
-    def _cut_length(self, prefix: str, text: str, tokens: int) -> int:
-        """How much of ``text`` to tokenize so that ``prefix + text`` surely yields its first ``tokens`` tokens:
-        the quick cut, checked by the caller, else the safe cut (:mod:`rerankd.engine.text_cut`)."""
-        quick = self._cutter.quick_length(prefix, text, tokens)
-        return min(len(text), self._cutter.safe_length(tokens)) if quick is None else quick
 
     def _tokenize(self, texts: list[str]) -> list[list[int]]:
         if not texts:

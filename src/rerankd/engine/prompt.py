@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from rerankd.engine.text_cut import PrefixCutter
+from rerankd.engine.text_cut import PrefixCutter, encode_prefixes
 from rerankd.errors import BadRequestError, QueryTooLongError, UnprocessableError
 
 __all__ = [
@@ -244,19 +244,14 @@ class PromptBuilder:
     def _encode_prefixes(self, head: str, documents: Sequence[str], tokens: int, offsets: bool
                          ) -> tuple[list[int], list[list[int]], list[Sequence[tuple[int, int]]]]:
         """Tokenize ``head + document`` for each document, each cut to a prefix that surely yields the whole
-        text's first ``tokens`` tokens: the quick cut (:mod:`rerankd.engine.text_cut`) where it gave that many,
-        else the safe cut. Returns each document's cut length with the tokens (and offsets)."""
-        safe = self._cutter.safe_length(tokens)
-        quick = [self._cutter.quick_length(head, doc, tokens) for doc in documents]
-        cuts = [min(len(doc), safe) if q is None else q for doc, q in zip(documents, quick, strict=True)]
-        ids, spans = self._encode([head + doc[:cut] for doc, cut in zip(documents, cuts, strict=True)], offsets)
-        short = [i for i, q in enumerate(quick) if q is not None and len(ids[i]) < tokens]
-        if short:  # denser text than the quick cut guessed: the safe cut for those
-            again_ids, again_spans = self._encode([head + documents[i][:safe] for i in short], offsets)
-            spans = list(spans)
-            for i, again, span in zip(short, again_ids, again_spans, strict=True):
-                cuts[i], ids[i], spans[i] = min(len(documents[i]), safe), again, span
-        return cuts, ids, list(spans)
+        text's first ``tokens`` tokens (:func:`rerankd.engine.text_cut.encode_prefixes`). Returns each
+        document's cut length with its tokens and offsets."""
+        def encode(texts: list[str]) -> list[tuple[list[int], Sequence[tuple[int, int]]]]:
+            ids, spans = self._encode(texts, offsets)
+            return list(zip(ids, spans, strict=True))
+
+        cuts, encoded = encode_prefixes(self._cutter, encode, lambda e: len(e[0]), head, documents, tokens)
+        return cuts, [ids for ids, _ in encoded], [spans for _, spans in encoded]
 
     def _encode(self, texts: list[str], offsets: bool) -> tuple[list[list[int]], Sequence[Sequence[tuple[int, int]]]]:
         """Token ids of each text (no special tokens) and, with ``offsets``, each token's character span.

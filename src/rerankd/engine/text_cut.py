@@ -24,13 +24,16 @@ from __future__ import annotations
 
 import bisect
 import unicodedata
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
-__all__ = ["CHARS_PER_TOKEN", "PrefixCutter"]
+__all__ = ["CHARS_PER_TOKEN", "PrefixCutter", "encode_prefixes"]
 
-CHARS_PER_TOKEN = 8
-"""The quick cut's guess of characters per token: ordinary English runs ~4, Chinese ~1.5, code ~3; denser
-text than this falls back to the safe cut."""
+CHARS_PER_TOKEN = (4, 16)
+"""The quick cut's guesses of characters per token, tried in turn: ordinary English runs ~4 (prose with long
+words a little more), Chinese ~1.5, code ~3. A text the first cut leaves short of tokens is cut again with the
+second; one denser still (long runs the vocabulary holds as single tokens) falls back to the safe cut."""
+T = TypeVar("T")
 _WINDOW_SLACK = 256
 """Characters pre-tokenized past the guess, so a boundary after it is found (the last pre-tokens of a cut
 window are not trusted: the whole text may continue them)."""
@@ -48,11 +51,12 @@ class PrefixCutter:
         """Characters that hold at least ``tokens`` tokens' worth of text whatever the text."""
         return tokens * self.max_chars_per_token
 
-    def quick_length(self, head: str, body: str, tokens: int) -> int | None:
+    def quick_length(self, head: str, body: str, tokens: int, chars_per_token: int = CHARS_PER_TOKEN[0]
+                     ) -> int | None:
         """A cut ``b`` of ``body`` (``0 < b < len(body)``) where ``head + body[:b]`` tokenizes to the first tokens
         of ``head + body``, placed so that it probably holds ``tokens`` of them; ``None`` when the body is short
         enough to tokenize whole or no boundary near the guess is certain."""
-        guess = max(1, tokens * CHARS_PER_TOKEN - len(head))
+        guess = max(1, tokens * chars_per_token - len(head))
         if self._pre_tokenizer is None or len(body) <= guess + _WINDOW_SLACK:
             return None
         window = head + body[: guess + _WINDOW_SLACK]
@@ -65,6 +69,27 @@ class PrefixCutter:
             if _clean_boundary(body, at):
                 return int(at)
         return None
+
+
+def encode_prefixes(cutter: PrefixCutter, encode: Callable[[list[str]], list[T]], count: Callable[[T], int],
+                    head: str, bodies: Sequence[str], tokens: int) -> tuple[list[int], list[T]]:
+    """``encode(head + body[:cut])`` for every body, each cut so that it surely yields the whole text's first
+    ``tokens`` tokens (``count`` tells how many an encoding holds): the quick cuts in turn where they give that
+    many, else the safe cut. Returns each body's cut length and encoding."""
+    safe = cutter.safe_length(tokens)
+    cuts = [min(len(body), safe) for body in bodies]
+    done: list[T | None] = [None] * len(bodies)
+    pending = list(range(len(bodies)))
+    for chars_per_token in CHARS_PER_TOKEN:
+        quick = {i: cutter.quick_length(head, bodies[i], tokens, chars_per_token) for i in pending}
+        tried = [i for i in pending if quick[i] is not None]
+        for i, encoded in zip(tried, encode([head + bodies[i][: quick[i]] for i in tried]), strict=True):
+            if count(encoded) >= tokens:
+                cuts[i], done[i] = quick[i] or 0, encoded
+        pending = [i for i in pending if done[i] is None]
+    for i, encoded in zip(pending, encode([head + bodies[i][: cuts[i]] for i in pending]), strict=True):
+        done[i] = encoded
+    return cuts, [encoded for encoded in done if encoded is not None]
 
 
 def _splitting_pre_tokenizer(tokenizer: Any) -> Any:
