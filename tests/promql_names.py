@@ -17,6 +17,10 @@ import yaml
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 RULE_FILES = sorted((DEPLOY / "prometheus" / "rules").glob("*.yml"))
 DASHBOARDS = sorted((DEPLOY / "grafana" / "dashboards").glob("*.json"))
+# The endpoint picker's engine mapping: the metric specs (PromQL instant-vector selectors) it reads per replica.
+EPP_CONFIG = DEPLOY / "k8s" / "overlays" / "inference-gateway" / "epp-config.yaml"
+EPP_SPEC_FIELDS = ("queuedRequestsSpec", "runningRequestsSpec", "kvUsageSpec", "loraSpec", "cacheInfoSpec",
+                   "cacheBlockSizeSpec", "cacheNumBlocksSpec")
 
 _KEYWORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right", "bool",
              "offset", "inf", "nan"}
@@ -84,8 +88,22 @@ def dashboard_exprs(path: Path) -> list[str]:
     return exprs
 
 
+def picker_exprs() -> list[tuple[str, str]]:
+    """Every metric spec of the rerankd engine mapping in the endpoint picker's configuration."""
+    config = yaml.safe_load(EPP_CONFIG.read_text())
+    out = []
+    for plugin in config["plugins"]:
+        for engine in (plugin.get("parameters") or {}).get("engineConfigs", []):
+            out += [(f"epp engine {engine['name']} {field}", engine[field]) for field in EPP_SPEC_FIELDS
+                    if engine.get(field)]
+            out += [(f"epp engine {engine['name']} {m['attributeKey']}", m["metricSpec"])
+                    for m in engine.get("customMetrics", [])]
+    return out
+
+
 def all_exprs() -> list[tuple[str, str]]:
+    """Rules, dashboards and the endpoint picker's mapping: everything that reads a metric by name."""
     out = [(f"rule {r.get('alert') or r.get('record')}", r["expr"]) for r in rules()]
     for path in DASHBOARDS:
         out += [(path.name, e) for e in dashboard_exprs(path)]
-    return out
+    return out + picker_exprs()

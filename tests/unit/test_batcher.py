@@ -230,6 +230,61 @@ async def test_rows_go_shortest_first_and_scores_come_back_in_document_order() -
     assert sample(batcher, "rerankd_queue_time_seconds_count") == 1
 
 
+def load(batcher: DynamicBatcher) -> tuple[float | None, ...]:
+    """(waiting, running, in-flight tokens, utilisation): what an endpoint picker scrapes."""
+    names = ("rerankd_queue_depth", "rerankd_requests_running", "rerankd_inflight_tokens",
+             "rerankd_token_utilization_ratio")
+    return tuple(sample(batcher, name) for name in names)
+
+
+async def test_the_picker_gauges_follow_waiting_running_and_the_tokens_ahead() -> None:
+    backend = RecordingBackend()
+    async with running(backend, max_batch_tokens=40) as batcher:
+        a = await on_the_model(batcher, backend, request(1, 2, (10, 3)))  # one row: 2 + 3 tokens
+        assert load(batcher) == (0, 1, 5, 5 / 40)
+        b = await queued(batcher, request(2, 1, (20, 2), (21, 2)))  # two rows of 1 + 2
+        assert load(batcher) == (1, 1, 11, 11 / 40)
+        c = await queued(batcher, request(3, 1, (30, 49)))  # more than a pass ahead: the gauge stops at 1
+        assert load(batcher) == (2, 1, 61, 1.0)
+        c.cancel()  # a client gone is no load
+        await wait_until(lambda: load(batcher)[0] == 1, "the cancelled request leaves the gauges")
+        assert load(batcher) == (1, 1, 11, 11 / 40)
+        backend.release()
+        assert await a == [10.0] and await b == [20.0, 21.0]
+        assert load(batcher) == (0, 0, 0, 0.0)
+
+
+class SteppedBackend(RecordingBackend):
+    """Runs one forward pass per ``step()``: a request's passes can be watched one at a time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._permits = threading.Semaphore(0)
+
+    def step(self) -> None:
+        self._permits.release()
+
+    def score(self, groups: list[TokenGroup]) -> list[list[float]]:
+        if not self._permits.acquire(timeout=DEADLINE_S):
+            raise TimeoutError("the test never stepped the backend")
+        return super().score(groups)
+
+
+async def test_the_tokens_ahead_shrink_as_a_requests_passes_are_answered() -> None:
+    backend = SteppedBackend()
+    async with running(backend, max_batch_tokens=40) as batcher:
+        task = asyncio.create_task(batcher.submit(*request(1, 1, (10, 30), (11, 30))))  # one row per pass
+        await wait_until(lambda: load(batcher)[1] == 1, "the first pass is cut")
+        assert load(batcher) == (0, 1, 62, 1.0)
+        backend.step()
+        await backend.next_batch()  # the first pass ran; its row's answer leaves the tokens ahead
+        await wait_until(lambda: load(batcher)[2] != 62, "the first pass is answered")
+        assert load(batcher) == (0, 1, 31, 31 / 40)
+        backend.step()
+        assert await task == [10.0, 11.0]
+        assert load(batcher) == (0, 0, 0, 0.0)
+
+
 async def test_requests_are_served_first_in_first_out() -> None:
     backend = RecordingBackend()
     async with running(backend) as batcher:

@@ -137,7 +137,9 @@ def test_every_exported_gpu_and_queue_metric_appears_somewhere() -> None:
                  "rerankd_queue_depth", "rerankd_queue_capacity", "rerankd_batch_size_bucket",
                  "rerankd_compiled_kernels_ready", "rerankd_score_cache_hits_total", "rerankd_score_cache_misses_total",
                  "rerankd_gateway_upstream_breaker_state", "rerankd_gateway_ledger_lag_seconds",
-                 "rerankd_gateway_rate_limited_total"):
+                 "rerankd_gateway_rate_limited_total",
+                 # read by the endpoint picker (deploy/k8s/overlays/inference-gateway/epp-config.yaml)
+                 "rerankd_requests_running", "rerankd_token_utilization_ratio"):
         assert name in used
 
 

@@ -186,7 +186,9 @@ def up(model: str, replicas: int, host: str, gateway_port: int, ui_port: int, wi
     for chatty in ("alembic", "httpx", "httpcore"):  # readiness polling would print a line every 250 ms
         logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
-        model_path = resolve_model(model)  # download once here, not N times in parallel in the replicas
+        # Download once here, not N times in parallel in the replicas (which get the directory: --revision is
+        # the reranker's; an --embedding-model id loads its main branch).
+        model_path = resolve_model(model, revision=server_flags.get("revision"))
         embedding_path = resolve_model(embedding_model) if embedding_model else None
     except ModelSourceError as exc:
         raise click.ClickException(str(exc)) from None

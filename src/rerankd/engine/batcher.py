@@ -52,6 +52,7 @@ class _Pending:
     lengths: list[int] = field(init=False)
     next_tail: int = 0
     remaining: int = field(init=False)
+    tokens_left: int = field(init=False)
     results: list[Any] = field(init=False)
     cancelled: bool = False
 
@@ -59,11 +60,18 @@ class _Pending:
         self.order = dispatch_order(self.tails)
         self.lengths = [len(self.tails[i]) for i in self.order]
         self.remaining = len(self.tails)
+        # Row tokens (prefix + document, as a pass is budgeted) not scored yet: the replica's work ahead.
+        self.tokens_left = sum(self.lengths) + len(self.shared) * len(self.tails)
         self.results = [0.0] * len(self.tails)  # scores, or vectors for an embedding engine
 
     @property
     def started(self) -> bool:
         return self.next_tail > 0
+
+    @property
+    def live(self) -> bool:
+        """Whether this request still counts as load: neither answered nor given up."""
+        return not self.cancelled and not self.future.done()
 
     @property
     def has_rows(self) -> bool:
@@ -165,17 +173,30 @@ class DynamicBatcher:
         pending = _Pending(shared, tails, loop.create_future(), time.perf_counter(), tenant, self._arrivals, priority)
         self._arrivals += 1
         self._queue.append(pending)
-        self._set_queue_gauge()
+        self._set_load_gauges()
         self._wakeup.set()
         try:
             return await asyncio.shield(pending.future)
         except asyncio.CancelledError:
             pending.cancelled = True
             self.metrics.cancelled_requests_total.inc()
+            self._set_load_gauges()
             raise
 
-    def _set_queue_gauge(self) -> None:
-        self.metrics.queue_depth.set(self.waiting)
+    def _set_load_gauges(self) -> None:
+        """The load an endpoint picker reads (docs/observability.md): waiting, running, work ahead.
+
+        Set on the event loop at each change (a request queued, a pass cut, a pass answered, a client gone),
+        never computed at scrape time from another thread while the queue changes.
+        """
+        live = [p for p in self._queue if p.live]
+        waiting = sum(1 for p in live if not p.started)
+        tokens = sum(p.tokens_left for p in live)
+        m = self.metrics
+        m.queue_depth.set(waiting)
+        m.requests_running.set(len(live) - waiting)
+        m.inflight_tokens.set(tokens)
+        m.token_utilization_ratio.set(min(1.0, tokens / self.max_batch_tokens))
 
     def _next_batch(self) -> list[_Slice]:
         """Take the rows :func:`cut_batch` admits, in :func:`service_order`, and mark them dispatched.
@@ -208,7 +229,7 @@ class DynamicBatcher:
                 await self._wakeup.wait()
                 continue
             slices = self._next_batch()
-            self._set_queue_gauge()
+            self._set_load_gauges()
             groups = [TokenGroup(s.pending.shared, [s.pending.tails[i] for i in s.indices]) for s in slices]
             started = time.perf_counter()
             try:
@@ -220,6 +241,7 @@ class DynamicBatcher:
                     if not s.pending.future.done():
                         s.pending.future.set_exception(exc)
                         s.pending.cancelled = True
+                self._set_load_gauges()
                 continue
             self._observe(groups, time.perf_counter() - started, len(slices))
             for s, group_scores in zip(slices, scores, strict=True):
@@ -227,8 +249,10 @@ class DynamicBatcher:
                 for i, score in zip(s.indices, group_scores, strict=True):
                     p.results[i] = score
                 p.remaining -= len(s.indices)
+                p.tokens_left -= sum(len(p.shared) + len(p.tails[i]) for i in s.indices)
                 if p.remaining == 0 and not p.future.done():
                     p.future.set_result(p.results)
+            self._set_load_gauges()
 
     def _drop_finished(self) -> None:
         self._queue = collections.deque(

@@ -34,6 +34,10 @@ class EngineConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     model: str = Field(description="Hugging Face id (downloaded on first use) or a local directory.")
+    revision: str | None = Field(
+        None, min_length=1,
+        description="Hugging Face revision of --model to load: a branch, tag or commit sha (a sha pins the weights; "
+                    "default: the repository's main branch). Ignored when --model is a local directory.")
     task: TaskChoice = Field(
         "auto", description="What the model serves: rerank (Qwen3-Reranker) or embed (Qwen3-Embedding). auto = embed "
                             "when the model has the sentence-transformers pooling files of the Qwen3-Embedding "

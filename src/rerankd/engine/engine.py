@@ -227,7 +227,7 @@ def load_engine(config: EngineConfig, metrics: ServerMetrics | None = None) -> R
     if metrics is None:
         metrics = ServerMetrics()
 
-    path = resolve_model(config.model)
+    path = resolve_model(config.model, revision=config.revision)
     tokenizer = load_tokenizer(path)
     own_limit = model_max_length(path)
     max_len = min(config.max_model_len, own_limit) if config.max_model_len else own_limit

@@ -95,6 +95,9 @@ def _download(model: str, *, revision: str | None, cache_dir: str | None, local_
 def resolve_model(model: str, *, revision: str | None = None, cache_dir: str | None = None) -> Path:
     """Return a local directory holding the model's config, weights and tokenizer.
 
+    ``revision`` (``--revision``): the Hub branch, tag or commit of an ``org/name`` id, looked up in the cache
+    first and downloaded otherwise; a local directory is what it is, and ignores it.
+
     * an existing directory with ``config.json`` is returned as is;
     * a path-like string without ``config.json`` raises ``ModelSourceError``;
     * an ``org/name`` id is taken from the Hugging Face cache if there, else downloaded.

@@ -57,6 +57,20 @@ class ServerMetrics:
         self.queue_depth = Gauge(
             "rerankd_queue_depth", "Scoring requests waiting for the model.", registry=r,
         )
+        # What an endpoint picker (llm-d router, Gateway API Inference Extension) reads per replica, the way it
+        # reads vLLM's num_requests_waiting / num_requests_running / kv_cache_usage_perc: docs/observability.md.
+        self.requests_running = Gauge(
+            "rerankd_requests_running", "Scoring requests with rows in or through the model and rows still to "
+                                        "score (rerankd_queue_depth counts those not started).", registry=r,
+        )
+        self.inflight_tokens = Gauge(
+            "rerankd_inflight_tokens", "Row tokens (prefix + document) of waiting and running requests not scored "
+                                       "yet.", registry=r,
+        )
+        self.token_utilization_ratio = Gauge(
+            "rerankd_token_utilization_ratio", "rerankd_inflight_tokens / --max-batch-tokens, at most 1: 1 means a "
+                                               "new request waits at least one full forward pass.", registry=r,
+        )
         self.queue_capacity = Gauge(
             "rerankd_queue_capacity", "--max-queue: waiting requests allowed before 503.", registry=r,
         )

@@ -57,7 +57,7 @@ def serve(**flags: Any) -> None:
     from rerankd.server.app import create_server_app
 
     try:
-        path = resolve_model(settings.model)
+        path = resolve_model(settings.model, revision=settings.revision)
     except ModelSourceError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_BAD_MODEL_PATH)
