@@ -124,9 +124,10 @@ def ui_backend_url(ui_backend: tuple[str, str]) -> str:
     return ui_backend[0]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def ui_url(ui_backend_url: str, ui_api_key: str) -> Iterator[str]:
-    """The UI in front of ``ui_backend_url`` with the right key."""
+    """The UI in front of ``ui_backend_url`` with the right key (both tabs). Session-scoped, as the stub UI:
+    each test module that uses it would otherwise launch its own Gradio app."""
     with running_ui(ui_backend_url, ui_api_key) as url:
         yield url
 
@@ -183,19 +184,19 @@ def _stub_upstream_app(slow_calls: Arrivals) -> Any:
     return Starlette(routes=[Route("/v1/rerank", rerank, methods=["POST"])])
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def stub_upstream() -> Iterator[StubUpstream]:
     slow_calls = Arrivals()
     with running_asgi(_stub_upstream_app(slow_calls)) as url:
         yield StubUpstream(url, slow_calls)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def stub_upstream_url(stub_upstream: StubUpstream) -> str:
     return stub_upstream.url
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def stub_ui_url(stub_upstream_url: str) -> Iterator[str]:
     """A UI in front of the stub upstream, with a 4 s timeout so a hung upstream is reported quickly."""
     with running_ui(stub_upstream_url, "stub-key", timeout=4.0) as url:

@@ -64,6 +64,13 @@ def test_equal_cosines_keep_corpus_order_and_zero_vectors_count_as_zero() -> Non
     assert hits[3].cosine == 0.0 and hits[4].cosine == pytest.approx(-1.0)
 
 
+def test_many_equal_cosines_still_keep_corpus_order() -> None:
+    # Past 16 elements numpy's default sort is not stable: the ties would come back shuffled.
+    passages = np.array([[1.0, 0.0]] * 20 + [[1.0, 1.0]] * 20 + [[1.0, 0.0]] * 20, dtype=np.float32)
+    hits = top_k_by_cosine(np.array([1.0, 1.0], dtype=np.float32), passages, 25)
+    assert [h.index for h in hits] == [*range(20, 40), *range(5)]
+
+
 def test_mismatched_dimensions_are_an_error_not_a_ranking() -> None:
     with pytest.raises(ValueError, match="shape"):
         top_k_by_cosine(np.ones(3), np.ones((2, 4)), 1)
