@@ -9,7 +9,8 @@ Why it is shaped this way:
   concurrency limit: a slow gateway holds one of the limit's slots, not the process, and the page stays
   responsive for everyone else.
 - The "Rank" event is a named API endpoint (``/rerank``), so the same ranking is scriptable with
-  ``gradio_client`` (see the README's Web UI section for its inputs and outputs).
+  ``gradio_client`` (see docs/ui.md for its inputs and outputs); the Search tab
+  (:mod:`rerankd.ui.search_page`) is ``/search``.
 - The theme uses the system font stack: the page makes no request outside the UI's own origin, so it
   renders the same on an air-gapped network and behind a reverse proxy.
 """
