@@ -1,4 +1,4 @@
-"""Fixtures of the browser end-to-end tests: a real rerank backend, the UI launched in-process, a stub
+"""Fixtures of the browser end-to-end tests: a real rerank and embedding backend, the UI launched in-process, a stub
 upstream that answers error codes, a reverse proxy, and headless Chromium driven by Playwright.
 
 Nothing here is a mock: every component is a real HTTP server on 127.0.0.1. The backend the UI talks
@@ -71,11 +71,12 @@ def running_asgi(app: Any) -> Iterator[str]:
 
 @contextmanager
 def running_ui(gateway_url: str, api_key: str | None, *, timeout: float = 30.0,
-               root_path: str | None = None) -> Iterator[str]:
-    """``build_ui`` + ``launch_ui`` in this process (``prevent_thread_lock``); yield the UI's local URL."""
+               root_path: str | None = None, **options: Any) -> Iterator[str]:
+    """``build_ui`` (with any more of its ``options``) + ``launch_ui`` in this process (``prevent_thread_lock``);
+    yield the UI's local URL."""
     from rerankd.ui.app import build_ui, launch_ui
 
-    blocks = build_ui(gateway_url, api_key=api_key, timeout=timeout)
+    blocks = build_ui(gateway_url, api_key=api_key, timeout=timeout, **options)
     url = launch_ui(blocks, host="127.0.0.1", port=free_port(), root_path=root_path, prevent_thread_lock=True)
     try:
         yield url.rstrip("/")
@@ -84,9 +85,11 @@ def running_ui(gateway_url: str, api_key: str | None, *, timeout: float = 30.0,
 
 
 @pytest.fixture(scope="session")
-def ui_backend(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    """The stack the UI talks to, as in production: a ``rerankd serve`` replica (tiny model, requiring its own
-    upstream key) behind a ``rerankd gateway``, and a gateway API key for the UI."""
+def ui_backend(tiny_model_dir: Path, embed_server_url: str,
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """The stack the UI talks to, as in production (``rerankd up --embedding-model``): a ``rerankd serve``
+    replica (tiny reranker, requiring its own upstream key) and the session's tiny embedding server (the
+    pool ``tiny-embedder``, for the search tab) behind one ``rerankd gateway``, and a gateway API key for the UI."""
     from rerankd.gateway.settings import GatewaySettings
     from rerankd.server.settings import ServerSettings
 
@@ -95,7 +98,8 @@ def ui_backend(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
                               dtype="float32", max_model_len=512, max_documents=100, api_key=upstream_key)
     database = tmp_path_factory.mktemp("e2e-gateway") / "gateway.db"
     with running_server(settings) as server:
-        gateway_settings = GatewaySettings(upstreams=[server], upstream_api_key=upstream_key, admin_key=admin,
+        gateway_settings = GatewaySettings(upstreams=[server], pools=[f"embed:tiny-embedder={embed_server_url}"],
+                                           upstream_api_key=upstream_key, admin_key=admin,
                                            database_url=f"sqlite:///{database}", max_documents=100)
         with running_gateway(gateway_settings) as gateway:
             created = httpx.post(f"{gateway}/admin/keys", json={"name": "e2e-ui"},
@@ -120,9 +124,10 @@ def ui_backend_url(ui_backend: tuple[str, str]) -> str:
     return ui_backend[0]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def ui_url(ui_backend_url: str, ui_api_key: str) -> Iterator[str]:
-    """The UI in front of ``ui_backend_url`` with the right key."""
+    """The UI in front of ``ui_backend_url`` with the right key (both tabs). Session-scoped, as the stub UI:
+    each test module that uses it would otherwise launch its own Gradio app."""
     with running_ui(ui_backend_url, ui_api_key) as url:
         yield url
 
@@ -179,19 +184,19 @@ def _stub_upstream_app(slow_calls: Arrivals) -> Any:
     return Starlette(routes=[Route("/v1/rerank", rerank, methods=["POST"])])
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def stub_upstream() -> Iterator[StubUpstream]:
     slow_calls = Arrivals()
     with running_asgi(_stub_upstream_app(slow_calls)) as url:
         yield StubUpstream(url, slow_calls)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def stub_upstream_url(stub_upstream: StubUpstream) -> str:
     return stub_upstream.url
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def stub_ui_url(stub_upstream_url: str) -> Iterator[str]:
     """A UI in front of the stub upstream, with a 4 s timeout so a hung upstream is reported quickly."""
     with running_ui(stub_upstream_url, "stub-key", timeout=4.0) as url:

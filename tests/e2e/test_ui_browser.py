@@ -1,6 +1,7 @@
 """The web UI end to end: headless Chromium and ``gradio_client`` against the UI, the UI against a real
 rerank API (and against a stub upstream that answers 429/503/413 or hangs), compared with the API
-called directly.
+called directly. The search tab's browser test is here too (one Chromium per module); its ``gradio_client``
+tests are in ``test_ui_search.py``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from rerankd.ui.app import (
 )
 
 from .conftest import StubUpstream, running_ui, save_artifact
+from .search_reference import CORPUS, INSTRUCTION, api_search, assert_rows_match
 
 pytestmark = pytest.mark.e2e
 
@@ -169,6 +171,30 @@ def test_browser_through_a_reverse_proxy_under_a_root_path(
     # Every asset, config and queue call went through the proxy's prefix: none bypassed it, none left the site.
     outside = [u for u in requested if not u.startswith(proxied_ui_url + "/") and not u.startswith(("data:", "blob:"))]
     assert requested and outside == []
+
+
+def test_browser_searches_a_pasted_corpus_and_shows_both_rankings(
+    page: Any, ui_url: str, ui_backend_url: str, ui_api_key: str
+) -> None:
+    query = "Which city is the capital of China?"
+    page.goto(ui_url + "/")
+    page.get_by_role("tab", name="Search a corpus").click()
+    page.locator("#rerankd-search-query textarea").fill(query)
+    page.locator("#rerankd-search-button").click()  # no corpus yet: a sentence in the page, not a crash
+    page.locator("#rerankd-search-summary").get_by_text("Add at least one passage").wait_for()
+
+    page.locator("#rerankd-search-corpus textarea").fill("\n".join(CORPUS))
+    page.locator("#rerankd-search-top-k input").fill("4")
+    page.locator("#rerankd-search-button").click()
+    page.locator("#rerankd-search-summary").get_by_text("top 4 of 7 passages").wait_for()
+    rows = page.evaluate(
+        """() => Array.from(document.querySelectorAll('#rerankd-search-table div[role=row]'))
+                 .map(row => Array.from(row.querySelectorAll('[role=gridcell]')).map(cell => cell.innerText.trim()))"""
+    )
+    assert_rows_match(rows, api_search(ui_backend_url, ui_api_key, query, CORPUS, INSTRUCTION, 4), CORPUS)
+    summary = page.locator("#rerankd-search-summary").inner_text()
+    assert "tiny-embedder" in summary and "tiny-reranker" in summary
+    assert ui_api_key not in page.content()
 
 
 # ------------------------------------------------------------------------------- page and API config

@@ -44,18 +44,25 @@ def test_rerankd_ui_serves_the_page_with_the_key_from_the_environment(
     tmp_path: Path, ui_backend_url: str, ui_api_key: str
 ) -> None:
     from gradio_client import Client
+    from gradio_client.exceptions import AppError
 
     log = tmp_path / "ui.log"
-    proc, base = start_ui(log, "--timeout", "30",
+    proc, base = start_ui(log, "--timeout", "30", "--max-corpus", "2",
                           env={"RERANKD_GATEWAY_URL": ui_backend_url, "RERANKD_API_KEY": ui_api_key})
     try:
         for path in ("/", "/config"):
             assert ui_api_key not in httpx.get(base + path, timeout=10).text
         # A ranking succeeds only if RERANKD_API_KEY reached the upstream call (the backend demands it).
-        table, _, details = Client(base, verbose=False, analytics_enabled=False, download_files=False).predict(
+        client = Client(base, verbose=False, analytics_enabled=False, download_files=False)
+        table, _, details = client.predict(
             "capital of France", "", "Paris is the capital of France.\nBerlin is in Germany.", None, 0,
             api_name="/rerank")
         assert details["documents"] == 2 and len(table["data"]) == 2
+        # The search tab embeds at the same gateway with the same key by default; --max-corpus reaches the page.
+        table, _, details = client.predict("capital of France", "", "Paris\nBerlin", None, 1, api_name="/search")
+        assert details["corpus"] == 2 and details["embedding"]["model"] == "tiny-embedder" and len(table["data"]) == 1
+        with pytest.raises(AppError, match="at most 2"):
+            client.predict("q", "", "a\nb\nc", None, 1, api_name="/search")
         assert "listening on http://127.0.0.1:" in log.read_text()
     finally:
         proc.terminate()

@@ -9,23 +9,24 @@ Why it is shaped this way:
   concurrency limit: a slow gateway holds one of the limit's slots, not the process, and the page stays
   responsive for everyone else.
 - The "Rank" event is a named API endpoint (``/rerank``), so the same ranking is scriptable with
-  ``gradio_client`` (see the README's Web UI section for its inputs and outputs).
+  ``gradio_client`` (see docs/ui.md for its inputs and outputs); the Search tab
+  (:mod:`rerankd.ui.search_page`) is ``/search``.
 - The theme uses the system font stack: the page makes no request outside the UI's own origin, so it
   renders the same on an air-gapped network and behind a reverse proxy.
 """
 
 from __future__ import annotations
 
-import html
-import threading
-from collections import OrderedDict
 from typing import Any, NoReturn
 
 import gradio as gr
 
 from rerankd.client import RerankAPIError, RerankClient, RerankOutcome
 from rerankd.ui.documents import SUPPORTED_SUFFIXES, DocumentParseError, collect_documents
-from rerankd.ui.upstream import page_client
+from rerankd.ui.failures import LastErrors, show_error
+from rerankd.ui.failures import fail as failed
+from rerankd.ui.search_page import search_tab
+from rerankd.ui.upstream import page_client, page_embedder
 
 __all__ = [
     "API_DESCRIPTION",
@@ -124,39 +125,9 @@ def _details(outcome: RerankOutcome) -> dict[str, Any]:
     }
 
 
-class _LastErrors:
-    """The last failure message of each browser session, so the page can also show it inline.
-
-    Why: a raised ``gr.Error`` is what API clients need (``gradio_client`` raises it) and what the page
-    shows as a toast, but a failing event cannot update its outputs; the ``failure`` follow-up reads the
-    message from here by session and writes it where the summary goes. Bounded: old sessions fall off.
-    """
-
-    def __init__(self, capacity: int = 1024) -> None:
-        self._messages: OrderedDict[str, str] = OrderedDict()
-        self._capacity = capacity
-        self._lock = threading.Lock()
-
-    def record(self, session: str | None, message: str) -> None:
-        if not session:
-            return
-        with self._lock:
-            self._messages[session] = message
-            self._messages.move_to_end(session)
-            while len(self._messages) > self._capacity:
-                self._messages.popitem(last=False)
-
-    def pop(self, session: str | None) -> str:
-        with self._lock:
-            return self._messages.pop(session or "", "")
-
-
-def _make_rank_handler(client: RerankClient, errors: _LastErrors) -> Any:
+def _make_rank_handler(client: RerankClient, errors: LastErrors) -> Any:
     def fail(request: gr.Request | None, title: str, message: str, duration: float | None = 10) -> NoReturn:
-        # Escaped: Gradio renders the message as HTML, and the upstream's words (which may echo input) are not ours.
-        escaped = html.escape(message, quote=False)
-        errors.record(getattr(request, "session_hash", None), f"**{html.escape(title)}**: {escaped}")
-        raise gr.Error(escaped, title=title, duration=duration, print_exception=False)
+        failed(errors, request, title, message, duration)
 
     async def rank(
         query: str, instruction: str, documents: str, documents_file: str | None, top_n: float | None,
@@ -205,19 +176,25 @@ def build_ui(
     max_concurrency: int = 16,
     max_queue: int = 256,
     title: str = "rerankd",
+    embedding_url: str | None = None,
+    embedding_api_key: str | None = None,
+    embedding_model: str | None = None,
+    max_corpus: int = 1000,
 ) -> gr.Blocks:
     """The page, wired to the rerank API at ``gateway_url`` (a gateway or a server; ``/v1/rerank`` is appended).
 
     ``api_key`` is sent as ``Authorization: Bearer`` from the UI's server process only. ``timeout`` bounds
     each upstream call; ``max_concurrency`` upstream calls run at once and ``max_queue`` more may wait.
+    The search tab embeds at ``embedding_url`` (default: ``gateway_url``; ``/v1/embeddings``) with
+    ``embedding_api_key`` (default: ``api_key``) and ``embedding_model`` (default: the upstream's), over a
+    corpus of at most ``max_corpus`` passages.
     """
     client = page_client(gateway_url, api_key=api_key, timeout=timeout)
-    errors = _LastErrors()
+    embedder = page_embedder(embedding_url or gateway_url,
+                             api_key=embedding_api_key if embedding_api_key is not None else api_key,
+                             model=embedding_model, timeout=timeout)
+    errors = LastErrors()
     rank = _make_rank_handler(client, errors)
-
-    def show_error(request: gr.Request) -> tuple[str, None, None]:
-        # Clear the previous ranking too: next to an error message it would read as the answer to this query.
-        return errors.pop(request.session_hash), None, None
 
     with gr.Blocks(title=title, analytics_enabled=False) as blocks:
         gr.Markdown(
@@ -225,46 +202,51 @@ def build_ui(
             "Type a query and candidate documents (one per line, or upload a .txt/.jsonl/.csv file); the "
             "Qwen3-Reranker scores each document against the query and the table shows them best first."
         )
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=2):
-                query = gr.Textbox(label="Query", lines=1, placeholder="What are you looking for?",
-                                   elem_id="rerankd-query")
-                preset = gr.Dropdown(choices=INSTRUCTION_PRESETS, value=DEFAULT_INSTRUCTION,
-                                     label="Instruction preset", elem_id="rerankd-preset")
-                instruction = gr.Textbox(label="Instruction", value=DEFAULT_INSTRUCTION, lines=2,
-                                         info="Edit freely; empty means the model's default.",
-                                         elem_id="rerankd-instruction")
-                documents = gr.Textbox(label="Documents (one per line)", lines=8, max_lines=30,
-                                       placeholder="One candidate document per line", elem_id="rerankd-documents")
-                documents_file = gr.File(label="…or upload documents (.txt one per line, .jsonl, .csv)",
-                                         file_types=list(SUPPORTED_SUFFIXES), type="filepath", height=120,
-                                         elem_id="rerankd-file")
-                with gr.Row():
-                    top_n = gr.Number(label="top_n (0 = all)", value=0, minimum=0, precision=0,
-                                      elem_id="rerankd-top-n")
-                    rank_button = gr.Button("Rank", variant="primary", elem_id="rerankd-rank")
-            with gr.Column(scale=3):
-                summary = gr.Markdown(label="Summary", elem_id="rerankd-summary")
-                table = gr.Dataframe(headers=TABLE_HEADERS, datatype=["number", "number", "str", "number", "str"],
-                                     label="Ranking", interactive=False, wrap=True,
-                                     column_widths=["8%", "12%", "15%", "9%", "56%"], elem_id="rerankd-table")
-                with gr.Accordion("Response details", open=False):
-                    details = gr.JSON(label="Response details", elem_id="rerankd-details")
-        gr.Examples(examples=EXAMPLES, inputs=[query, instruction, documents], label="Examples",
-                    cache_examples=False)
+        with gr.Tabs():
+            with gr.Tab("Rank documents", id="rank", elem_id="rerankd-rank-tab"):
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=2):
+                        query = gr.Textbox(label="Query", lines=1, placeholder="What are you looking for?",
+                                           elem_id="rerankd-query")
+                        preset = gr.Dropdown(choices=INSTRUCTION_PRESETS, value=DEFAULT_INSTRUCTION,
+                                             label="Instruction preset", elem_id="rerankd-preset")
+                        instruction = gr.Textbox(label="Instruction", value=DEFAULT_INSTRUCTION, lines=2,
+                                                 info="Edit freely; empty means the model's default.",
+                                                 elem_id="rerankd-instruction")
+                        documents = gr.Textbox(label="Documents (one per line)", lines=8, max_lines=30,
+                                               placeholder="One candidate document per line",
+                                               elem_id="rerankd-documents")
+                        documents_file = gr.File(label="…or upload documents (.txt one per line, .jsonl, .csv)",
+                                                 file_types=list(SUPPORTED_SUFFIXES), type="filepath", height=120,
+                                                 elem_id="rerankd-file")
+                        with gr.Row():
+                            top_n = gr.Number(label="top_n (0 = all)", value=0, minimum=0, precision=0,
+                                              elem_id="rerankd-top-n")
+                            rank_button = gr.Button("Rank", variant="primary", elem_id="rerankd-rank")
+                    with gr.Column(scale=3):
+                        summary = gr.Markdown(label="Summary", elem_id="rerankd-summary")
+                        table = gr.Dataframe(headers=TABLE_HEADERS,
+                                             datatype=["number", "number", "str", "number", "str"], label="Ranking",
+                                             interactive=False, wrap=True,
+                                             column_widths=["8%", "12%", "15%", "9%", "56%"], elem_id="rerankd-table")
+                        with gr.Accordion("Response details", open=False):
+                            details = gr.JSON(label="Response details", elem_id="rerankd-details")
+                gr.Examples(examples=EXAMPLES, inputs=[query, instruction, documents], label="Examples",
+                            cache_examples=False)
 
-        preset.change(lambda value: value, inputs=preset, outputs=instruction, queue=False,
-                      api_visibility="private")
-        gr.on(
-            triggers=[rank_button.click, query.submit],
-            fn=rank,
-            inputs=[query, instruction, documents, documents_file, top_n],
-            outputs=[table, summary, details],
-            api_name=API_NAME,
-            api_description=API_DESCRIPTION,
-            concurrency_limit=max_concurrency,
-            concurrency_id=API_NAME,
-        ).failure(show_error, outputs=[summary, table, details], queue=False, api_visibility="private")
+                preset.change(lambda value: value, inputs=preset, outputs=instruction, queue=False,
+                              api_visibility="private")
+                gr.on(
+                    triggers=[rank_button.click, query.submit],
+                    fn=rank,
+                    inputs=[query, instruction, documents, documents_file, top_n],
+                    outputs=[table, summary, details],
+                    api_name=API_NAME,
+                    api_description=API_DESCRIPTION,
+                    concurrency_limit=max_concurrency,
+                    concurrency_id=API_NAME,
+                ).failure(show_error(errors), outputs=[summary, table, details], queue=False, api_visibility="private")
+            search_tab(client, embedder, errors, max_corpus=max_corpus, max_concurrency=max_concurrency)
     blocks.queue(max_size=max_queue, default_concurrency_limit=max_concurrency)
     return blocks
 

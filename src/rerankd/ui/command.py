@@ -19,6 +19,7 @@ import click
 
 from rerankd.client import rerank_url
 from rerankd.options import env_option
+from rerankd.ui.embedder import embeddings_url
 
 __all__ = ["ui"]
 
@@ -29,6 +30,15 @@ def _check_gateway_url(ctx: click.Context, param: click.Parameter, value: str) -
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     return value
+
+
+def _check_embedding_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value:
+        try:
+            embeddings_url(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value or None
 
 
 @click.command()
@@ -46,8 +56,19 @@ def _check_gateway_url(ctx: click.Context, param: click.Parameter, value: str) -
             help="Rerank calls in flight at once; more wait in Gradio's queue.")
 @env_option("--queue-size", type=click.IntRange(min=1), default=256,
             help="Rerank calls allowed to wait; past it the page says the queue is full.")
+@env_option("--embedding-url", default=None, show_default=False, callback=_check_embedding_url,
+            help="Base URL of the embedding API the search tab uses (/v1/embeddings is appended) "
+                 "[default: --gateway-url].")
+@env_option("--embedding-api-key", default=None, show_default=False,
+            help="Key for --embedding-url, sent by the UI's server process only [default: --api-key].")
+@env_option("--embedding-model-name", "embedding_model", default=None, show_default=False,
+            help="The served name the search tab's embedding requests ask for (`model`) [default: none, "
+                 "the upstream's default embedding model].")
+@env_option("--max-corpus", type=click.IntRange(min=1), default=1000,
+            help="Passages the search tab embeds at most per search; a larger corpus is refused with a message.")
 def ui(gateway_url: str, api_key: str | None, host: str, port: int, root_path: str, timeout: float,
-       max_concurrency: int, queue_size: int) -> None:
+       max_concurrency: int, queue_size: int, embedding_url: str | None, embedding_api_key: str | None,
+       embedding_model: str | None, max_corpus: int) -> None:
     """Serve a web page to try queries against the rerank API (Gradio)."""
     # No usage analytics or version checks to huggingface.co from a self-hosted service (unless asked for).
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -57,10 +78,12 @@ def ui(gateway_url: str, api_key: str | None, host: str, port: int, root_path: s
         raise click.ClickException(f"{exc}; install the UI extra: pip install 'rerankd[ui]'") from None
 
     blocks = build_ui(gateway_url, api_key=api_key, timeout=timeout, max_concurrency=max_concurrency,
-                      max_queue=queue_size)
+                      max_queue=queue_size, embedding_url=embedding_url, embedding_api_key=embedding_api_key,
+                      embedding_model=embedding_model, max_corpus=max_corpus)
     public = f"; public path {root_path}" if root_path else ""
+    embedder = f"; embeddings from {embedding_url}" if embedding_url else ""
     click.echo(f"rerankd ui: listening on http://{host}:{port}/{public} → {gateway_url} "
-               f"({'with' if api_key else 'without'} an API key)", err=True)
+               f"({'with' if api_key else 'without'} an API key){embedder}", err=True)
     signal_name = asyncio.run(_serve_until_stopped(blocks, launch_ui, host=host, port=port, root_path=root_path))
     click.echo(f"rerankd ui: {signal_name} received, stopped", err=True)
 
