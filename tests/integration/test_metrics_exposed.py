@@ -24,11 +24,17 @@ ADMIN = "metrics-admin-secret"
 
 # Series that only exist once their event happened (labelled counters get a child on first use) or on
 # the hardware they describe. Each is named with the reason, so the list cannot hide a plain typo.
+_SHADOW = "exported by a gateway with a shadow rollout (checked in test_gateway_rollout)"
 EVENT_OR_HARDWARE_ONLY = {
     "rerankd_gpu_memory_used_bytes": "needs a GPU (NVML)",
     "rerankd_gpu_memory_total_bytes": "needs a GPU (NVML)",
     "rerankd_gpu_utilization_ratio": "needs a GPU (NVML)",
     "rerankd_alert_relay_deliveries_total": "exported by `rerankd alert-relay` (checked in test_alert_relay)",
+    "rerankd_gateway_shadow_spearman_bucket": _SHADOW,
+    "rerankd_gateway_shadow_top_k_overlap_sum": _SHADOW,
+    "rerankd_gateway_shadow_top_k_overlap_count": _SHADOW,
+    "rerankd_gateway_shadow_score_drift_sum": _SHADOW,
+    "rerankd_gateway_shadow_score_drift_count": _SHADOW,
 }
 NOT_FROM_RERANKD = {"up"}  # Prometheus' own; DCGM_FI_* come from the DCGM exporter
 

@@ -32,7 +32,9 @@ from rerankd.gateway.pipeline import ScoringPipeline
 from rerankd.gateway.pool import Upstream, UpstreamPool
 from rerankd.gateway.pools import ModelPool, PoolSet
 from rerankd.gateway.ratelimit import RateLimiter
+from rerankd.gateway.rollout import Rollout
 from rerankd.gateway.settings import GatewaySettings
+from rerankd.gateway.shadow import ShadowScorer
 from rerankd.observability.gateway_metrics import GatewayMetrics, GatewayStateCollector
 
 __all__ = ["GatewayComponents", "open_components"]
@@ -58,9 +60,12 @@ class GatewayComponents:
     mirrored: GatewayStateCollector
     admission: AdmissionLimits  # the bounds of a scoring body, checked before validation
     jwt: JwtVerifier | None = None
+    shadow: ShadowScorer | None = None  # the rollouts' shadow requests in flight
 
     async def close(self) -> None:
         """Stop health checks, flush the ledger (bounded), release connections. Never raises."""
+        if self.shadow is not None:
+            await self.shadow.close()
         await self.pools.close()
         await self.ledger.close(timeout=max(5.0, self.settings.drain_seconds))  # logs the real reason itself
         self.metrics.unmirror(self.mirrored)
@@ -104,19 +109,22 @@ async def open_components(settings: GatewaySettings, metrics: GatewayMetrics) ->
                                                served_model=None))
     pools = [_model_pool(settings, metrics, client, spec, unnamed=bool(settings.upstreams) and i == 0)
              for i, spec in enumerate(configured)]
+    by_name = {p.name: p for p in pools if p.named}
     pool_set = PoolSet(pools, ModelTable(pools, settings.model_aliases, default_model=settings.default_model,
-                                         strict=settings.strict_model_names))
+                                         strict=settings.strict_model_names),
+                       rollouts=[Rollout.build(r, by_name) for r in settings.rollouts], metrics=metrics)
+    shadow = ShadowScorer(metrics)
     pipeline = ScoringPipeline(
         Admission(limiter, metrics, max_documents=settings.max_documents,
                   upstream_max_model_len=settings.upstream_max_model_len),
-        pool_set, UsageCharger(limiter, ledger, metrics))
+        pool_set, UsageCharger(limiter, ledger, metrics), shadow=shadow)
     await pool_set.start()
     return GatewayComponents(settings=settings, metrics=metrics, engine=engine, keys=keys, ledger=ledger,
                              limiter=limiter, auth=auth, pools=pool_set, client=client, pipeline=pipeline,
                              audit=AuditLog(engine), mirrored=metrics.mirror(pool_set, ledger, limiter),
                              admission=AdmissionLimits(max_documents=settings.max_documents,
                                                        max_request_chars=settings.max_request_chars),
-                             jwt=jwt)
+                             jwt=jwt, shadow=shadow)
 
 
 def _model_pool(settings: GatewaySettings, metrics: GatewayMetrics, client: aiohttp.ClientSession,

@@ -7,7 +7,8 @@ models, so bad input gets the same 4xx here as from a replica. Then:
 1. admit (:mod:`~rerankd.gateway.admit`): requests/min spent, document count and cost checked, an upper
    bound of the tokens reserved from the key's tokens/min;
 2. route and forward: the model table (:mod:`~rerankd.gateway.model_table`) picks the pool for the request's
-   ``model`` (a 404 in strict mode when none matches), the body's ``model`` and ``priority`` are fitted
+   ``model`` (a 404 in strict mode when none matches; a rollout may hand it to another pool,
+   :mod:`~rerankd.gateway.rollout`), the body's ``model`` and ``priority`` are fitted
    (:mod:`~rerankd.gateway.upstream_body`), then :mod:`~rerankd.gateway.distribute` sends it to one of the
    pool's replicas with failover, or splits and merges it;
 3. charge (:mod:`~rerankd.gateway.charge`): the reservation settled to the tokens the replica reports
@@ -15,6 +16,9 @@ models, so bad input gets the same 4xx here as from a replica. Then:
    (:mod:`~rerankd.gateway.answers`), is a 502 and the reservation is refunded), and
    refunded whole when the request failed, was cancelled or never reached a replica;
 4. record: exactly one usage row and the per-key metrics, whatever happened above.
+
+A 200 that a rollout samples is also sent to its shadow pool once answered (:mod:`~rerankd.gateway.shadow`):
+in the background, never charged, its answer only compared.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 
 from rerankd.errors import RerankdError
 from rerankd.gateway.admit import Admission
@@ -34,6 +39,7 @@ from rerankd.gateway.forward import UpstreamReply
 from rerankd.gateway.model_table import Task
 from rerankd.gateway.pools import ModelPool, PoolSet
 from rerankd.gateway.ratelimit import Reservation
+from rerankd.gateway.shadow import ShadowScorer
 from rerankd.gateway.upstream_body import plan_edits
 from rerankd.http.disconnect import CLIENT_CLOSED_STATUS, ClientDisconnectedError
 from rerankd.protocol import RerankRequest
@@ -72,10 +78,12 @@ class ScoringAnswer:
 class ScoringPipeline:
     """Runs :class:`ScoringCall`\\ s through the steps; each step is a component with its own tests."""
 
-    def __init__(self, admission: Admission, pools: PoolSet, charger: UsageCharger) -> None:
+    def __init__(self, admission: Admission, pools: PoolSet, charger: UsageCharger,
+                 shadow: ShadowScorer | None = None) -> None:
         self._admission = admission
         self._pools = pools
         self._charger = charger
+        self._shadow = shadow
 
     async def run(self, call: ScoringCall, identity: Identity, guard: Guard) -> ScoringAnswer:
         """The request end to end; typed errors propagate (their status is recorded first)."""
@@ -85,7 +93,7 @@ class ScoringPipeline:
         reservation: Reservation | None = None
         try:
             limit_headers, reservation = await self._admission.admit(identity, call.documents, call.parsed)
-            pool = self._pools.table.route(call.task, call.model)
+            pool, rollout = self._pools.route(call.task, call.model, identity.key_id)
             if pool.named:
                 model = pool.name
             reply = await guard(self._forward(call, identity, pool))
@@ -93,6 +101,10 @@ class ScoringPipeline:
             if status == 200:
                 # A wrong shape or a garbage count raises the 502 here, before anything is charged.
                 tokens = accept_answer(call.shape, reply.headers, reply.body, call.documents)
+                if self._shadow is not None:  # a sampled request is scored on the shadow too, in the background
+                    self._shadow.offer(rollout, pool, call.shape, call.documents, reply.body,
+                                       partial(self._forward, replace(call, request_id=f"{call.request_id}.shadow"),
+                                               identity))
             settling, reservation = reservation, None
             limit_headers.update(await self._charger.settle(settling, tokens))  # a failed request refunds all
             return ScoringAnswer(status=status, body=reply.body, headers={**reply.headers, **limit_headers})

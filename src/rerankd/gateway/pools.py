@@ -17,6 +17,8 @@ from rerankd.gateway.distribute import Distributor
 from rerankd.gateway.forward import Forwarder
 from rerankd.gateway.model_table import UNNAMED, ModelTable, Task
 from rerankd.gateway.pool import Upstream, UpstreamPool
+from rerankd.gateway.rollout import Rollout
+from rerankd.observability.gateway_metrics import SHADOW_OUTCOMES, GatewayMetrics
 
 __all__ = ["ModelPool", "PoolSet"]
 
@@ -48,12 +50,35 @@ class ModelPool:
 
 
 class PoolSet:
-    """Every pool, and the model table that routes to them."""
+    """Every pool, the model table that routes to them, and the rollouts that share a pool's live traffic."""
 
-    def __init__(self, pools: list[ModelPool], table: ModelTable[ModelPool]) -> None:
+    def __init__(self, pools: list[ModelPool], table: ModelTable[ModelPool],
+                 rollouts: list[Rollout[ModelPool]] | None = None, metrics: GatewayMetrics | None = None) -> None:
         self.pools = pools
         self.table = table
+        self.rollouts: dict[ModelPool, Rollout[ModelPool]] = {r.model: r for r in rollouts or []}
         self.created = int(time.time())  # the ``created`` of the model objects /v1/models lists
+        self._metrics = metrics
+        if metrics is not None:  # at 0 from the start: rate() and the rollout's dashboards show 0, not "no data"
+            for pool in pools:
+                metrics.pool_requests_total.labels(pool.label, pool.label)
+            for rollout in self.rollouts.values():
+                for pool in rollout.pools:
+                    metrics.pool_requests_total.labels(rollout.model.label, pool.label)
+                    if rollout.shadow is not None and pool is not rollout.shadow:
+                        for outcome in SHADOW_OUTCOMES:
+                            metrics.shadow_requests_total.labels(rollout.model.name, pool.name, rollout.shadow.name,
+                                                                 outcome)
+
+    def route(self, task: Task, asked: str | None, key: str) -> tuple[ModelPool, Rollout[ModelPool] | None]:
+        """The pool that answers a request of caller ``key`` (the table's choice, or the pool its rollout
+        picks), and that rollout; a 404 when the table routes nowhere (:meth:`ModelTable.route`)."""
+        routed = self.table.route(task, asked)
+        rollout = self.rollouts.get(routed)
+        pool = rollout.choose(key) if rollout is not None else routed
+        if self._metrics is not None:
+            self._metrics.pool_requests_total.labels(routed.label, pool.label).inc()
+        return pool, rollout
 
     @property
     def upstreams(self) -> list[Upstream]:

@@ -17,6 +17,7 @@ from pydantic import ConfigDict, Field, ValidationError, field_validator
 from rerankd.edge_settings import DEFAULT_MAX_REQUEST_CHARS, EdgeSettings
 from rerankd.engine.model_source import DEFAULT_MAX_MODEL_LEN
 from rerankd.gateway.model_table import PoolSettings, check_table, parse_alias, parse_pool
+from rerankd.gateway.rollout import RolloutSettings, check_rollouts
 
 __all__ = ["GatewayConfigError", "GatewaySettings", "load_yaml_config"]
 
@@ -48,6 +49,9 @@ class GatewaySettings(EdgeSettings):
     strict_model_names: bool = Field(
         False, description="Answer 404 (listing what is served) for a model name no route matches, instead of "
                            "sending it to the default pool.")
+    rollouts: list[RolloutSettings] = Field(
+        default_factory=list,
+        description="Canary weights and a shadow pool per model (YAML only: `rollouts:`; see docs/gateway.md).")
     host: str = "127.0.0.1"
     port: int = 8080
     database_url: str = Field("sqlite:///rerankd-gateway.db", repr=False,
@@ -127,6 +131,16 @@ class GatewaySettings(EdgeSettings):
                     for v in value]
         return value
 
+    @field_validator("rollouts", mode="before")
+    @classmethod
+    def _parse_rollouts(cls, value: Any) -> Any:
+        """YAML mappings with dashes (``shadow-fraction`` = ``shadow_fraction``); pool names keep theirs."""
+        if isinstance(value, dict):
+            value = [value]
+        if isinstance(value, (list, tuple)):
+            return [{str(k).replace("-", "_"): x for k, x in v.items()} if isinstance(v, dict) else v for v in value]
+        return value
+
     @field_validator("model_aliases", mode="before")
     @classmethod
     def _parse_aliases(cls, value: Any) -> Any:
@@ -148,6 +162,7 @@ class GatewaySettings(EdgeSettings):
                 raise GatewayConfigError(f"bad upstream URL {url!r}: use http://HOST:PORT or dns+http://NAME:PORT")
         problems = check_table(self.pools, self.upstreams, self.model_aliases, self.default_model,
                                self.strict_model_names)
+        problems += check_rollouts(self.rollouts, self.pools)
         if problems:
             raise GatewayConfigError("; ".join(problems))
         if self.jwt_jwks_url and self.jwt_secret:

@@ -32,10 +32,16 @@ if TYPE_CHECKING:  # the gateway's components import this module; typing only, n
     from rerankd.gateway.pool import ReplicaSet
     from rerankd.gateway.ratelimit import RateLimiter
 
-__all__ = ["ALL_KEYS_LABEL", "BREAKER_STATES", "AllKeysCollector", "GatewayMetrics", "GatewayStateCollector"]
+__all__ = ["ALL_KEYS_LABEL", "BREAKER_STATES", "DRIFT_BUCKETS", "OVERLAP_BUCKETS", "SHADOW_OUTCOMES",
+           "SPEARMAN_BUCKETS", "AllKeysCollector", "GatewayMetrics", "GatewayStateCollector"]
 
 BREAKER_STATES = ("closed", "open", "half_open")
 ALL_KEYS_LABEL = "*"  # the `key` of the per-key families summed over keys (what an open /metrics shows)
+SHADOW_OUTCOMES = ("compared", "failed", "dropped")
+# Rerank scores are probabilities (0-1): a drift of 0.001 is rounding, 0.1 moves a document across a threshold.
+DRIFT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+SPEARMAN_BUCKETS = (-0.5, 0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)  # negative bounds: exported without _sum
+OVERLAP_BUCKETS = (0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
 class GatewayMetrics:
@@ -102,6 +108,34 @@ class GatewayMetrics:
         self.no_upstream_total = Counter(
             "rerankd_gateway_no_upstream_total", "Requests answered 503 because no replica could serve them.",
             registry=r,
+        )
+        # Rollouts (rerankd.gateway.rollout, rerankd.gateway.shadow); labels are configured pool names: bounded.
+        self.pool_requests_total = Counter(
+            "rerankd_gateway_pool_requests_total",
+            "Scoring requests routed, by the pool the model table chose (model) and the pool that took it (pool: "
+            "another one when a canary rollout moved it).", ["model", "pool"], registry=r,
+        )
+        self.shadow_requests_total = Counter(
+            "rerankd_gateway_shadow_requests_total",
+            "Live requests sampled for the shadow pool, by outcome (compared; failed: the shadow erred, its answer "
+            "is only counted; dropped: --shadow-concurrency was reached).",
+            ["model", "pool", "shadow", "outcome"], registry=r,
+        )
+        self.shadow_score_drift = Histogram(
+            "rerankd_gateway_shadow_score_drift",
+            "|live score - shadow score| of each document both answers scored (sum/count: the mean drift).",
+            ["model", "pool", "shadow"], buckets=DRIFT_BUCKETS, registry=r,
+        )
+        self.shadow_spearman = Histogram(
+            "rerankd_gateway_shadow_spearman",
+            "Spearman's rho between the live and the shadow ranking, one per compared request (2+ documents). No "
+            "_sum: rho can be negative, and a sum that falls is no counter; read it by buckets (histogram_quantile).",
+            ["model", "pool", "shadow"], buckets=SPEARMAN_BUCKETS, registry=r,
+        )
+        self.shadow_top_k_overlap = Histogram(
+            "rerankd_gateway_shadow_top_k_overlap",
+            "Share of the live answer's top k documents also in the shadow's top k, one per compared request.",
+            ["model", "pool", "shadow"], buckets=OVERLAP_BUCKETS, registry=r,
         )
         # Auth and limits
         self.auth_failures_total = Counter(
