@@ -109,6 +109,10 @@ def test_rrf_on_hand_made_rankings() -> None:
     # a and c tie (1/61 + 1/63): a appears first (rank 1 of BM25); b and e tie at 1/62: b is BM25's.
     assert order == ["a", "c", "b", "e", "d"]
     assert [d for d, _ in reciprocal_rank_fusion([bm25, dense], k=60, top=2)] == ["a", "c"]
+    # p and q tie (ranks 1 and 3 each); q is met first reading rank by rank (rank 1 of the second list), though
+    # p comes first reading the lists one after another.
+    three = reciprocal_rank_fusion([["a", "b", "p"], ["q", "c", "d"], ["p", "e", "q"]], k=60)
+    assert [d for d, _ in three][:2] == ["q", "p"] and three[0][1] == three[1][1]
     # k changes the balance: with k = 0, rank 1 in one list (1.0) beats ranks 2 and 3 in both (1/2 + 1/3).
     assert [d for d, _ in reciprocal_rank_fusion([["x", "y", "z"], ["w", "z", "y"]], k=0)][:1] == ["x"]
     assert [d for d, _ in reciprocal_rank_fusion([["x", "y", "z"], ["w", "z", "y"]], k=60)][:1] == ["y"]

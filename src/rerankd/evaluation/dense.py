@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["EXACT_MAX_DOCUMENTS", "DenseHits", "choose_index", "exact_top_k", "hnsw_top_k", "normalize", "top_k"]
+__all__ = ["EXACT_MAX_DOCUMENTS", "DenseHits", "build_hnsw", "choose_index", "exact_top_k", "hnsw_top_k", "normalize",
+           "top_k"]
 
 EXACT_MAX_DOCUMENTS = 1_000_000
 """``--dense-index auto`` searches exactly up to this many documents, with HNSW above (when faiss is installed)."""
@@ -74,22 +75,31 @@ def exact_top_k(queries: np.ndarray, documents: np.ndarray, k: int) -> DenseHits
     return DenseHits(indices, scores)
 
 
-def hnsw_top_k(queries: np.ndarray, documents: np.ndarray, k: int, *, m: int = 32, ef_construction: int = 200,
-               ef_search: int | None = None) -> DenseHits:
-    """Approximate top ``k`` from a faiss HNSW graph over the unit vectors (inner product = cosine).
+def build_hnsw(documents: np.ndarray, *, m: int = 32, ef_construction: int = 200) -> Any:
+    """A faiss HNSW graph over the documents' unit vectors, inner product (= cosine) as its metric.
 
-    ``ef_search`` defaults to ``max(128, 2k)``: the candidate list must be longer than ``k`` for the top-k to
-    be near exact. Requires ``faiss`` (``pip install 'rerankd[ann]'``).
+    ``m = 32`` links per node and ``ef_construction = 200`` are faiss's usual settings for high recall at
+    1024 dimensions. Requires ``faiss`` (``pip install 'rerankd[ann]'``).
     """
     import faiss
 
     d = normalize(documents)
-    q = normalize(queries)
     index = faiss.IndexHNSWFlat(d.shape[1], m, faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efConstruction = ef_construction
-    index.hnsw.efSearch = ef_search or max(128, 2 * k)
     index.add(d)
-    found_scores, found = index.search(q, min(k, d.shape[0]))
+    return index
+
+
+def hnsw_top_k(queries: np.ndarray, documents: np.ndarray, k: int, *, index: Any = None,
+               ef_search: int | None = None) -> DenseHits:
+    """Approximate top ``k`` from an HNSW graph (``index``, else one built by :func:`build_hnsw`).
+
+    ``ef_search`` defaults to ``max(128, 2k)``: the candidate list must be longer than ``k`` for the top-k to
+    be near exact.
+    """
+    index = build_hnsw(documents) if index is None else index
+    index.hnsw.efSearch = ef_search or max(128, 2 * k)
+    found_scores, found = index.search(normalize(queries), min(k, index.ntotal))
     keep = [row >= 0 for row in found]  # faiss pads with -1 when the graph yields fewer than k
     return DenseHits([row[ok].astype(np.int64) for row, ok in zip(found, keep, strict=True)],
                      [row[ok] for row, ok in zip(found_scores, keep, strict=True)])
