@@ -108,9 +108,13 @@ def _stage_names(report: dict[str, Any]) -> list[str]:
 
 def _first_stage_line(report: dict[str, Any]) -> str:
     fed = report.get("first_stage", "bm25")
-    what = {"bm25": "BM25", "dense": f"dense ({report.get('embedding_model') or '?'} at {report.get('embedding_url')})",
-            "hybrid": f"hybrid (BM25 + dense by {report.get('embedding_model') or '?'}, RRF k={report.get('rrf_k'):g})",
-            }.get(fed, fed)
+    embedder = report.get("embedding_model") or "?"
+    if fed == "dense":
+        what = f"dense ({embedder} at {report.get('embedding_url')})"
+    elif fed == "hybrid":
+        what = f"hybrid (BM25 + dense by {embedder}, RRF k={report['rrf_k']:g})"
+    else:
+        what = STAGE_LABELS.get(fed, fed)
     return f"first stage {what} top-{report['top_k']}, reranked by {report.get('model') or '?'} at {report['reranker']}"
 
 
