@@ -14,7 +14,8 @@ must tell their user what went wrong in one sentence. The client
 
 Inside ``async with`` the client keeps one connection pool; outside it, each call opens its own (the UI's
 handlers run on Gradio's event loop, and a pool is bound to the loop that made it). The API key is only
-ever put in the ``Authorization`` header: no message and no ``repr`` contains it.
+ever put in the ``Authorization`` header: no message and no ``repr`` contains it. The transport
+(:class:`ServiceClient`) is shared with the embedding client (:mod:`rerankd.embedding_client`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -38,11 +39,13 @@ __all__ = [
     "RerankAPIError",
     "RerankClient",
     "RerankOutcome",
+    "ServiceClient",
     "error_detail",
     "error_type",
     "rerank_url",
 ]
 
+_Client = TypeVar("_Client", bound="ServiceClient")
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 _MAX_DETAIL_CHARS = 300
 
@@ -144,39 +147,49 @@ class ErrorWording:
 
     This default is a command line's one-line wording (``rerankd eval``: ``--reranker``, ``--api-key``,
     ``--timeout``); the UI words the same failures for a person at its page (``rerankd.ui.upstream``).
+    ``service`` and ``answer`` name what is called (``reranker`` / ``rerank``; the embedding client passes
+    ``embedding server`` / ``embedding``), so one wording serves both APIs.
     """
 
     def __init__(self, url_option: str = "--reranker", key_option: str = "--api-key",
-                 timeout_option: str = "--timeout") -> None:
+                 timeout_option: str = "--timeout", *, service: str = "reranker", answer: str = "rerank",
+                 model_option: str = "--model") -> None:
         self.url_option = url_option
         self.key_option = key_option
         self.timeout_option = timeout_option
+        self.model_option = model_option
+        self.service = service
+        self.answer = answer
 
     def unreachable(self, url: str, exc: Exception) -> str:
-        return (f"could not reach the reranker at {url} ({type(exc).__name__}: {exc}); is it running? "
+        return (f"could not reach the {self.service} at {url} ({type(exc).__name__}: {exc}); is it running? "
                 f"Check {self.url_option}")
 
     def timed_out(self, url: str, timeout: float) -> str:
-        return (f"no answer from the reranker at {url} within {timeout:g} s (timeout); send fewer documents "
+        return (f"no answer from the {self.service} at {url} within {timeout:g} s (timeout); send fewer documents "
                 f"or raise {self.timeout_option}")
 
     def refused(self, status: int, detail: str, retry_after: float | None, url: str, request_id: str | None) -> str:
         env = "RERANKD_" + self.key_option.lstrip("-").upper().replace("-", "_")
         hint = {401: f" (pass {self.key_option} or {env})", 403: " (the key is not allowed this model or route)",
-                404: f" (check --model and the URL in {self.url_option})"}.get(status, "")
-        return f"the reranker at {url} answered {status}: {detail}{hint}"
+                404: f" (check {self.model_option} and the URL in {self.url_option})"}.get(status, "")
+        return f"the {self.service} at {url} answered {status}: {detail}{hint}"
 
     def malformed(self, url: str, problem: str) -> str:
-        return (f"{url} answered 200 but not a rerank response ({problem}); {self.url_option} must point at "
-                "a rerankd server or gateway")
+        return (f"{url} answered 200 but not a{'n' if self.answer[:1] in 'aeiou' else ''} {self.answer} response "
+                f"({problem}); {self.url_option} must point at a rerankd server or gateway")
 
 
-class RerankClient:
-    """Calls the rerank API with the retries, bound and errors described in the module docstring."""
+class ServiceClient:
+    """The transport every rerankd API client shares: one pool, the in-flight bound, retries and errors.
+
+    Why a base class: the rerank and the embedding clients differ only in the body they send and the answer
+    they read; how a busy, rate-limited or restarting service is ridden out must be the same code for both.
+    """
 
     def __init__(
         self,
-        base_url: str,
+        url: str,
         *,
         api_key: str | None = None,
         model: str | None = None,
@@ -185,17 +198,15 @@ class RerankClient:
         backoff: float = 0.5,
         max_wait: float = 60.0,
         concurrency: int | None = 8,
-        max_documents: int = 1000,
         wording: ErrorWording | None = None,
         user_agent: str = "rerankd",
     ) -> None:
-        self.url = rerank_url(base_url)
+        self.url = url
         self.model = model
         self.timeout = timeout
         self.max_retries = max_retries
         self.backoff = backoff
         self.max_wait = max_wait
-        self.max_documents = max_documents  # lowered by scores() when the server answers 413
         self.wording = wording or ErrorWording()
         self.served_model: str | None = None
         self.requests_sent = 0
@@ -207,9 +218,10 @@ class RerankClient:
         self._pool: httpx.AsyncClient | None = None
 
     def __repr__(self) -> str:  # the key must not leak through logs or error pages
-        return f"RerankClient(url={self.url!r}, timeout={self.timeout!r}, max_retries={self.max_retries!r})"
+        return (f"{type(self).__name__}(url={self.url!r}, timeout={self.timeout!r}, "
+                f"max_retries={self.max_retries!r})")
 
-    async def __aenter__(self) -> RerankClient:
+    async def __aenter__(self: _Client) -> _Client:
         self._pool = self._new_http()
         return self
 
@@ -234,32 +246,15 @@ class RerankClient:
             async with self._new_http() as http:
                 yield http
 
-    async def rerank(
-        self,
-        query: str,
-        documents: Sequence[str],
-        *,
-        instruction: str | None = None,
-        top_n: int | None = None,
-        return_documents: bool = True,
-        max_retries: int | None = None,
-    ) -> RerankOutcome:
-        """Rank ``documents`` for ``query``, retrying what may pass later; raise :class:`RerankAPIError` otherwise."""
-        body: dict[str, Any] = {"query": query, "documents": list(documents), "return_documents": return_documents}
-        if self.model:
-            body["model"] = self.model
-        if instruction is not None:
-            body["instruction"] = instruction
-        if top_n is not None:
-            body["top_n"] = top_n
+    async def _call(self, body: dict[str, Any], max_retries: int | None = None) -> httpx.Response:
+        """POST ``body`` until a 200 comes back, retrying what may pass later; raise :class:`RerankAPIError`."""
         retries = self.max_retries if max_retries is None else max_retries
-        started = time.perf_counter()
         async with self._http() as http:
             attempt = 0
             while True:
                 answer = await self._attempt(http, body)
                 if isinstance(answer, httpx.Response):
-                    return self._outcome(answer, body["documents"], started)
+                    return answer
                 failure = answer
                 if attempt >= retries or (failure.status is not None and failure.status not in RETRY_STATUSES):
                     raise failure
@@ -293,6 +288,52 @@ class RerankClient:
         message = self.wording.refused(status, detail, retry_after, self.url, request_id)
         return RerankAPIError(message, url=self.url, status=status, detail=detail, error_type=error_type(response),
                               retry_after=retry_after, request_id=request_id)
+
+
+class RerankClient(ServiceClient):
+    """Calls the rerank API with the retries, bound and errors described in the module docstring."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        model: str | None = None,
+        timeout: float = 60.0,
+        max_retries: int = 2,
+        backoff: float = 0.5,
+        max_wait: float = 60.0,
+        concurrency: int | None = 8,
+        max_documents: int = 1000,
+        wording: ErrorWording | None = None,
+        user_agent: str = "rerankd",
+    ) -> None:
+        super().__init__(rerank_url(base_url), api_key=api_key, model=model, timeout=timeout,
+                         max_retries=max_retries, backoff=backoff, max_wait=max_wait, concurrency=concurrency,
+                         wording=wording, user_agent=user_agent)
+        self.max_documents = max_documents  # lowered by scores() when the server answers 413
+
+    async def rerank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        instruction: str | None = None,
+        top_n: int | None = None,
+        return_documents: bool = True,
+        max_retries: int | None = None,
+    ) -> RerankOutcome:
+        """Rank ``documents`` for ``query``, retrying what may pass later; raise :class:`RerankAPIError` otherwise."""
+        body: dict[str, Any] = {"query": query, "documents": list(documents), "return_documents": return_documents}
+        if self.model:
+            body["model"] = self.model
+        if instruction is not None:
+            body["instruction"] = instruction
+        if top_n is not None:
+            body["top_n"] = top_n
+        started = time.perf_counter()
+        response = await self._call(body, max_retries)
+        return self._outcome(response, body["documents"], started)
 
     def _outcome(self, response: httpx.Response, documents: list[str], started: float) -> RerankOutcome:
         latency_ms = (time.perf_counter() - started) * 1000.0

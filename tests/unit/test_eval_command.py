@@ -22,7 +22,9 @@ def test_eval_is_registered_with_its_flags() -> None:
     assert result.exit_code == 0
     for flag in ("--dataset", "--reranker", "--api-key", "--top-k", "--k", "--split", "--instruction-sweep",
                  "--concurrency", "--output", "--per-query", "--resume / --no-resume", "--model", "--max-queries",
-                 "--language", "RERANKD_TOP_K", "RERANKD_RESUME"):
+                 "--language", "RERANKD_TOP_K", "RERANKD_RESUME", "--first-stage", "--embedding-url",
+                 "--embedding-api-key", "--embedding-model", "--embedding-instruction", "--embedding-dimensions",
+                 "--embedding-batch-size", "--dense-index", "--rrf-k"):
         assert flag in result.output, flag
     assert "NO_RESUME" not in result.output  # a boolean flag pair reads one variable: RERANKD_RESUME=false
 
@@ -65,3 +67,13 @@ def test_unreachable_reranker_fails_fast_naming_the_flag(tmp_path: Path) -> None
                     "--checkpoint", str(tmp_path / "ck.jsonl"))
     assert result.exit_code == 1
     assert "could not reach the reranker" in result.output and "--reranker" in result.output
+
+
+def test_dense_and_hybrid_need_an_embedding_url() -> None:
+    for stage in ("dense", "hybrid"):
+        result = invoke("--dataset", str(MINI), "--reranker", "http://127.0.0.1:9", "--first-stage", stage)
+        assert result.exit_code == 2 and "'--first-stage'" in result.output and "--embedding-url" in result.output
+    result = invoke("--dataset", str(MINI), "--reranker", "http://127.0.0.1:9", "--embedding-url", "localhost:8001")
+    assert result.exit_code == 2 and "'--embedding-url'" in result.output and "not an http(s) URL" in result.output
+    result = invoke("--dataset", str(MINI), "--reranker", "http://127.0.0.1:9", "--rrf-k", "-1")
+    assert result.exit_code == 2 and "'--rrf-k'" in result.output

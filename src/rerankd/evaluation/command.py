@@ -1,5 +1,8 @@
 """``rerankd eval``: how much does the reranker lift BM25 on your data? (NDCG, MRR, Recall on BEIR-format data.)
 
+With ``--embedding-url`` it also measures a dense first stage (an embedding model's exact top-k) and a hybrid
+one (BM25 + dense by reciprocal rank fusion), and ``--first-stage`` picks which of the three is reranked.
+
 Why it talks to the API and not to a model in-process: the number that matters is the one of the
 service users actually run: same truncation, same template, same instruction, server or gateway.
 """
@@ -14,13 +17,25 @@ from pathlib import Path
 from typing import Any
 
 import click
+import numpy as np
+from tqdm.auto import tqdm
 
 from rerankd.client import RerankAPIError, RerankClient, rerank_url
+from rerankd.embedding_client import EmbeddingClient, embeddings_url
 from rerankd.evaluation.beir import BeirDataset, DatasetError, load_beir
 from rerankd.evaluation.bm25 import LANGUAGES, detect_language
 from rerankd.evaluation.checkpoint import Checkpoint, run_key
+from rerankd.evaluation.dense import EXACT_MAX_DOCUMENTS, IndexKind, choose_index
+from rerankd.evaluation.fusion import DEFAULT_RRF_K
 from rerankd.evaluation.report import build_report, format_report, write_json
-from rerankd.evaluation.runner import FirstStage, RerankRun, bm25_first_stage, rerank_run
+from rerankd.evaluation.runner import (
+    FirstStage,
+    RerankRun,
+    bm25_first_stage,
+    dense_first_stage,
+    hybrid_first_stage,
+    rerank_run,
+)
 from rerankd.options import env_option
 
 __all__ = ["eval_command"]
@@ -54,6 +69,13 @@ def _parse_ks(ctx: click.Context, param: click.Parameter, value: str) -> list[in
 def _parse_reranker(ctx: click.Context, param: click.Parameter, value: str) -> str:
     try:
         return rerank_url(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _parse_embedding_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    try:
+        return None if value is None else embeddings_url(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
 
@@ -112,10 +134,34 @@ def _require_eval_extra() -> None:
 @env_option("--language", type=click.Choice(["auto", *sorted(LANGUAGES)]), default="auto",
             help="BM25 tokenization: stemmer + stopwords, or jieba for zh; auto detects Chinese (CJK) text.")
 @env_option("--timeout", type=click.FloatRange(min=1), default=300.0, help="Seconds per rerank request.")
+@env_option("--first-stage", type=click.Choice(["bm25", "dense", "hybrid"]), default="bm25",
+            help="Which first stage's top-k is reranked; dense and hybrid need --embedding-url.")
+@env_option("--embedding-url", default=None, show_default=False, callback=_parse_embedding_url,
+            help="rerankd embedding server or gateway, e.g. http://127.0.0.1:8001 (POST /v1/embeddings is "
+                 "appended): adds the dense and hybrid first stages to the report.")
+@env_option("--embedding-api-key", default=None, show_default=False,
+            help="Key for --embedding-url [default: --api-key].")
+@env_option("--embedding-model", default=None, show_default=False, help="`model` sent in embedding requests.")
+@env_option("--embedding-instruction", default=None, show_default=False,
+            help="Instruction queries are embedded with (documents get none) [default: the server's, the "
+                 "Qwen3-Embedding card's web-search instruction].")
+@env_option("--embedding-dimensions", type=click.IntRange(min=1), default=None, show_default=False,
+            help="`dimensions` of embedding requests (Matryoshka: the first N components, re-normalised).")
+@env_option("--embedding-batch-size", type=click.IntRange(min=1), default=64,
+            help="Texts per embedding request (halved for the run if the server answers 413).")
+@env_option("--dense-index", type=click.Choice(["auto", "exact", "hnsw"]), default="auto",
+            help=f"Dense search: exact cosine (numpy) or a faiss HNSW graph; auto is exact up to "
+                 f"{EXACT_MAX_DOCUMENTS:,} documents.")
+@env_option("--rrf-k", type=click.FloatRange(min=0), default=float(DEFAULT_RRF_K),
+            help="Reciprocal rank fusion constant of the hybrid stage: score = sum of 1 / (k + rank).")
 def eval_command(**flags: Any) -> None:
-    """Measure the lift of reranking over BM25 (NDCG@k, MRR@k, Recall@k) on a BEIR-format dataset."""
+    """Measure the lift of reranking over BM25 (NDCG@k, MRR@k, Recall@k) on a BEIR-format dataset; with
+    --embedding-url also over a dense and a hybrid (BM25 + dense, RRF) first stage."""
     started = time.monotonic()
     _require_eval_extra()
+    if flags["first_stage"] != "bm25" and flags["embedding_url"] is None:
+        raise click.BadParameter(f"{flags['first_stage']} needs embeddings: pass --embedding-url",
+                                 param_hint="'--first-stage'")
     try:
         dataset = load_beir(flags["dataset"], flags["split"]).limit(flags["max_queries"])
     except DatasetError as exc:
@@ -137,15 +183,42 @@ def eval_command(**flags: Any) -> None:
     checkpoint_path = flags["checkpoint"] or (
         flags["output"].with_suffix(".checkpoint.jsonl") if flags["output"]
         else Path(".rerankd-eval") / f"{dataset.name}-{dataset.split}.checkpoint.jsonl")
+    index: IndexKind | None = None
+    if flags["embedding_url"] is not None:
+        try:
+            index, index_note = choose_index(flags["dense_index"], len(dataset.corpus_ids))
+        except ModuleNotFoundError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--dense-index'") from None
+        if index_note:
+            click.echo(f"note: {index_note}", err=True)
+    embed_info: dict[str, Any] = {}
     try:
         # One tiny request first: a wrong URL, key or model fails in a second, not after BM25 indexing.
         served_model = asyncio.run(_preflight(flags))
+        if flags["embedding_url"] is not None:
+            embed_info["embedding_model"] = asyncio.run(_preflight_embedder(flags))
         t0 = time.monotonic()
         # BM25 runs outside the event loop, so Ctrl-C stops it at once instead of at the next await.
-        first_stage = bm25_first_stage(dataset, language, top_k, ks)
+        bm25 = bm25_first_stage(dataset, language, top_k, ks)
         click.echo(f"BM25 ({language}): top-{top_k} of {len(dataset.corpus_ids)} documents for "
                    f"{len(dataset.queries)} queries, retrieved and evaluated in {time.monotonic() - t0:.1f}s",
                    err=True)
+        stages = [bm25]
+        if index is not None:
+            t0 = time.monotonic()
+            query_vectors, document_vectors, counts = asyncio.run(_embed_dataset(flags, dataset))
+            embed_seconds = time.monotonic() - t0
+            t0 = time.monotonic()
+            dense = dense_first_stage(dataset, query_vectors, document_vectors, top_k, ks, index)
+            stages += [dense, hybrid_first_stage(dataset, bm25, dense, top_k, ks, flags["rrf_k"])]
+            click.echo(f"dense: {len(dataset.corpus_ids)} documents and {len(dataset.queries)} queries embedded "
+                       f"({document_vectors.shape[1]} dimensions) in {embed_seconds:.1f}s; {index} top-{top_k} "
+                       f"search and RRF fusion in {time.monotonic() - t0:.1f}s", err=True)
+            embed_info.update(embedding_url=flags["embedding_url"],
+                              embedding_instruction=flags["embedding_instruction"],
+                              embedding_dimensions=int(document_vectors.shape[1]), dense_index=index,
+                              rrf_k=flags["rrf_k"], **counts)
+        first_stage = next(stage for stage in stages if stage.name == flags["first_stage"])
         runs, client_info = asyncio.run(_rerank_all(flags, dataset, first_stage, language, ks, instructions,
                                                     checkpoint_path))
     except RerankAPIError as exc:
@@ -158,10 +231,10 @@ def eval_command(**flags: Any) -> None:
         "dataset": dataset.name, "dataset_path": str(dataset.path), "split": dataset.split,
         "queries": len(dataset.queries), "documents": len(dataset.corpus_ids), "language": language,
         "top_k": top_k, "ks": ks, "reranker": flags["reranker"], "model": served_model, **client_info,
-        "checkpoint": str(checkpoint_path),
+        "checkpoint": str(checkpoint_path), **embed_info,
     }
     report = build_report(settings=settings, queries=dataset.queries, first_stage=first_stage, runs=runs, ks=ks,
-                          per_query=flags["per_query"])
+                          per_query=flags["per_query"], stages=stages)
     report["seconds"] = round(time.monotonic() - started, 2)
     click.echo(format_report(report))
     if flags["output"]:
@@ -179,6 +252,31 @@ async def _preflight(flags: dict[str, Any]) -> str | None:
     async with _client(flags) as client:
         await client.preflight()
         return client.served_model
+
+
+def _embedder(flags: dict[str, Any]) -> EmbeddingClient:
+    return EmbeddingClient(flags["embedding_url"], api_key=flags["embedding_api_key"] or flags["api_key"],
+                           model=flags["embedding_model"], dimensions=flags["embedding_dimensions"],
+                           batch_size=flags["embedding_batch_size"], concurrency=flags["concurrency"],
+                           timeout=flags["timeout"], max_retries=EVAL_MAX_RETRIES)
+
+
+async def _preflight_embedder(flags: dict[str, Any]) -> str | None:
+    """The embedding model's served name; a wrong URL, key, model or task (a reranker there) fails here."""
+    async with _embedder(flags) as client:
+        await client.preflight()
+        return client.served_model
+
+
+async def _embed_dataset(flags: dict[str, Any], dataset: BeirDataset) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """Query vectors (with the instruction) and document vectors (without), in dataset order; request counts."""
+    async with _embedder(flags) as client:
+        with tqdm(total=len(dataset.corpus_texts), desc="embed corpus", unit="doc", disable=None,
+                  dynamic_ncols=True) as bar:
+            documents = await client.embed_all(dataset.corpus_texts, query=False, progress=bar.update)
+        queries = await client.embed_all(list(dataset.queries.values()), query=True,
+                                         instruction=flags["embedding_instruction"])
+        return queries, documents, {"embedding_requests": client.requests_sent, "embedding_retries": client.retries}
 
 
 async def _rerank_all(flags: dict[str, Any], dataset: BeirDataset, first_stage: FirstStage, language: str,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from rerankd.evaluation.metrics import metric_names, relative_lift
-from rerankd.evaluation.runner import FirstStage, RerankRun
+from rerankd.evaluation.runner import STAGE_LABELS, FirstStage, RerankRun
 
 __all__ = ["build_report", "format_report", "write_json"]
 
@@ -28,11 +28,18 @@ def build_report(
     runs: Sequence[RerankRun],
     ks: Sequence[int],
     per_query: bool,
+    stages: Sequence[FirstStage] = (),
 ) -> dict[str, Any]:
-    """The report: ``settings`` as given, BM25 metrics, and per run the reranked metrics and lifts."""
+    """The report: ``settings`` as given, each first stage's metrics under its name (``bm25``, ``dense``,
+    ``hybrid``), and per run the reranked metrics and their lifts over ``first_stage``, the stage reranked.
+
+    ``stages`` are every first stage computed (``first_stage`` among them; default: only it)."""
     names = metric_names(ks)
+    stages = list(stages) or [first_stage]
     report: dict[str, Any] = dict(settings)
-    report["bm25"] = {n: first_stage.metrics[n] for n in names}
+    report["first_stage"] = first_stage.name
+    for stage in stages:
+        report[stage.name] = {n: stage.metrics[n] for n in names}
     report["runs"] = [
         {
             "instruction": run.instruction,
@@ -43,17 +50,17 @@ def build_report(
         for run in runs
     ]
     if per_query:
-        report["per_query"] = [
-            {
-                "query_id": q,
-                "query": text,
-                "bm25": first_stage.per_query[q],
-                "reranked": [run.per_query[q] for run in runs],
-                "bm25_top": first_stage.candidates[q][:max(ks)],
-                "reranked_top": [run.rankings[q][:max(ks)] for run in runs],
-            }
-            for q, text in queries.items()
-        ]
+        rows = []
+        for q, text in queries.items():
+            row: dict[str, Any] = {"query_id": q, "query": text}
+            for stage in stages:
+                row[stage.name] = stage.per_query[q]
+            row["reranked"] = [run.per_query[q] for run in runs]
+            for stage in stages:
+                row[f"{stage.name}_top"] = stage.candidates[q][:max(ks)]
+            row["reranked_top"] = [run.rankings[q][:max(ks)] for run in runs]
+            rows.append(row)
+        report["per_query"] = rows
     return report
 
 
@@ -94,37 +101,68 @@ def _label(instruction: str | None, width: int = 60) -> str:
     return instruction if len(instruction) <= width else instruction[:width - 1] + "…"
 
 
+def _stage_names(report: dict[str, Any]) -> list[str]:
+    """The first stages the report holds, in pipeline order (an older report: BM25 only)."""
+    return [name for name in STAGE_LABELS if name in report]
+
+
+def _first_stage_line(report: dict[str, Any]) -> str:
+    fed = report.get("first_stage", "bm25")
+    embedder = report.get("embedding_model") or "?"
+    if fed == "dense":
+        what = f"dense ({embedder} at {report.get('embedding_url')})"
+    elif fed == "hybrid":
+        what = f"hybrid (BM25 + dense by {embedder}, RRF k={report['rrf_k']:g})"
+    else:
+        what = STAGE_LABELS.get(fed, fed)
+    return f"first stage {what} top-{report['top_k']}, reranked by {report.get('model') or '?'} at {report['reranker']}"
+
+
 def format_report(report: dict[str, Any]) -> str:
-    """Tables: BM25 vs reranked per instruction, a sweep summary when there are several, per-query rows."""
-    names = list(report["bm25"])
+    """Tables: every stage's metrics (one row per stage when there are several first stages), each first
+    stage vs reranked per instruction, a sweep summary when there are several, per-query rows."""
+    stage_names = _stage_names(report)
+    fed = report.get("first_stage", "bm25")
+    fed_label = STAGE_LABELS.get(fed, fed)
+    reranked_label = f"{fed_label}+rerank"
+    names = list(report[fed])
     out = [
         f"rerankd eval: {report['dataset']} (split {report['split']}, {report['queries']} queries, "
         f"{report['documents']} documents, language {report['language']})",
-        f"first stage BM25 top-{report['top_k']}, reranked by {report.get('model') or '?'} at {report['reranker']}",
+        _first_stage_line(report),
     ]
+    top = [n for n in names if n.endswith(f"@{max(report['ks'])}")]
+    if len(stage_names) > 1:
+        rows = [[STAGE_LABELS[s], *[_num(report[s][n]) for n in top]] for s in stage_names]
+        for run in report["runs"]:
+            label = (reranked_label if len(report["runs"]) == 1
+                     else f"{reranked_label} [{_label(run['instruction'], 30)}]")
+            rows.append([label, *[_num(run["reranked"][n]) for n in top]])
+        out += ["", _table(["stage", *top], rows)]
     for run in report["runs"]:
         out += ["", f"instruction: {_label(run['instruction'], 100)}"]
-        rows = [[n, _num(report["bm25"][n]), _num(run["reranked"][n]), _lift(run["lift"][n])] for n in names]
-        out.append(_table(["metric", "BM25", "BM25+rerank", "lift"], rows))
+        rows = [[n, *[_num(report[s][n]) for s in stage_names], _num(run["reranked"][n]), _lift(run["lift"][n])]
+                for n in names]
+        lift = "lift" if len(stage_names) == 1 else f"lift over {fed_label}"
+        out.append(_table(["metric", *[STAGE_LABELS[s] for s in stage_names], reranked_label, lift], rows))
     if len(report["runs"]) > 1:
-        top = [n for n in names if n.endswith(f"@{max(report['ks'])}")]
         header = ["instruction sweep", *[h for n in top for h in (n, "lift")]]
-        rows = [["BM25 (no reranking)", *[h for n in top for h in (_num(report["bm25"][n]), "")]]]
+        rows = [[f"{fed_label} (no reranking)", *[h for n in top for h in (_num(report[fed][n]), "")]]]
         rows += [[_label(run["instruction"]), *[h for n in top for h in (_num(run["reranked"][n]),
                                                                          _lift(run["lift"][n]))]]
                  for run in report["runs"]]
         out += ["", _table(header, rows)]
     if "per_query" in report:
         main = names[len(report["ks"]) - 1]  # ndcg at the largest k
-        header = ["query", f"BM25 {main}", *[f"run {i + 1}" for i in range(len(report["runs"]))]]
+        header = ["query", f"{fed_label} {main}", *[f"run {i + 1}" for i in range(len(report["runs"]))]]
         if len(report["runs"]) == 1:
-            header = ["query", f"BM25 {main}", f"reranked {main}", "delta"]
+            header = ["query", f"{fed_label} {main}", f"reranked {main}", "delta"]
         rows = []
         for row in report["per_query"]:
             reranked = [r[main] for r in row["reranked"]]
-            cells = [row["query_id"], _num(row["bm25"][main]), *map(_num, reranked)]
+            cells = [row["query_id"], _num(row[fed][main]), *map(_num, reranked)]
             if len(reranked) == 1:
-                cells.append(f"{reranked[0] - row['bm25'][main]:+.4f}")
+                cells.append(f"{reranked[0] - row[fed][main]:+.4f}")
             rows.append(cells)
         out += ["", "per query:", _table(header, rows)]
     return "\n".join(out)

@@ -1,4 +1,4 @@
-"""The evaluation pipeline without the CLI: BM25 candidates → reranked lists → metrics.
+"""The evaluation pipeline without the CLI: first-stage candidates (BM25, dense, hybrid) → reranked lists → metrics.
 
 Why apart from ``command``: the pipeline is what tests and other tools (a notebook, the benchmark
 suite) want to call with plain arguments; ``command`` only parses flags and prints.
@@ -10,25 +10,38 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from rerankd.client import RerankClient
 from rerankd.evaluation.beir import BeirDataset
 from rerankd.evaluation.bm25 import Bm25Index
 from rerankd.evaluation.checkpoint import Checkpoint
+from rerankd.evaluation.dense import IndexKind
+from rerankd.evaluation.dense import top_k as top_k_search
+from rerankd.evaluation.fusion import reciprocal_rank_fusion
 from rerankd.evaluation.metrics import QueryMetrics, evaluate_rankings
 
-__all__ = ["FirstStage", "RerankRun", "bm25_first_stage", "rerank_order", "rerank_run"]
+__all__ = ["STAGE_LABELS", "FirstStage", "RerankRun", "bm25_first_stage", "dense_first_stage",
+           "hybrid_first_stage", "rerank_order", "rerank_run"]
+
+STAGE_LABELS = {"bm25": "BM25", "dense": "dense", "hybrid": "hybrid"}
+"""A first stage's name (``--first-stage``, the report's keys) → its label in the tables."""
 
 
 @dataclass(frozen=True)
 class FirstStage:
-    """BM25's top-k per query (doc ids, best first) and its metrics."""
+    """One first stage's top-k per query (doc ids, best first), their scores (BM25, cosine or RRF) and metrics."""
 
+    name: str
     candidates: dict[str, list[str]]
-    bm25_scores: dict[str, list[float]]
+    scores: dict[str, list[float]]
     metrics: QueryMetrics
     per_query: dict[str, QueryMetrics]
+
+    @property
+    def label(self) -> str:
+        return STAGE_LABELS.get(self.name, self.name)
 
 
 @dataclass
@@ -53,12 +66,41 @@ def bm25_first_stage(dataset: BeirDataset, language: str, top_k: int, ks: Sequen
         hits = index.search(text, top_k)
         candidates[query_id] = [dataset.corpus_ids[h.doc_index] for h in hits]
         bm25_scores[query_id] = [h.score for h in hits]
+    return _evaluated("bm25", dataset, candidates, bm25_scores, ks)
+
+
+def dense_first_stage(dataset: BeirDataset, query_vectors: np.ndarray, document_vectors: np.ndarray, top_k: int,
+                      ks: Sequence[int], index: IndexKind = "exact") -> FirstStage:
+    """Each query's ``top_k`` documents by cosine similarity (rows: queries in dataset order, corpus order)."""
+    hits = top_k_search(index, query_vectors, document_vectors, top_k)
+    candidates: dict[str, list[str]] = {}
+    cosines: dict[str, list[float]] = {}
+    for query_id, found, sims in zip(dataset.queries, hits.indices, hits.scores, strict=True):
+        candidates[query_id] = [dataset.corpus_ids[int(i)] for i in found]
+        cosines[query_id] = [float(x) for x in sims]
+    return _evaluated("dense", dataset, candidates, cosines, ks)
+
+
+def hybrid_first_stage(dataset: BeirDataset, bm25: FirstStage, dense: FirstStage, top_k: int, ks: Sequence[int],
+                       rrf_k: float) -> FirstStage:
+    """BM25 and dense fused by reciprocal rank fusion, cut to ``top_k`` (see ``fusion``)."""
+    candidates: dict[str, list[str]] = {}
+    rrf: dict[str, list[float]] = {}
+    for query_id in dataset.queries:
+        fused = reciprocal_rank_fusion([bm25.candidates[query_id], dense.candidates[query_id]], rrf_k, top_k)
+        candidates[query_id] = [doc_id for doc_id, _ in fused]
+        rrf[query_id] = [score for _, score in fused]
+    return _evaluated("hybrid", dataset, candidates, rrf, ks)
+
+
+def _evaluated(name: str, dataset: BeirDataset, candidates: dict[str, list[str]], scores: dict[str, list[float]],
+               ks: Sequence[int]) -> FirstStage:
     metrics, per_query = evaluate_rankings(dataset.qrels, candidates, ks)
-    return FirstStage(candidates, bm25_scores, metrics, per_query)
+    return FirstStage(name, candidates, scores, metrics, per_query)
 
 
 def rerank_order(candidates: Sequence[str], scores: dict[str, float]) -> list[str]:
-    """Candidates by reranker score, descending; equal scores keep their BM25 order (as the server does)."""
+    """Candidates by reranker score, descending; equal scores keep their first-stage order (as the server does)."""
     position = {doc_id: i for i, doc_id in enumerate(candidates)}
     return sorted(candidates, key=lambda d: (-scores[d], position[d]))
 
@@ -80,7 +122,7 @@ async def rerank_run(
     run.scores = checkpoint.done(run_key, first_stage.candidates)
     run.resumed = len(run.scores)
     todo = [q for q in dataset.queries if q not in run.scores and first_stage.candidates[q]]
-    for q in dataset.queries:  # nothing to rerank: BM25 found no candidate
+    for q in dataset.queries:  # nothing to rerank: the first stage found no candidate
         if not first_stage.candidates[q]:
             run.scores.setdefault(q, {})
 
