@@ -102,7 +102,9 @@ class RerankEngine:
             slots.append([unique.setdefault(doc, len(unique)) for doc in task.documents])
             uniques.append(list(unique))
         # Tokenizing 1000 long documents takes tens of milliseconds: keep it off the event loop.
-        with tracing.span("rerankd.tokenize", attributes={"rerankd.documents": sum(len(u) for u in uniques)}):
+        with tracing.span("rerankd.tokenize") as current:
+            if current is not None:
+                current.set_attribute("rerankd.documents", sum(len(u) for u in uniques))
             groups = await asyncio.to_thread(self._build_all, tasks, uniques)
         tokens = [sum(per_doc[i] for i in slot) for per_doc, slot in
                   zip((g.document_tokens() for g in groups), slots, strict=True)]

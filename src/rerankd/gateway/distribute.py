@@ -44,7 +44,7 @@ class Distributor:
     async def send(self, path: str, body: bytes, request_id: str, *, tenant: str | None = None) -> UpstreamReply:
         """The client's bytes as they came (already validated): no re-encoding cost, nothing lost.
         ``tenant`` is the caller's key id, for the replicas' batchers (:meth:`Forwarder.send`)."""
-        with tracing.span("gateway.forward", attributes={"url.path": path}):
+        with tracing.span("gateway.forward"):
             return await self._forwarder.send(path, body, request_id, tenant=tenant)
 
     async def send_rerank(self, path: str, body: bytes, request: RerankRequest, request_id: str, *,

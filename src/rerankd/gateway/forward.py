@@ -148,8 +148,10 @@ class Forwarder:
             tried.add(upstream.url)
             if spread is not None:
                 spread.add(upstream.url)
-            with tracing.span("gateway.attempt", kind=tracing.SpanKind.CLIENT,
-                              attributes={"server.address": upstream.url, "rerankd.attempt": attempt}) as current:
+            with tracing.span("gateway.attempt", kind=tracing.SpanKind.CLIENT) as current:
+                if current is not None:  # attributes built only while tracing: off costs nothing
+                    current.set_attributes({"rerankd.upstream": upstream.url, "url.full": upstream.url + path,
+                                            "http.request.method": method, "rerankd.attempt": attempt})
                 reply, problem, reason = await self._attempt(upstream, method, path, body, request_id, tenant,
                                                              min(self.attempt_timeout, remaining), attempt)
                 note_attempt(current, reply, problem, reason)

@@ -96,7 +96,9 @@ class ScoringPipeline:
                 # A wrong shape or a garbage count raises the 502 here, before anything is charged.
                 tokens = accept_answer(call.shape, reply.headers, reply.body, call.documents)
             settling, reservation = reservation, None
-            with tracing.span("gateway.rate_limit.settle", attributes={"rerankd.tokens": tokens}):
+            with tracing.span("gateway.rate_limit.settle") as current:
+                if current is not None:
+                    current.set_attribute("rerankd.tokens", tokens)
                 limit_headers.update(await self._charger.settle(settling, tokens))  # a failed request refunds all
             return ScoringAnswer(status=status, body=reply.body, headers={**reply.headers, **limit_headers})
         except RerankdError as exc:
