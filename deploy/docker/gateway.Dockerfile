@@ -15,7 +15,7 @@ COPY deploy/docker/constraints.txt /tmp/constraints.txt
 COPY pyproject.toml /src/
 # rerankd's dependencies (pinned) before its source: a change to src/ rebuilds only the rerankd wheel's layers.
 RUN python -c "import sys, tomllib; p = tomllib.load(open('/src/pyproject.toml', 'rb'))['project']; \
-print('\n'.join(p['dependencies'] + [r for e in sys.argv[1:] for r in p['optional-dependencies'][e]]))" gateway \
+print('\n'.join(p['dependencies'] + [r for e in sys.argv[1:] for r in p['optional-dependencies'][e]]))" gateway otel \
     > /tmp/requirements.txt \
  && /opt/rerankd/bin/pip install --constraint /tmp/constraints.txt -r /tmp/requirements.txt
 COPY README.md /src/

@@ -1,7 +1,7 @@
 """Write deploy/docker/constraints.txt: exact versions of every package the images install.
 
 Why generated: the images must install the versions the test suite ran against, not whatever PyPI
-serves on build day. This walks the requirement closure of ``rerankd[gateway,ui,gpu]`` through the
+serves on build day. This walks the requirement closure of ``rerankd[gateway,ui,gpu,otel]`` through the
 metadata of the environment it runs in (the project's .venv) and pins each package to the installed
 version. torch and its CUDA/Triton wheels are left out on purpose: each server image pins its own torch
 (CPU wheel from the PyTorch CPU index, or the one the vLLM base image ships).
@@ -22,7 +22,7 @@ from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-ROOT_EXTRAS = ("gateway", "ui", "gpu")
+ROOT_EXTRAS = ("gateway", "ui", "gpu", "otel")
 OUT = Path(__file__).with_name("constraints.txt")
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 # Installed by each server image on its own terms (see the module docstring).

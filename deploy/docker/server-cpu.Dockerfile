@@ -28,7 +28,7 @@ COPY pyproject.toml /src/
 # rerankd's dependencies (pyproject.toml's, pinned) before its source: a change to src/ rebuilds only the
 # small layers of the rerankd wheel, not this one.
 RUN python -c "import sys, tomllib; p = tomllib.load(open('/src/pyproject.toml', 'rb'))['project']; \
-print('\n'.join(p['dependencies'] + [r for e in sys.argv[1:] for r in p['optional-dependencies'][e]]))" \
+print('\n'.join(p['dependencies'] + [r for e in sys.argv[1:] for r in p['optional-dependencies'][e]]))" otel \
     > /tmp/requirements.txt \
  && /opt/rerankd/bin/pip install --constraint /tmp/constraints.txt -r /tmp/requirements.txt torch==2.13.0
 COPY README.md /src/

@@ -12,6 +12,11 @@ the queue, the worker and what happens to each request's results.
 One worker task forms batches and hands them to a single-thread executor: the backend never runs two
 forwards at once and the event loop never blocks on the model. A request whose client went away is
 marked cancelled and its remaining pairs are never computed.
+
+Traces: the worker serves many requests in one pass, outside any request's task, so each request keeps the
+trace context it was submitted in and the worker records spans under it with their own times:
+``rerankd.queue_wait`` (queued until its first rows reach a pass) and one ``rerankd.batch`` per pass that held
+rows of it (the pass's size beside this request's share).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import Any
 from rerankd.engine.backends.base import ScoringBackend, TokenGroup
 from rerankd.engine.batching import Turn, WaitingRows, cut_batch, dispatch_order, service_order
 from rerankd.errors import NotReadyError, OverloadedError
+from rerankd.observability import tracing
 from rerankd.observability.metrics import ServerMetrics
 
 __all__ = ["DynamicBatcher"]
@@ -47,6 +53,8 @@ class _Pending:
     tenant: str | None
     arrived: int
     priority: int = 0
+    trace: tracing.Context | None = None  # the submitter's trace context (None when tracing is off)
+    enqueued_ns: int = 0  # wall clock, for the queue-wait span (set only while tracing)
     last_served: int = -1
     order: list[int] = field(init=False)
     lengths: list[int] = field(init=False)
@@ -171,6 +179,8 @@ class DynamicBatcher:
             )
         loop = asyncio.get_running_loop()
         pending = _Pending(shared, tails, loop.create_future(), time.perf_counter(), tenant, self._arrivals, priority)
+        if tracing.enabled():
+            pending.trace, pending.enqueued_ns = tracing.current_context(), time.time_ns()
         self._arrivals += 1
         self._queue.append(pending)
         self._set_load_gauges()
@@ -212,6 +222,9 @@ class DynamicBatcher:
                 continue
             if not pending.started:
                 self.metrics.queue_time_seconds.observe(time.perf_counter() - pending.enqueued_at)
+                if pending.trace is not None:
+                    tracing.record_span("rerankd.queue_wait", pending.trace, pending.enqueued_ns, time.time_ns(),
+                                        {"rerankd.priority": pending.priority})
             slices.append(_Slice(pending, pending.order[pending.next_tail : pending.next_tail + taken]))
             pending.next_tail += taken
             pending.last_served = self._batches
@@ -232,6 +245,7 @@ class DynamicBatcher:
             self._set_load_gauges()
             groups = [TokenGroup(s.pending.shared, [s.pending.tails[i] for i in s.indices]) for s in slices]
             started = time.perf_counter()
+            started_ns = time.time_ns() if tracing.enabled() else 0
             try:
                 scores = await loop.run_in_executor(self._executor, self._forward_pass, groups)
             except Exception as exc:  # a backend failure fails its requests, never the worker
@@ -244,6 +258,8 @@ class DynamicBatcher:
                 self._set_load_gauges()
                 continue
             self._observe(groups, time.perf_counter() - started, len(slices))
+            if started_ns:
+                self._trace_batch(slices, groups, started_ns)
             for s, group_scores in zip(slices, scores, strict=True):
                 p = s.pending
                 for i, score in zip(s.indices, group_scores, strict=True):
@@ -253,6 +269,17 @@ class DynamicBatcher:
                 if p.remaining == 0 and not p.future.done():
                     p.future.set_result(p.results)
             self._set_load_gauges()
+
+    def _trace_batch(self, slices: list[_Slice], groups: list[TokenGroup], started_ns: int) -> None:
+        """One ``rerankd.batch`` span per traced request in the pass just run."""
+        ended_ns = time.time_ns()
+        batch = {"rerankd.batch.index": self._batches - 1, "rerankd.batch.requests": len(slices),
+                 "rerankd.batch.pairs": sum(len(g.tails) for g in groups),
+                 "rerankd.batch.tokens": sum(g.tokens for g in groups)}
+        for s in slices:
+            if s.pending.trace is not None:
+                tracing.record_span("rerankd.batch", s.pending.trace, started_ns, ended_ns,
+                                    {**batch, "rerankd.batch.rows": len(s.indices)})
 
     def _drop_finished(self) -> None:
         self._queue = collections.deque(

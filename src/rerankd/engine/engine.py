@@ -25,6 +25,7 @@ from rerankd.engine.embedding import EmbeddingPromptBuilder, detect_task, finish
 from rerankd.engine.prompt import PromptBuilder, PromptGroup
 from rerankd.engine.score_cache import ScoreCache, model_identity
 from rerankd.errors import BadRequestError, PayloadTooLargeError
+from rerankd.observability import tracing
 from rerankd.observability.metrics import ServerMetrics
 from rerankd.protocol import RerankTask
 
@@ -101,7 +102,10 @@ class RerankEngine:
             slots.append([unique.setdefault(doc, len(unique)) for doc in task.documents])
             uniques.append(list(unique))
         # Tokenizing 1000 long documents takes tens of milliseconds: keep it off the event loop.
-        groups = await asyncio.to_thread(self._build_all, tasks, uniques)
+        with tracing.span("rerankd.tokenize") as current:
+            if current is not None:
+                current.set_attribute("rerankd.documents", sum(len(u) for u in uniques))
+            groups = await asyncio.to_thread(self._build_all, tasks, uniques)
         tokens = [sum(per_doc[i] for i in slot) for per_doc, slot in
                   zip((g.document_tokens() for g in groups), slots, strict=True)]
         if sum(tokens) > self.max_request_tokens:
@@ -167,8 +171,9 @@ class RerankEngine:
         unique: dict[Any, int] = {}
         slots = [unique.setdefault(i if isinstance(i, str) else tuple(i), len(unique)) for i in inputs]
         uniques = [k if isinstance(k, str) else list(k) for k in unique]
-        group = await asyncio.to_thread(self.embedder.build, uniques, prefix=prompt, truncate=truncate,
-                                        direction=truncation_direction)
+        with tracing.span("rerankd.tokenize", attributes={"rerankd.documents": len(uniques)}):
+            group = await asyncio.to_thread(self.embedder.build, uniques, prefix=prompt, truncate=truncate,
+                                            direction=truncation_direction)
         per_input = group.tokens
         tokens = sum(per_input[i] for i in slots)
         if tokens > self.max_request_tokens:

@@ -20,6 +20,7 @@ from rerankd.errors import ForbiddenError, NotReadyError, UnauthorizedError
 from rerankd.gateway.jwt_auth import JwtError, JwtVerifier, is_probably_jwt
 from rerankd.gateway.keys import KEY_PREFIX, KeyStore, hash_key
 from rerankd.http.middleware import request_id_of
+from rerankd.observability import tracing
 from rerankd.observability.gateway_metrics import GatewayMetrics
 
 __all__ = ["Authenticator", "Identity", "identify", "identify_admin"]
@@ -129,8 +130,12 @@ class Authenticator:
 
 
 async def identify(request: Request, auth: Authenticator) -> Identity:
-    """The request's caller (401/503 raise); its key *name* goes where the access log reads it."""
-    identity = await auth.identify(request.headers.get("authorization"), request_id=request_id_of(request.scope))
+    """The request's caller (401/503 raise); its key *name* goes where the access log reads it. Traced as
+    ``gateway.authenticate`` with the credential's kind (never the credential, nor a JWT's subject)."""
+    with tracing.span("gateway.authenticate") as current:
+        identity = await auth.identify(request.headers.get("authorization"), request_id=request_id_of(request.scope))
+        if current is not None:
+            current.set_attribute("rerankd.auth.kind", identity.kind)
     request.scope["state"]["key_name"] = identity.name
     return identity
 

@@ -87,7 +87,8 @@ def _default(name: str) -> Any:
                  "--max-body-bytes: an answer with return_documents echoes the request's texts.")
 @env_option("--body-timeout", type=click.FloatRange(min=0.1), default=_default("body_timeout"),
             help="Seconds a client may stall while sending its body before a 408 (slowloris guard).")
-@settings_options(GatewaySettings, [*EdgeSettings.model_fields, "max_concurrent_requests", "max_request_chars"])
+@settings_options(GatewaySettings, [*EdgeSettings.model_fields, "max_concurrent_requests", "max_request_chars",
+                                    "otlp_endpoint"])
 @env_option("--attempt-timeout", type=click.FloatRange(min=0.001), default=_default("attempt_timeout"),
             help="Seconds one attempt at one replica may take.")
 @env_option("--total-timeout", type=click.FloatRange(min=0.001), default=_default("total_timeout"),
@@ -107,21 +108,27 @@ def gateway(ctx: click.Context, /, config_file: str | None, log_format: str, log
     """Serve the rerank API in front of many replicas: keys, limits, failover, usage ledger."""
     from rerankd.gateway.app import create_gateway_app
     from rerankd.http.serving import run_until_stopped, uvicorn_config
+    from rerankd.observability import tracing
     from rerankd.observability.logging import configure_logging
 
     configure_logging(flags["log_level"], log_format, log_file)
     try:
         settings = _settings(ctx, config_file, flags)
+        if settings.otlp_endpoint:  # before the app is built: its middleware is chosen then
+            tracing.configure_process(settings.otlp_endpoint, "rerankd-gateway", settings.port)
         app = create_gateway_app(settings)
-    except (GatewayConfigError, ValueError) as exc:
+    except (GatewayConfigError, ValueError, tracing.TracingUnavailableError) as exc:
         raise click.UsageError(str(exc)) from None
     named = [p.name for p in settings.pools]
     click.echo(f"rerankd gateway: {len(settings.upstreams) + sum(len(p.upstreams) for p in settings.pools)} "
                f"upstream(s){'; models ' + ', '.join(named) if named else ''}; listening on "
                f"http://{settings.host}:{settings.port}", err=True)
-    run_until_stopped(uvicorn_config(app, host=settings.host, port=settings.port, limits=settings,
-                                     log_level=settings.log_level, access_log=False,
-                                     timeout_graceful_shutdown=int(settings.drain_seconds)))
+    try:
+        run_until_stopped(uvicorn_config(app, host=settings.host, port=settings.port, limits=settings,
+                                         log_level=settings.log_level, access_log=False,
+                                         timeout_graceful_shutdown=int(settings.drain_seconds)))
+    finally:
+        tracing.shutdown()  # the spans of the last requests (and of the final ledger flush) are sent
 
 
 def _settings(ctx: click.Context, config_file: str | None, flags: dict[str, Any]) -> GatewaySettings:

@@ -4,6 +4,10 @@
 plans the parts and merges their answers exactly. This module runs a split: the parts go out at once,
 each preferring a replica no sibling took, and the first part that fails fails the request (its
 answer is what the client sees) and cancels the others, which nobody will read.
+
+Traces: a request sent whole is one ``gateway.forward`` span; a split one is a ``gateway.split`` span with a
+``gateway.split.part`` child per part (its index and slice), and each attempt at a replica is a client span
+under those (:class:`~rerankd.gateway.forward.Forwarder`), whose ``traceparent`` the replica continues.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from rerankd.gateway.pool import UpstreamPool
 from rerankd.gateway.split import SplitPlan, merge_rerank_parts, plan_split
 from rerankd.gateway.tokens import TOKENS_HEADER, parse_answer, parse_token_header
 from rerankd.gateway.upstream_body import BodyEdit
+from rerankd.observability import tracing
 from rerankd.observability.gateway_metrics import GatewayMetrics
 from rerankd.protocol import RerankRequest
 
@@ -39,7 +44,8 @@ class Distributor:
     async def send(self, path: str, body: bytes, request_id: str, *, tenant: str | None = None) -> UpstreamReply:
         """The client's bytes as they came (already validated): no re-encoding cost, nothing lost.
         ``tenant`` is the caller's key id, for the replicas' batchers (:meth:`Forwarder.send`)."""
-        return await self._forwarder.send(path, body, request_id, tenant=tenant)
+        with tracing.span("gateway.forward"):
+            return await self._forwarder.send(path, body, request_id, tenant=tenant)
 
     async def send_rerank(self, path: str, body: bytes, request: RerankRequest, request_id: str, *,
                           tenant: str | None = None, part_edit: BodyEdit | None = None) -> UpstreamReply:
@@ -50,6 +56,14 @@ class Distributor:
             return await self.send(path, body, request_id, tenant=tenant)
         return await self._send_split(path, plan, request_id, tenant, part_edit or BodyEdit())
 
+    async def _send_part(self, path: str, body: bytes, request_id: str, index: int, where: tuple[int, int],
+                         spread: set[str], tenant: str | None) -> UpstreamReply:
+        """One part of a split, in a span of its own (the retries of the part are its children)."""
+        start, end = where
+        with tracing.span("gateway.split.part", attributes={"rerankd.split.part": index, "rerankd.split.start": start,
+                                                            "rerankd.split.end": end}):
+            return await self._forwarder.send(path, body, f"{request_id}.p{index}", spread=spread, tenant=tenant)
+
     async def send_embed(self, path: str, body: bytes, shape: AnswerShape, inputs: int, request_id: str, *,
                          tenant: str | None = None, part_edit: BodyEdit | None = None) -> UpstreamReply:
         """An embedding request: its input list split when it is large and more than one replica can help
@@ -59,19 +73,20 @@ class Distributor:
             return await self.send(path, body, request_id, tenant=tenant)
         return await self._send_embed_split(path, plan, request_id, tenant, part_edit or BodyEdit())
 
-    async def _send_parts(self, path: str, parts: list[bytes], request_id: str, tenant: str | None,
-                          part_edit: BodyEdit) -> list[UpstreamReply]:
+    async def _send_parts(self, path: str, parts: list[bytes], slices: list[tuple[int, int]], request_id: str,
+                          tenant: str | None, part_edit: BodyEdit) -> list[UpstreamReply]:
         """Every part of a split request at once, spread over distinct replicas (rerank and embed alike)."""
         self._metrics.split_requests_total.inc()
         self._metrics.split_parts.observe(len(parts))
         spread: set[str] = set()
-        return await gather_or_cancel([
-            self._forwarder.send(path, part_edit.apply(part), f"{request_id}.p{i}", spread=spread, tenant=tenant)
-            for i, part in enumerate(parts)])
+        with tracing.span("gateway.split", attributes={"url.path": path, "rerankd.split.parts": len(parts)}):
+            return await gather_or_cancel([
+                self._send_part(path, part_edit.apply(part), request_id, i, where, spread, tenant)
+                for i, (part, where) in enumerate(zip(parts, slices, strict=True))])
 
     async def _send_embed_split(self, path: str, plan: EmbedSplitPlan, request_id: str, tenant: str | None,
                                 part_edit: BodyEdit) -> UpstreamReply:
-        replies = await self._send_parts(path, plan.bodies(), request_id, tenant, part_edit)
+        replies = await self._send_parts(path, plan.bodies(), plan.slices, request_id, tenant, part_edit)
         failed = next((r for r in replies if r.status != 200), None)
         if failed is not None:
             return failed
@@ -94,7 +109,7 @@ class Distributor:
 
     async def _send_split(self, path: str, plan: SplitPlan, request_id: str, tenant: str | None,
                           part_edit: BodyEdit) -> UpstreamReply:
-        replies = await self._send_parts(path, plan.bodies(), request_id, tenant, part_edit)
+        replies = await self._send_parts(path, plan.bodies(), plan.slices, request_id, tenant, part_edit)
         failed = next((r for r in replies if r.status != 200), None)
         if failed is not None:
             return failed

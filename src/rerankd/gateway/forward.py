@@ -19,6 +19,9 @@ Outcomes of one attempt and what they mean for the replica's circuit breaker:
 Every answer is read with that byte cap, streaming, so one replica (or whatever sits in front of it)
 cannot make the gateway buffer hundreds of megabytes. Error bodies are rebuilt by
 :func:`~rerankd.gateway.answers.safe_error_body` before anyone sees them: a stack trace stays in the log.
+
+Each attempt is a ``gateway.attempt`` client span (replica, attempt number, status, the retry reason), and its
+``traceparent`` goes to the replica, so a retry is a sibling of the failed try in the trace.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import aiohttp
 from rerankd.errors import UpstreamMalformedError, UpstreamUnavailableError
 from rerankd.gateway.answers import safe_error_body
 from rerankd.gateway.pool import Upstream, UpstreamPool
+from rerankd.observability import tracing
 from rerankd.observability.gateway_metrics import GatewayMetrics
 from rerankd.protocol import TENANT_HEADER
 
@@ -144,8 +148,13 @@ class Forwarder:
             tried.add(upstream.url)
             if spread is not None:
                 spread.add(upstream.url)
-            reply, problem, reason = await self._attempt(upstream, method, path, body, request_id, tenant,
-                                                         min(self.attempt_timeout, remaining), attempt)
+            with tracing.span("gateway.attempt", kind=tracing.SpanKind.CLIENT) as current:
+                if current is not None:  # attributes built only while tracing: off costs nothing
+                    current.set_attributes({"rerankd.upstream": upstream.url, "url.full": upstream.url + path,
+                                            "http.request.method": method, "rerankd.attempt": attempt})
+                reply, problem, reason = await self._attempt(upstream, method, path, body, request_id, tenant,
+                                                             min(self.attempt_timeout, remaining), attempt)
+                note_attempt(current, reply, problem, reason)
             if reply is not None and reason is None:
                 return reply
             if reply is not None:
@@ -167,6 +176,7 @@ class Forwarder:
         headers = {"content-type": "application/json", "x-request-id": request_id, **self._auth}
         if tenant is not None:
             headers[TENANT_HEADER] = tenant
+        tracing.inject(headers)  # this attempt's span: the replica's spans are its children
         started = time.perf_counter()
         async with self.pool.lease(upstream):  # in flight counts come from the leases at scrape time
             try:
@@ -225,3 +235,15 @@ class Forwarder:
     def _observe(self, upstream: Upstream, outcome: str, started: float) -> None:
         self.metrics.upstream_requests_total.labels(upstream=upstream.url, outcome=outcome).inc()
         self.metrics.upstream_duration_seconds.labels(upstream=upstream.url).observe(time.perf_counter() - started)
+
+
+def note_attempt(current: tracing.Span | None, reply: UpstreamReply | None, problem: str, reason: str | None) -> None:
+    """An attempt's span: the replica's status, and why it was not final (a retry follows, or the request
+    fails)."""
+    if current is None:
+        return
+    if reply is not None:
+        current.set_attribute("http.response.status_code", reply.status)
+    if reason is not None:
+        current.set_attribute("rerankd.retry_reason", reason)
+        tracing.set_error(current, problem)

@@ -43,6 +43,7 @@ from rerankd.gateway.db import UsageRecord, utcnow
 from rerankd.gateway.db_errors import database_unavailable, failure_reason
 from rerankd.gateway.dead_letters import DeadLetters, default_dead_letter_file
 from rerankd.gateway.migrate import translated_schema
+from rerankd.observability import tracing
 
 __all__ = ["UsageEntry", "UsageLedger"]
 
@@ -318,7 +319,10 @@ class UsageLedger:
         while self._buffer:
             batch = [entry for _, entry in itertools.islice(self._buffer, self._batch_size)]
             try:
-                await self._insert(batch)
+                # A trace of its own: one write serves many requests (each has its gateway.ledger.record span).
+                with tracing.span("gateway.ledger.write", attributes={"db.system.name": self.engine.dialect.name,
+                                                                      "rerankd.ledger.rows": len(batch)}):
+                    await self._insert(batch)
             except Exception as exc:
                 self.flush_failures += 1
                 if database_unavailable(exc):

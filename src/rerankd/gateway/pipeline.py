@@ -42,6 +42,7 @@ from rerankd.gateway.ratelimit import Reservation
 from rerankd.gateway.shadow import ShadowScorer
 from rerankd.gateway.upstream_body import plan_edits
 from rerankd.http.disconnect import CLIENT_CLOSED_STATUS, ClientDisconnectedError
+from rerankd.observability import tracing
 from rerankd.protocol import RerankRequest
 
 __all__ = ["Guard", "ScoringAnswer", "ScoringCall", "ScoringPipeline"]
@@ -92,7 +93,8 @@ class ScoringPipeline:
         model = call.model  # the ledger's: the pool that served it, once routed (see docs/gateway.md)
         reservation: Reservation | None = None
         try:
-            limit_headers, reservation = await self._admission.admit(identity, call.documents, call.parsed)
+            with tracing.span("gateway.rate_limit"):
+                limit_headers, reservation = await self._admission.admit(identity, call.documents, call.parsed)
             pool, rollout = self._pools.route(call.task, call.model, identity.key_id)
             if pool.named:
                 model = pool.name
@@ -106,7 +108,10 @@ class ScoringPipeline:
                                        partial(self._forward, replace(call, request_id=f"{call.request_id}.shadow"),
                                                identity))
             settling, reservation = reservation, None
-            limit_headers.update(await self._charger.settle(settling, tokens))  # a failed request refunds all
+            with tracing.span("gateway.rate_limit.settle") as current:
+                if current is not None:
+                    current.set_attribute("rerankd.tokens", tokens)
+                limit_headers.update(await self._charger.settle(settling, tokens))  # a failed request refunds all
             return ScoringAnswer(status=status, body=reply.body, headers={**reply.headers, **limit_headers})
         except RerankdError as exc:
             status = exc.status_code
@@ -117,10 +122,11 @@ class ScoringPipeline:
         finally:
             if reservation is not None:  # never answered (cancelled, a 502, an error): give the tokens back
                 await asyncio.shield(self._charger.settle(reservation, 0))
-            self._charger.record(Outcome(
-                identity=identity, route=call.route, model=model, documents=call.documents, status=status,
-                tokens=tokens, latency_ms=(time.perf_counter() - started) * 1000, request_id=call.request_id,
-                request_id_given=call.request_id_given, upstream=upstream))
+            with tracing.span("gateway.ledger.record"):
+                self._charger.record(Outcome(
+                    identity=identity, route=call.route, model=model, documents=call.documents, status=status,
+                    tokens=tokens, latency_ms=(time.perf_counter() - started) * 1000, request_id=call.request_id,
+                    request_id_given=call.request_id_given, upstream=upstream))
 
     async def refuse(self, identity: Identity, *, route: str, request_id: str, request_id_given: bool,
                      status: int, started: float) -> None:

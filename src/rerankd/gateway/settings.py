@@ -18,6 +18,7 @@ from rerankd.edge_settings import DEFAULT_MAX_REQUEST_CHARS, EdgeSettings
 from rerankd.engine.model_source import DEFAULT_MAX_MODEL_LEN
 from rerankd.gateway.model_table import PoolSettings, check_table, parse_alias, parse_pool
 from rerankd.gateway.rollout import RolloutSettings, check_rollouts
+from rerankd.observability.tracing_settings import TracingSettings
 
 __all__ = ["GatewayConfigError", "GatewaySettings", "load_yaml_config"]
 
@@ -29,7 +30,7 @@ class GatewayConfigError(ValueError):
     """The configuration cannot run; the message names the setting to fix."""
 
 
-class GatewaySettings(EdgeSettings):
+class GatewaySettings(EdgeSettings, TracingSettings):
     """The gateway's configuration. Field names are the long flags in snake case; the connection limits
     are :class:`~rerankd.edge_settings.EdgeSettings`' fields, shared with ``rerankd serve``."""
 

@@ -5,6 +5,7 @@ One Starlette middleware entry, so each app adds the whole room with one ``app.a
 adding). Outermost first, each layer a module with one job:
 
 1. :class:`RequestIdMiddleware`: the request id, first, so every later layer and log line has it.
+   Then, only while tracing is on, :class:`TracingMiddleware`: the request's server span (``traceparent``).
 2. :class:`SecurityHeadersMiddleware`: on every answer, refusals included.
 3. :class:`AccessLogMiddleware`: the log line and metrics, outside every layer that can refuse.
 4. :class:`HeaderRulesMiddleware`: 400 for a repeated ``Host`` or ``Authorization``.
@@ -31,6 +32,8 @@ from rerankd.http.header_rules import HeaderRulesMiddleware
 from rerankd.http.json_body import JsonBodyMiddleware
 from rerankd.http.request_id import RequestIdMiddleware, request_id_of
 from rerankd.http.security_headers import SecurityHeadersMiddleware
+from rerankd.http.tracing import TracingMiddleware
+from rerankd.observability import tracing
 
 __all__ = ["HttpMiddleware", "request_id_of"]
 
@@ -57,6 +60,8 @@ class HttpMiddleware:
         inner = HeaderRulesMiddleware(inner)
         inner = AccessLogMiddleware(inner, route_label=route_label, metrics=metrics, log_fields=access_log_fields)
         inner = SecurityHeadersMiddleware(inner)
+        if tracing.enabled():  # decided when the app is built: no layer at all while tracing is off
+            inner = TracingMiddleware(inner, route_label=route_label)
         self._stack = RequestIdMiddleware(inner)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -2,7 +2,8 @@
 
 Why stdlib logging with a JSON formatter: uvicorn, transformers and our code all log through it, so one
 formatter covers every line. Fields passed with ``extra=`` (request_id, route, status, latency_ms,
-key_id …) become JSON keys; secrets are never passed.
+key_id …) become JSON keys; secrets are never passed. While tracing is on (``--otlp-endpoint``), a line
+written inside a span carries its ``trace_id`` and ``span_id``, so a log line leads to its trace and back.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import logging.handlers
 import sys
 import time
 from typing import Literal
+
+from rerankd.observability.tracing import ids_of_current
 
 __all__ = ["JsonFormatter", "LogFormat", "LogLevel", "configure_logging"]
 
@@ -33,6 +36,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        ids = ids_of_current()
+        if ids is not None:
+            out["trace_id"], out["span_id"] = ids
         for key, value in vars(record).items():
             if key not in _STANDARD and not key.startswith("_"):
                 out[key] = value

@@ -70,6 +70,15 @@ def serve(**flags: Any) -> None:
         load_failures.append(reason)
         server.should_exit = True
 
+    from rerankd.observability import tracing
+
+    if settings.otlp_endpoint:  # before the app is built: its middleware is chosen then
+        try:
+            tracing.configure_process(settings.otlp_endpoint, "rerankd-server", settings.port,
+                                      {"rerankd.model": settings.model_name})
+        except tracing.TracingUnavailableError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_BAD_MODEL_PATH)
     app = create_server_app(settings, on_load_failure=stop_serving, model_id=model_id)
     server = uvicorn.Server(uvicorn_config(app, host=settings.host, port=settings.port, limits=settings,
                                            log_level=settings.log_level, timeout_graceful_shutdown=30))
@@ -77,6 +86,7 @@ def serve(**flags: Any) -> None:
                f"http://{settings.host}:{settings.port} (ready when /ready answers 200); malloc: {malloc}", err=True)
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: uvicorn re-raises the SIGINT it drained for
         server.run()
+    tracing.shutdown()  # the last requests' spans are sent before the process ends
     if load_failures:
         click.echo(f"error: {load_failures[0]}; exiting with status {EXIT_MODEL_LOAD_FAILED}", err=True)
         sys.exit(EXIT_MODEL_LOAD_FAILED)

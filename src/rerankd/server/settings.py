@@ -20,11 +20,12 @@ from rerankd.allocator import MallocChoice
 from rerankd.edge_settings import DEFAULT_MAX_REQUEST_CHARS, EdgeSettings
 from rerankd.engine.config import EngineConfig
 from rerankd.observability.logging import LogFormat, LogLevel
+from rerankd.observability.tracing_settings import TracingSettings
 
 __all__ = ["ServerSettings"]
 
 
-class ServerSettings(EngineConfig, EdgeSettings):
+class ServerSettings(EngineConfig, EdgeSettings, TracingSettings):
     """The inference server's configuration. Field names are the long flags in snake case; a field with
     ``repr=False`` is a secret, whose value ``--help`` never shows. The connection limits (head size and
     time, idle keep-alive, trusted proxies) are :class:`~rerankd.edge_settings.EdgeSettings`' fields."""
