@@ -100,18 +100,23 @@ def test_key_labels_are_bounded() -> None:
 
 def test_the_open_exposition_sums_over_keys_and_the_named_one_replaces_it() -> None:
     metrics = GatewayMetrics()
-    metrics.key_requests_total.labels(key="alpha", status="200").inc()
-    metrics.key_requests_total.labels(key="beta", status="200").inc(2)
-    metrics.key_requests_total.labels(key="beta", status="429").inc()
-    metrics.key_tokens_total.labels(key="beta").inc(40)
+    metrics.key_requests_total.labels(key="alpha", status="200", task="rerank").inc()
+    metrics.key_requests_total.labels(key="beta", status="200", task="rerank").inc(2)
+    metrics.key_requests_total.labels(key="beta", status="429", task="rerank").inc()
+    metrics.key_requests_total.labels(key="beta", status="200", task="embed").inc(5)
+    metrics.key_tokens_total.labels(key="beta", task="rerank").inc(40)
+    metrics.key_tokens_total.labels(key="alpha", task="embed").inc(7)
     open_text = metrics.exposition(with_keys=False).decode()
     assert open_text == generate_latest(metrics.registry).decode()
-    assert f'rerankd_gateway_key_requests_total{{key="{ALL_KEYS_LABEL}",status="200"}} 3.0' in open_text
-    assert f'rerankd_gateway_key_requests_total{{key="{ALL_KEYS_LABEL}",status="429"}} 1.0' in open_text
-    assert f'rerankd_gateway_key_tokens_total{{key="{ALL_KEYS_LABEL}"}} 40.0' in open_text
+    assert f'rerankd_gateway_key_requests_total{{key="{ALL_KEYS_LABEL}",status="200",task="rerank"}} 3.0' in open_text
+    assert f'rerankd_gateway_key_requests_total{{key="{ALL_KEYS_LABEL}",status="429",task="rerank"}} 1.0' in open_text
+    assert f'rerankd_gateway_key_tokens_total{{key="{ALL_KEYS_LABEL}",task="rerank"}} 40.0' in open_text
+    # Summed over keys, never over tasks.
+    assert f'rerankd_gateway_key_requests_total{{key="{ALL_KEYS_LABEL}",status="200",task="embed"}} 5.0' in open_text
+    assert f'rerankd_gateway_key_tokens_total{{key="{ALL_KEYS_LABEL}",task="embed"}} 7.0' in open_text
     assert "alpha" not in open_text and "beta" not in open_text
     named = metrics.exposition(with_keys=True).decode()
-    assert 'rerankd_gateway_key_requests_total{key="beta",status="200"} 2.0' in named
+    assert 'rerankd_gateway_key_requests_total{key="beta",status="200",task="rerank"} 2.0' in named
     assert f'key="{ALL_KEYS_LABEL}"' not in named
     assert named.count("# TYPE rerankd_gateway_key_requests_total counter") == 1
     assert "rerankd_gateway_requests_total" in named  # everything else is in both
