@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,8 @@ class Stack:
     api_key: str
     admin_key: str
     data_dir: Path
-    model: str  # the served model's name, as the gateway's /v1/models lists it
+    model: str  # the served reranker's name, as the gateway's /v1/models lists it
+    embed_model: str  # the served embedder's name
 
     def key(self, *, rpm: int | None = None) -> str:
         """A fresh API key made through the gateway's admin API (what `rerankd keys create` does)."""
@@ -70,3 +72,30 @@ def assert_scores(stack: Stack, ranked: list[tuple[str, float | None]], count: i
     best = sorted(expected.values(), reverse=True)[:count]
     for (text, score), want in zip(ranked, best, strict=True):  # the best ``count``, best first
         assert score is not None and abs(score - want) < 1e-5, (text, score, want)
+
+
+# What the embedding tests embed, and the tiny embedder's Matryoshka range (32 to its hidden size, 64).
+TEXTS = ["Paris is the capital and largest city of France.", "Bananas are rich in potassium.", "天气很好"]
+EMBED_DIMENSIONS = 64
+OUT_OF_RANGE = "this model gives 32 to 64 dimensions"  # the 422's message for `dimensions` outside it
+
+
+def api_vectors(stack: Stack, texts: str | list[str], **body: object) -> list[list[float]]:
+    """The gateway's own ``/v1/embeddings`` float vectors for ``texts`` (``body``: dimensions, input_type, ...):
+    what every embedding client must hand back."""
+    answer = httpx.post(f"{stack.gateway}/v1/embeddings", timeout=30,
+                        json={"input": texts, "model": stack.embed_model, "encoding_format": "float", **body},
+                        headers={"Authorization": f"Bearer {stack.api_key}"})
+    assert answer.status_code == 200, answer.text
+    data = sorted(answer.json()["data"], key=lambda d: d["index"])
+    return [d["embedding"] for d in data]
+
+
+def assert_vectors(got: Sequence[Sequence[float]], want: Sequence[Sequence[float]], dimensions: int) -> None:
+    """The same vectors, in order, each ``dimensions`` long, to 1e-6 (a client that reorders, truncates or
+    re-encodes them fails here)."""
+    assert len(got) == len(want), (len(got), len(want))
+    for g, w in zip(got, want, strict=True):
+        assert len(g) == len(w) == dimensions, (len(g), len(w), dimensions)
+        assert max(abs(a - b) for a, b in zip(g, w, strict=True)) < 1e-6
+        assert abs(sum(a * a for a in g) - 1) < 1e-5  # unit length, after any truncation

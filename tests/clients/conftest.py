@@ -6,8 +6,9 @@ SDK is at 7), so they live in their own environment, ``.venv-clients``, built by
 The main suite (``python -m pytest``) does not collect this directory where the libraries are missing; CI runs
 it separately through that script.
 
-One stack for the whole run: ``rerankd up`` on the tiny random-weight model (a gateway, one replica, the web UI),
-exactly as a user starts it. Every test then changes only a client's base URL and key.
+One stack for the whole run: ``rerankd up`` on the tiny random-weight reranker with the tiny embedder beside it
+(``--embedding-model``: a gateway, one replica of each, the web UI), exactly as a user starts it. Every test then
+changes only a client's base URL and key: the one key reaches both models.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ from support import free_port
 
 # Not collected where the client libraries are not installed (the main environment): under CI=true a skip
 # fails, and CI runs this directory in .venv-clients (tests/clients/run).
-_LIBRARIES = ("cohere", "langchain_cohere", "langchain_community", "llama_index", "haystack_integrations", "openai",
-              "gradio_client")
+_LIBRARIES = ("cohere", "langchain_cohere", "langchain_community", "langchain_openai", "llama_index",
+              "haystack_integrations", "openai", "gradio_client")
 collect_ignore_glob = [] if all(importlib.util.find_spec(m) for m in _LIBRARIES) else ["test_*.py"]
 
 # Haystack sends anonymous usage events to its telemetry host on first use; tests reach nothing outside.
@@ -59,8 +60,9 @@ def _read_banner(proc: subprocess.Popen[str], timeout: float) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def stack(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """``rerankd up`` with its defaults (one replica, gateway, web UI) on the tiny model, on free ports.
+def stack(tiny_model_dir: Path, embed_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """``rerankd up`` with its defaults (one replica, gateway, web UI) on the tiny reranker, with the tiny embedder
+    (``--embedding-model``, one replica), on free ports.
 
     ``RERANKD_CLIENTS_STACK`` (a Stack as JSON) reuses a stack already running instead: test_cohere7.py runs
     test_cohere_sdk.py again under Cohere's 7.x SDK against this run's stack.
@@ -77,20 +79,25 @@ def stack(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
         env.pop(secret, None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "rerankd.cli", "up", "--model", str(tiny_model_dir), "--data-dir", str(data_dir),
+         "--embedding-model", str(embed_model_dir),
          "--gateway-port", str(gateway_port), "--ui-port", str(ui_port), "--server-base-port", str(base),
          # The fused forward's kernels are built with g++ on first use in each environment (minutes on two busy
          # cores): they change speed, not one byte of the API these clients talk to.
          "--compile", "off"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     try:
-        printed = _read_banner(proc, timeout=240)
+        # Two replicas (reranker and embedder) load before the banner: minutes on two cores busy with other work.
+        printed = _read_banner(proc, timeout=420)
         gateway = printed["gateway"]
         models = httpx.get(f"{gateway}/v1/models", headers={"Authorization": f"Bearer {printed['API key']}"},
                            timeout=30)
         assert models.status_code == 200, models.text
+        embed_model = embed_model_dir.name  # as `rerankd up` names the embedding pool
+        served = [m["id"] for m in models.json()["data"]]
+        assert embed_model in served, served
         yield Stack(gateway=gateway, ui=printed["web UI"], api_key=printed["API key"],
                     admin_key=(data_dir / "admin-key").read_text(encoding="utf-8").strip(), data_dir=data_dir,
-                    model=models.json()["data"][0]["id"])
+                    model=next(m for m in served if m != embed_model), embed_model=embed_model)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

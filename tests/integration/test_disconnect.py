@@ -52,7 +52,7 @@ def test_disconnected_client_work_is_dropped(tiny_model_dir: Path, caplog: pytes
         assert first - 1 < len(docs)  # the probe's own pair aside, the abandoned request was not finished
         assert probe(url) == first + 1  # nothing more is being computed
         # Counted as nginx's 499, and not reported as a crash: no error-level "Exception in ASGI application".
-        counted = 'rerankd_requests_total{route="/v1/rerank",status="499"} 1.0'
+        counted = 'rerankd_requests_total{route="/v1/rerank",status="499",task="rerank"} 1.0'
         wait_until(lambda: counted in httpx.get(f"{url}/metrics").text, 10, "the hang-up counted as 499")
         assert "rerankd_cancelled_requests_total 1.0" in httpx.get(f"{url}/metrics").text
         errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
@@ -112,7 +112,7 @@ def test_gateway_counts_a_hang_up_as_499_not_an_error(tmp_path: Path, caplog: py
             asyncio.run(hang_up())
             # The gateway must drop the upstream call, not wait the upstream's 60 s for an answer nobody wants.
             assert dropped.wait_for(1, timeout=10), "the gateway kept waiting on the upstream after the hang-up"
-            metric = 'rerankd_gateway_requests_total{route="/v1/rerank",status="499"} 1.0'
+            metric = 'rerankd_gateway_requests_total{route="/v1/rerank",status="499",task="rerank"} 1.0'
             wait_until(lambda: metric in httpx.get(f"{gateway}/metrics").text, 10, "the hang-up counted as 499")
     assert answered == [] and arrived.count == 1
     with sqlite3.connect(tmp_path / "gw.db") as db:  # the gateway has stopped: its ledger is flushed

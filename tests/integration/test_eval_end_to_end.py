@@ -59,7 +59,7 @@ def assert_metrics_equal(got: dict[str, float], expected: dict[str, float]) -> N
 
 def rerank_requests(server_url: str) -> float:
     text = httpx.get(f"{server_url}/metrics").text
-    match = re.search(r'^rerankd_requests_total\{route="/v1/rerank",status="200"\} (\S+)$', text, re.M)
+    match = re.search(r'^rerankd_requests_total\{route="/v1/rerank",status="200",task="rerank"\} (\S+)$', text, re.M)
     return float(match.group(1)) if match else 0.0
 
 

@@ -135,7 +135,7 @@ def test_tokens_per_minute_are_charged_from_real_usage(fleet: Fleet, tmp_path: P
         assert int(replies[3].headers["retry-after"]) >= 1
         metrics = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}).text
         assert 'rerankd_gateway_rate_limited_total{limit="tokens"} 1.0' in metrics
-        assert f'rerankd_gateway_key_tokens_total{{key="tokens"}} {3 * tokens_per_request}.0' in metrics
+        assert f'rerankd_gateway_key_tokens_total{{key="tokens",task="rerank"}} {3 * tokens_per_request}.0' in metrics
 
 
 # -- tokens per minute under parallel load, through real gateways in front of a fake replica ---------------

@@ -144,8 +144,9 @@ def test_an_implausible_token_count_is_a_502_and_is_not_charged(tmp_path: Path) 
         assert after.status_code == 200
         assert after.headers["x-ratelimit-remaining-tokens"] == "986"  # the two 200s' 7 each; the 502s refunded
         metrics = scrape(gateway, METRICS_TOKEN)
-        assert 'rerankd_gateway_key_tokens_total{key="billed"} 14.0' in metrics  # the two 200s
-        assert f'rerankd_gateway_key_requests_total{{key="billed",status="502"}} {len(GARBAGE)}.0' in metrics
+        assert 'rerankd_gateway_key_tokens_total{key="billed",task="rerank"} 14.0' in metrics  # the two 200s
+        refused = f'rerankd_gateway_key_requests_total{{key="billed",status="502",task="rerank"}} {len(GARBAGE)}.0'
+        assert refused in metrics
     # The gateway has stopped, its ledger is flushed: one row per request, the 502s unbilled.
     assert usage_rows(database) == [(200, 7), *[(502, 0)] * len(GARBAGE), (200, 7)]
 
@@ -308,8 +309,8 @@ def test_metrics_name_keys_only_to_the_metrics_token_and_jwt_subjects_never(tmp_
                 assert reply.status_code == 200, reply.text
             if metrics_token is None:
                 metrics = scrape(gateway)
-                assert 'rerankd_gateway_key_requests_total{key="*",status="200"} 2.0' in metrics
-                assert 'rerankd_gateway_key_documents_total{key="*"} 4.0' in metrics
+                assert 'rerankd_gateway_key_requests_total{key="*",status="200",task="rerank"} 2.0' in metrics
+                assert 'rerankd_gateway_key_documents_total{key="*",task="rerank"} 4.0' in metrics
                 assert "billed" not in metrics
             else:
                 refused = httpx.get(f"{gateway}/metrics")
@@ -317,7 +318,7 @@ def test_metrics_name_keys_only_to_the_metrics_token_and_jwt_subjects_never(tmp_
                 wrong = httpx.get(f"{gateway}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}x"})
                 assert wrong.status_code == 401 and "billed" not in wrong.text
                 metrics = scrape(gateway, metrics_token)
-                assert 'rerankd_gateway_key_requests_total{key="billed",status="200"} 1.0' in metrics
-                assert 'rerankd_gateway_key_requests_total{key="jwt:*",status="200"} 1.0' in metrics
+                assert 'rerankd_gateway_key_requests_total{key="billed",status="200",task="rerank"} 1.0' in metrics
+                assert 'rerankd_gateway_key_requests_total{key="jwt:*",status="200",task="rerank"} 1.0' in metrics
                 assert 'key="*"' not in metrics  # the named view replaces the sum, never both
             assert "carol" not in metrics

@@ -12,7 +12,10 @@ from prometheus_client import generate_latest
 from rerankd.errors import UpstreamMalformedError
 from rerankd.gateway.answers import MAX_ERROR_MESSAGE_CHARS, AnswerShape, accept_answer, check_answer, safe_error_body
 from rerankd.gateway.authenticate import Identity
-from rerankd.gateway.charge import JWT_LABEL, KeyLabels
+from rerankd.gateway.charge import JWT_LABEL, KeyLabels, Outcome, UsageCharger
+from rerankd.gateway.db import create_engine_for
+from rerankd.gateway.ledger import UsageLedger
+from rerankd.gateway.ratelimit import RateLimiter
 from rerankd.observability.gateway_metrics import ALL_KEYS_LABEL, GatewayMetrics
 
 
@@ -98,20 +101,40 @@ def test_key_labels_are_bounded() -> None:
     assert labels.of(key) == "alpha"  # names seen before keep theirs
 
 
+def test_the_charger_counts_each_request_under_its_routes_task() -> None:
+    """An embedding route's tokens and inputs are the key's ``task="embed"`` series, a scoring route's ``rerank``."""
+    metrics = GatewayMetrics()
+    charger = UsageCharger(RateLimiter(), UsageLedger(create_engine_for("sqlite://")), metrics)
+    who = Identity(key_id="k1", name="team", kind="key", is_admin=False)
+    for route, tokens, documents in (("/v1/embeddings", 9, 3), ("/v2/embed", 4, 1), ("/v2/rerank", 20, 2)):
+        charger.record(Outcome(identity=who, route=route, model="m", documents=documents, status=200, tokens=tokens,
+                               latency_ms=1.0, request_id="r", request_id_given=False))
+    named = metrics.exposition(with_keys=True).decode()
+    assert 'rerankd_gateway_key_tokens_total{key="team",task="embed"} 13.0' in named
+    assert 'rerankd_gateway_key_documents_total{key="team",task="embed"} 4.0' in named
+    assert 'rerankd_gateway_key_tokens_total{key="team",task="rerank"} 20.0' in named
+    assert 'rerankd_gateway_key_requests_total{key="team",status="200",task="embed"} 2.0' in named
+
+
 def test_the_open_exposition_sums_over_keys_and_the_named_one_replaces_it() -> None:
     metrics = GatewayMetrics()
-    metrics.key_requests_total.labels(key="alpha", status="200").inc()
-    metrics.key_requests_total.labels(key="beta", status="200").inc(2)
-    metrics.key_requests_total.labels(key="beta", status="429").inc()
-    metrics.key_tokens_total.labels(key="beta").inc(40)
+    metrics.key_requests_total.labels(key="alpha", status="200", task="rerank").inc()
+    metrics.key_requests_total.labels(key="beta", status="200", task="rerank").inc(2)
+    metrics.key_requests_total.labels(key="beta", status="429", task="rerank").inc()
+    metrics.key_requests_total.labels(key="beta", status="200", task="embed").inc(5)
+    metrics.key_tokens_total.labels(key="beta", task="rerank").inc(40)
+    metrics.key_tokens_total.labels(key="alpha", task="embed").inc(7)
     open_text = metrics.exposition(with_keys=False).decode()
     assert open_text == generate_latest(metrics.registry).decode()
-    assert f'rerankd_gateway_key_requests_total{{key="{ALL_KEYS_LABEL}",status="200"}} 3.0' in open_text
-    assert f'rerankd_gateway_key_requests_total{{key="{ALL_KEYS_LABEL}",status="429"}} 1.0' in open_text
-    assert f'rerankd_gateway_key_tokens_total{{key="{ALL_KEYS_LABEL}"}} 40.0' in open_text
+    assert f'rerankd_gateway_key_requests_total{{key="{ALL_KEYS_LABEL}",status="200",task="rerank"}} 3.0' in open_text
+    assert f'rerankd_gateway_key_requests_total{{key="{ALL_KEYS_LABEL}",status="429",task="rerank"}} 1.0' in open_text
+    assert f'rerankd_gateway_key_tokens_total{{key="{ALL_KEYS_LABEL}",task="rerank"}} 40.0' in open_text
+    # Summed over keys, never over tasks.
+    assert f'rerankd_gateway_key_requests_total{{key="{ALL_KEYS_LABEL}",status="200",task="embed"}} 5.0' in open_text
+    assert f'rerankd_gateway_key_tokens_total{{key="{ALL_KEYS_LABEL}",task="embed"}} 7.0' in open_text
     assert "alpha" not in open_text and "beta" not in open_text
     named = metrics.exposition(with_keys=True).decode()
-    assert 'rerankd_gateway_key_requests_total{key="beta",status="200"} 2.0' in named
+    assert 'rerankd_gateway_key_requests_total{key="beta",status="200",task="rerank"} 2.0' in named
     assert f'key="{ALL_KEYS_LABEL}"' not in named
     assert named.count("# TYPE rerankd_gateway_key_requests_total counter") == 1
     assert "rerankd_gateway_requests_total" in named  # everything else is in both

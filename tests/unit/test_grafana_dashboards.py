@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -65,3 +66,19 @@ def test_provisioning_points_at_the_prometheus_datasource_and_dashboard_folder()
     for path in DASHBOARDS:
         ds_var = next(v for v in _load(path)["templating"]["list"] if v["name"] == "datasource")
         assert ds_var["query"] == "prometheus"
+
+
+@pytest.mark.parametrize(("path", "prefix"), [(p, "rerankd_gateway_" if "gateway" in p.name else "rerankd_")
+                                              for p in DASHBOARDS], ids=lambda v: getattr(v, "name", v))
+def test_each_dashboard_splits_requests_latency_and_tokens_by_task(path: Path, prefix: str) -> None:
+    """Reranking and embedding share a gateway and a dashboard: requests, latency and tokens per task, each panel
+    grouping by the ``task`` label (a panel summed over tasks would mix two models' loads)."""
+    panels = _load(path)["panels"]
+    start = next(i for i, p in enumerate(panels) if p["type"] == "row" and "by task" in p["title"].lower())
+    row = panels[start + 1:]
+    row = row[:next((i for i, p in enumerate(row) if p["type"] == "row"), len(row))]
+    exprs = [t["expr"] for p in row for t in p["targets"]]
+    tokens = "key_tokens_total" if "gateway" in prefix else "request_tokens_sum"
+    for metric in (f"{prefix}requests_total", f"{prefix}request_duration_seconds_bucket", f"{prefix}{tokens}"):
+        using = [e for e in exprs if metric in e]
+        assert using and all(re.search(r"\bby \([^)]*\btask\b", e) for e in using), (metric, using)

@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rerankd.http import HttpMiddleware, error_response, install_error_handlers, known_routes_label, request_id_of
+from rerankd.observability.tasks import task_of_route
 
 LIMIT = 1024
 TIMEOUT = 0.05  # seconds of body silence before a 408: tiny, so the stalled-body test takes no longer
@@ -49,13 +50,23 @@ class Metrics:
     @classmethod
     def fresh(cls) -> Metrics:
         registry = CollectorRegistry()
-        return cls(registry, Counter("t_requests_total", "", ["route", "status"], registry=registry),
-                   Histogram("t_request_duration_seconds", "", ["route"], registry=registry))
+        return cls(registry, Counter("t_requests_total", "", ["route", "status", "task"], registry=registry),
+                   Histogram("t_request_duration_seconds", "", ["route", "task"], registry=registry))
 
     def counted(self) -> dict[tuple[str, str], float]:
         return {(s.labels["route"], s.labels["status"]): s.value
                 for family in self.registry.collect() if family.name == "t_requests"
                 for s in family.samples if s.name == "t_requests_total"}
+
+    def tasks(self) -> dict[tuple[str, str], float]:
+        """(route, task) → requests counted, and the latency histogram's count for the same pair."""
+        counts: dict[tuple[str, str], float] = {}
+        for family in self.registry.collect():
+            for s in family.samples:
+                if s.name in ("t_requests_total", "t_request_duration_seconds_count"):
+                    key = (s.labels["route"], s.labels["task"])
+                    counts[key] = counts.get(key, 0) + s.value
+        return counts
 
 
 async def echo_app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -253,6 +264,26 @@ async def test_the_route_label_hook_bounds_the_label_set() -> None:
     await call(app, "/echo")  # refused: counted too, with its status
     assert metrics.counted() == {("/echo", "200"): 1, ("/admin", "200"): 2, ("other", "200"): 4,
                                  ("/echo", "401"): 1}
+
+
+async def test_the_task_label_hook_labels_both_series_and_defaults_to_empty() -> None:
+    """The app names each route label's task (rerankd: rerank or embed); without the hook the label is empty."""
+    metrics = Metrics.fresh()
+    label = known_routes_label(frozenset({"/echo", "/embed"}))
+    app = wrap(echo_app, route_label=label, metrics=metrics, task_label=task_of_route)
+    for path in ("/echo", "/embed", "/embed", "/scan"):
+        await call(app, path)
+    # Each request once in the counter and once in the histogram's count.
+    assert metrics.tasks() == {("/echo", ""): 2, ("/embed", "embed"): 4, ("other", ""): 2}
+    plain = Metrics.fresh()
+    await call(wrap(echo_app, route_label=label, metrics=plain), "/embed")
+    assert plain.tasks() == {("/embed", ""): 2}
+
+
+def test_task_of_route_knows_every_scoring_and_embedding_route() -> None:
+    assert {task_of_route(r) for r in ("/v1/rerank", "/v2/rerank", "/rerank", "/v1/score", "/score")} == {"rerank"}
+    assert {task_of_route(r) for r in ("/v1/embeddings", "/embed", "/v2/embed")} == {"embed"}
+    assert {task_of_route(r) for r in ("/health", "/metrics", "/v1/models", "other", "/admin")} == {""}
 
 
 async def test_the_access_log_line_has_the_request_and_the_apps_own_fields(caplog: pytest.LogCaptureFixture) -> None:

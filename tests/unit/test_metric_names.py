@@ -153,6 +153,18 @@ def test_every_label_matcher_names_a_label_the_metric_has() -> None:
     assert not wrong, f"label matchers on labels the metric does not have: {sorted(wrong)}"
 
 
+def test_request_token_and_latency_series_carry_the_task_label() -> None:
+    """Server and gateway: rerank and embed traffic are told apart by ``task`` (the dashboards' "By task" rows)."""
+    _, labels = _exported()
+    for name in ("rerankd_requests_total", "rerankd_request_duration_seconds_bucket", "rerankd_request_tokens_sum",
+                 "rerankd_request_documents_sum", "rerankd_gateway_requests_total",
+                 "rerankd_gateway_request_duration_seconds_bucket", "rerankd_gateway_key_requests_total",
+                 "rerankd_gateway_key_tokens_total", "rerankd_gateway_key_documents_total"):
+        assert "task" in labels[name], name
+    used = {name for _, expr in all_exprs() for name, label in selector_labels(expr) if label == "task"}
+    assert {"rerankd_requests_total", "rerankd_gateway_requests_total"} <= used
+
+
 def test_recording_rule_names_follow_level_metric_operations() -> None:
     for rule in rules():
         if "record" in rule:

@@ -117,8 +117,8 @@ class RerankEngine:
         outcomes: list[ScoreOutcome] = []
         for group, slot, raw, prompt_tokens in zip(groups, slots, raws, tokens, strict=True):
             truncated = [group.truncated[i] for i in slot]
-            self.metrics.request_documents.observe(len(slot))
-            self.metrics.request_tokens.observe(prompt_tokens)
+            self.metrics.request_documents.labels(task="rerank").observe(len(slot))
+            self.metrics.request_tokens.labels(task="rerank").observe(prompt_tokens)
             self.metrics.truncated_documents_total.inc(sum(truncated))
             scores, winners = group.best_chunks(raw)  # a chunked document's chunks come back as its own tails
             outcomes.append(ScoreOutcome([scores[i] for i in slot], prompt_tokens, truncated,
@@ -186,8 +186,8 @@ class RerankEngine:
         stacked = np.stack(hidden) if hidden else np.zeros((0, width), dtype=np.float32)
         vectors = finish_vectors(stacked, dimensions, normalize)[slots] if slots else stacked[:0]
         truncated = [group.truncated[i] for i in slots]
-        self.metrics.request_documents.observe(len(slots))
-        self.metrics.request_tokens.observe(tokens)
+        self.metrics.request_documents.labels(task="embed").observe(len(slots))
+        self.metrics.request_tokens.labels(task="embed").observe(tokens)
         self.metrics.truncated_documents_total.inc(sum(truncated))
         return EmbedOutcome(vectors, tokens, truncated)
 

@@ -30,6 +30,7 @@ from rerankd.gateway.settings import GatewaySettings
 from rerankd.http import HttpMiddleware, known_routes_label
 from rerankd.http.errors import ERROR_RESPONSES, error_response, install_error_handlers
 from rerankd.observability.gateway_metrics import GatewayMetrics
+from rerankd.observability.tasks import task_of_route
 from rerankd.protocol import ErrorBody
 from rerankd.runtime import freeze_startup_heap
 
@@ -94,7 +95,7 @@ def create_gateway_app(settings: GatewaySettings) -> FastAPI:
                               error_type="database_unavailable")
     app.add_middleware(HttpMiddleware, route_label=known_routes_label(GATEWAY_ROUTES, {"/admin/": "/admin",
                                                                                      "/v1/models/": "/v1/models/{id}"}),
-                       metrics=metrics, access_log_fields=_caller_log_fields,
+                       metrics=metrics, access_log_fields=_caller_log_fields, task_label=task_of_route,
                        max_body_bytes=settings.max_body_bytes, body_timeout=settings.body_timeout,
                        body_deadline=settings.body_deadline, max_concurrent_requests=settings.max_concurrent_requests)
     app.include_router(scoring_router())

@@ -24,6 +24,7 @@ from rerankd.gateway.authenticate import Identity
 from rerankd.gateway.ledger import UsageEntry, UsageLedger
 from rerankd.gateway.ratelimit import RateLimiter, Reservation
 from rerankd.observability.gateway_metrics import GatewayMetrics
+from rerankd.observability.tasks import task_of_route
 
 __all__ = ["JWT_LABEL", "MAX_KEY_LABELS", "KeyLabels", "Outcome", "UsageCharger", "usage_row_id"]
 
@@ -95,7 +96,8 @@ class UsageCharger:
             latency_ms=outcome.latency_ms, status=outcome.status, route=outcome.route,
             upstream=outcome.upstream[:_MAX_UPSTREAM_CHARS] if outcome.upstream else None))
         key = self._labels.of(who)
-        self._metrics.key_requests_total.labels(key=key, status=str(outcome.status)).inc()
+        task = task_of_route(outcome.route)
+        self._metrics.key_requests_total.labels(key=key, status=str(outcome.status), task=task).inc()
         if outcome.status == 200:
-            self._metrics.key_tokens_total.labels(key=key).inc(outcome.tokens)
-            self._metrics.key_documents_total.labels(key=key).inc(outcome.documents)
+            self._metrics.key_tokens_total.labels(key=key, task=task).inc(outcome.tokens)
+            self._metrics.key_documents_total.labels(key=key, task=task).inc(outcome.documents)

@@ -1,8 +1,9 @@
-"""One log line and two metric samples per request: route, method, status, latency, request id.
+"""One log line and two metric samples per request: route, task, method, status, latency, request id.
 
 The room knows no app's routes or callers: the app says how a path becomes a ``route`` label
-(``route_label``; bounded, so a scan of random URLs cannot blow up the label set) and may add fields of
-its own to the log line (``log_fields``: the gateway adds the caller's key name).
+(``route_label``; bounded, so a scan of random URLs cannot blow up the label set), which task a route label
+serves (``task_label``: ``rerank``, ``embed``, or ``""`` for neither) and may add fields of its own to the log
+line (``log_fields``: the gateway adds the caller's key name).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ LogFields = Callable[[Scope], Mapping[str, Any]]
 
 
 class HttpMetrics(Protocol):
-    """What the access log counts into: both ``ServerMetrics`` and ``GatewayMetrics`` have these."""
+    """What the access log counts into: both ``ServerMetrics`` and ``GatewayMetrics`` have these, labelled
+    ``route``, ``status`` (the counter only) and ``task``."""
 
     requests_total: Counter
     request_duration_seconds: Histogram
@@ -56,9 +58,10 @@ class AccessLogMiddleware:
     """
 
     def __init__(self, app: ASGIApp, *, route_label: RouteLabel, metrics: HttpMetrics | None = None,
-                 log_fields: LogFields | None = None) -> None:
+                 log_fields: LogFields | None = None, task_label: RouteLabel | None = None) -> None:
         self.app = app
         self.route_label = route_label
+        self.task_label = task_label
         self.metrics = metrics
         self.log_fields = log_fields
 
@@ -67,6 +70,7 @@ class AccessLogMiddleware:
             await self.app(scope, receive, send)
             return
         route = self.route_label(scope.get("path", ""))
+        task = self.task_label(route) if self.task_label is not None else ""
         started = time.perf_counter()
         status = 500
 
@@ -79,10 +83,12 @@ class AccessLogMiddleware:
         finally:
             elapsed = time.perf_counter() - started
             if self.metrics is not None:
-                self.metrics.requests_total.labels(route=route, status=str(status)).inc()
-                self.metrics.request_duration_seconds.labels(route=route).observe(elapsed)
+                self.metrics.requests_total.labels(route=route, status=str(status), task=task).inc()
+                self.metrics.request_duration_seconds.labels(route=route, task=task).observe(elapsed)
             fields = {"request_id": request_id_of(scope), "route": route, "method": scope.get("method"),
                       "status": status, "latency_ms": round(elapsed * 1000, 2)}
+            if task:
+                fields["task"] = task
             if self.log_fields is not None:
                 fields.update(self.log_fields(scope))
             log.info("request", extra=fields)

@@ -47,8 +47,10 @@ class HttpMiddleware:
         body_deadline: float | None = None, max_concurrent_requests: int | None = None,
         metrics: HttpMetrics | None = None, access_log_fields: LogFields | None = None,
         api_key: str | None = None, public_paths: frozenset[str] = frozenset(),
+        task_label: RouteLabel | None = None,
     ) -> None:
-        """``route_label`` bounds the ``route`` label (see :func:`known_routes_label`); ``access_log_fields``
+        """``route_label`` bounds the ``route`` label (see :func:`known_routes_label`); ``task_label`` names the
+        task of a route label (the metrics' ``task`` label; none: ``""``); ``access_log_fields``
         adds the app's own fields to each access-log line; ``public_paths`` need no ``api_key``. No
         ``body_deadline`` or ``max_concurrent_requests``: no such limit."""
         inner: ASGIApp = JsonBodyMiddleware(app)
@@ -58,7 +60,8 @@ class HttpMiddleware:
         if max_concurrent_requests is not None:
             inner = ConcurrencyLimitMiddleware(inner, limit=max_concurrent_requests)
         inner = HeaderRulesMiddleware(inner)
-        inner = AccessLogMiddleware(inner, route_label=route_label, metrics=metrics, log_fields=access_log_fields)
+        inner = AccessLogMiddleware(inner, route_label=route_label, metrics=metrics, log_fields=access_log_fields,
+                                    task_label=task_label)
         inner = SecurityHeadersMiddleware(inner)
         if tracing.enabled():  # decided when the app is built: no layer at all while tracing is off
             inner = TracingMiddleware(inner, route_label=route_label)

@@ -53,12 +53,13 @@ class GatewayMetrics:
         r = self.registry
         self.build_info = Info("rerankd_gateway_build", "Gateway version.", registry=r)
         self.requests_total = Counter(
-            "rerankd_gateway_requests_total", "HTTP requests answered by the gateway, by route and status code.",
-            ["route", "status"], registry=r,
+            "rerankd_gateway_requests_total",
+            "HTTP requests answered by the gateway, by route, status code and task (rerank, embed; empty for other "
+            "routes).", ["route", "status", "task"], registry=r,
         )
         self.request_duration_seconds = Histogram(
-            "rerankd_gateway_request_duration_seconds", "Time from request received to response sent.",
-            ["route"], buckets=LATENCY_BUCKETS, registry=r,
+            "rerankd_gateway_request_duration_seconds", "Time from request received to response sent, by route "
+            "and task.", ["route", "task"], buckets=LATENCY_BUCKETS, registry=r,
         )
         self.inflight_requests = Gauge(
             "rerankd_gateway_inflight_requests", "Requests accepted and not yet answered.", registry=r,
@@ -66,14 +67,17 @@ class GatewayMetrics:
         self.tenant_registry = CollectorRegistry()
         t = self.tenant_registry
         self.key_requests_total = Counter(
-            "rerankd_gateway_key_requests_total", "Scoring requests answered, by key name and status code.",
-            ["key", "status"], registry=t,
+            "rerankd_gateway_key_requests_total",
+            "Scoring and embedding requests answered, by key name, status code and task (rerank, embed).",
+            ["key", "status", "task"], registry=t,
         )
         self.key_tokens_total = Counter(
-            "rerankd_gateway_key_tokens_total", "Prompt tokens served, by key name.", ["key"], registry=t,
+            "rerankd_gateway_key_tokens_total", "Prompt tokens served, by key name and task.", ["key", "task"],
+            registry=t,
         )
         self.key_documents_total = Counter(
-            "rerankd_gateway_key_documents_total", "Documents reranked, by key name.", ["key"], registry=t,
+            "rerankd_gateway_key_documents_total", "Documents reranked (task rerank) or inputs embedded (task "
+            "embed), by key name.", ["key", "task"], registry=t,
         )
         self._all_keys = AllKeysCollector(t)
         r.register(self._all_keys)

@@ -35,18 +35,20 @@ class ServerMetrics:
         self.build_info = Info("rerankd_build", "Version, model, task (rerank or embed), backend, dtype and device.",
                                registry=r)
         self.requests_total = Counter(
-            "rerankd_requests_total", "HTTP requests answered, by route and status code.",
-            ["route", "status"], registry=r,
+            "rerankd_requests_total", "HTTP requests answered, by route, status code and task (rerank, embed; "
+            "empty for other routes).", ["route", "status", "task"], registry=r,
         )
         self.request_duration_seconds = Histogram(
-            "rerankd_request_duration_seconds", "Time from request received to response sent.",
-            ["route"], buckets=LATENCY_BUCKETS, registry=r,
+            "rerankd_request_duration_seconds", "Time from request received to response sent, by route and task.",
+            ["route", "task"], buckets=LATENCY_BUCKETS, registry=r,
         )
         self.request_documents = Histogram(
-            "rerankd_request_documents", "Documents per scoring request.", buckets=_COUNT_BUCKETS, registry=r,
+            "rerankd_request_documents", "Documents per scoring request, inputs per embedding request (task).",
+            ["task"], buckets=_COUNT_BUCKETS, registry=r,
         )
         self.request_tokens = Histogram(
-            "rerankd_request_tokens", "Prompt tokens per scoring request.", buckets=_TOKEN_BUCKETS, registry=r,
+            "rerankd_request_tokens", "Prompt tokens per scoring or embedding request (task).", ["task"],
+            buckets=_TOKEN_BUCKETS, registry=r,
         )
         self.truncated_documents_total = Counter(
             "rerankd_truncated_documents_total", "Documents cut to fit the model length.", registry=r,

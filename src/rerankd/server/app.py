@@ -28,6 +28,7 @@ from rerankd.http import HttpMiddleware, known_routes_label, request_id_of
 from rerankd.http.disconnect import unless_disconnected
 from rerankd.http.errors import ERROR_RESPONSES, TEI_ERROR_RESPONSES, install_error_handlers
 from rerankd.observability.metrics import ServerMetrics
+from rerankd.observability.tasks import task_of_route
 from rerankd.protocol import (
     TENANT_HEADER,
     AnyRerankRequest,
@@ -148,7 +149,7 @@ def create_server_app(settings: ServerSettings, *, engine_loader: EngineLoader |
         HttpMiddleware, route_label=known_routes_label(SERVER_ROUTES, ROUTE_GROUPS), metrics=metrics,
         max_body_bytes=settings.max_body_bytes, body_timeout=settings.body_timeout,
         body_deadline=settings.body_deadline, max_concurrent_requests=settings.max_concurrent_requests,
-        api_key=settings.api_key, public_paths=PUBLIC_PATHS,
+        api_key=settings.api_key, public_paths=PUBLIC_PATHS, task_label=task_of_route,
     )
     app.state.rerankd = state
 

@@ -32,11 +32,11 @@ from rerankd.engine.engine import EmbedOutcome, RerankEngine
 from rerankd.errors import PayloadTooLargeError, TaskMismatchError, UnprocessableError
 from rerankd.http.disconnect import unless_disconnected
 from rerankd.observability.metrics import ServerMetrics
+from rerankd.observability.tasks import EMBED_ROUTES
 
 __all__ = ["EMBED_ROUTES", "RERANK_ROUTES", "embedding_router", "require_task"]
 
-EMBED_ROUTES = frozenset({"/v1/embeddings", "/embed", "/v2/embed"})
-RERANK_ROUTES = ("/v1/rerank", "/v2/rerank", "/rerank", "/v1/score")
+RERANK_ROUTES = ("/v1/rerank", "/v2/rerank", "/rerank", "/v1/score")  # the ones a wrong-task 400 names
 
 
 def require_task(engine: RerankEngine, task: str) -> None:
