@@ -7,26 +7,17 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
+from rerankd.gateway.agreement import average_ranks
+
 __all__ = ["compare_scores", "spearman"]
 
 
-def _ranks(xs: Sequence[float]) -> list[float]:
-    order = sorted(range(len(xs)), key=lambda i: xs[i])
-    r = [0.0] * len(xs)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and xs[order[j + 1]] == xs[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            r[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    return r
-
-
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:
-    """Spearman rank correlation (average ranks for ties)."""
-    ra, rb = _ranks(a), _ranks(b)
+    """Spearman rank correlation (average ranks for ties, ranked by the gateway's own :func:`average_ranks`).
+
+    Kept apart from :func:`rerankd.gateway.agreement.spearman` because the ablation reports print ``nan``
+    (not None) where rho is undefined."""
+    ra, rb = average_ranks(a), average_ranks(b)
     ma, mb = statistics.fmean(ra), statistics.fmean(rb)
     cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb, strict=True))
     va = math.sqrt(sum((x - ma) ** 2 for x in ra))

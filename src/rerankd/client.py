@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -42,10 +42,13 @@ __all__ = [
     "ServiceClient",
     "error_detail",
     "error_type",
+    "refusal_error",
     "rerank_url",
+    "route_url",
 ]
 
 _Client = TypeVar("_Client", bound="ServiceClient")
+_Error = TypeVar("_Error", bound="RerankAPIError")
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 _MAX_DETAIL_CHARS = 300
 
@@ -101,13 +104,21 @@ def rerank_url(base_url: str) -> str:
 
     Raises ``ValueError`` for anything but an http(s) URL, so a command can name its flag.
     """
+    return route_url(base_url, "rerank", "http://127.0.0.1:8000")
+
+
+def route_url(base_url: str, route: str, example: str) -> str:
+    """``base_url`` with ``/v1/{route}`` appended, unless it already ends in ``/{route}``; shared by every client.
+
+    Raises ``ValueError`` (naming ``example``) for anything but an http(s) URL.
+    """
     parts = urlsplit(base_url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"{base_url!r} is not an http(s) URL, e.g. http://127.0.0.1:8000")
+        raise ValueError(f"{base_url!r} is not an http(s) URL, e.g. {example}")
     path = parts.path.rstrip("/")
-    if path.endswith("/rerank"):
+    if path.endswith(f"/{route}"):
         return base_url.rstrip("/")
-    return f"{parts.scheme}://{parts.netloc}{path}/v1/rerank"
+    return f"{parts.scheme}://{parts.netloc}{path}/v1/{route}"
 
 
 def _json_body(response: httpx.Response) -> Any:
@@ -281,13 +292,24 @@ class ServiceClient:
         return response if response.status_code == 200 else self._refusal(response)
 
     def _refusal(self, response: httpx.Response) -> RerankAPIError:
-        status = response.status_code
-        detail = error_detail(response)
-        retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        request_id = response.headers.get("X-Request-ID")
-        message = self.wording.refused(status, detail, retry_after, self.url, request_id)
-        return RerankAPIError(message, url=self.url, status=status, detail=detail, error_type=error_type(response),
-                              retry_after=retry_after, request_id=request_id)
+        return refusal_error(response, url=self.url, wording=self.wording, error_class=RerankAPIError)
+
+
+def refusal_error(response: httpx.Response, *, url: str, wording: ErrorWording, error_class: type[_Error],
+                  explain: Callable[[int, str], str] | None = None) -> _Error:
+    """The error a non-200 answer ends a call with: status, detail, ``Retry-After`` and request id read once,
+    for the rerank, embedding and UI clients alike; ``explain(status, detail)``, when given, words it instead
+    of ``wording.refused``."""
+    status = response.status_code
+    detail = error_detail(response)
+    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+    request_id = response.headers.get("X-Request-ID")
+    if explain is not None:
+        message = explain(status, detail)
+    else:
+        message = wording.refused(status, detail, retry_after, url, request_id)
+    return error_class(message, url=url, status=status, detail=detail, error_type=error_type(response),
+                       retry_after=retry_after, request_id=request_id)
 
 
 class RerankClient(ServiceClient):

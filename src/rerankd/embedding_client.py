@@ -18,15 +18,14 @@ What this adds:
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from collections.abc import Callable, Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
 
-from rerankd.client import ErrorWording, RerankAPIError, ServiceClient
+from rerankd.client import ErrorWording, RerankAPIError, ServiceClient, route_url
+from rerankd.tasks import gather_or_cancel
 
 __all__ = ["EmbeddingClient", "embeddings_url"]
 
@@ -36,13 +35,7 @@ def embeddings_url(base_url: str) -> str:
 
     Raises ``ValueError`` for anything but an http(s) URL, so a command can name its flag.
     """
-    parts = urlsplit(base_url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"{base_url!r} is not an http(s) URL, e.g. http://127.0.0.1:8001")
-    path = parts.path.rstrip("/")
-    if path.endswith("/embeddings"):
-        return base_url.rstrip("/")
-    return f"{parts.scheme}://{parts.netloc}{path}/v1/embeddings"
+    return route_url(base_url, "embeddings", "http://127.0.0.1:8001")
 
 
 class EmbeddingClient(ServiceClient):
@@ -127,11 +120,5 @@ class EmbeddingClient(ServiceClient):
                 return
 
         size = self.batch_size
-        tasks = [asyncio.create_task(embed_slice(s, min(s + size, len(texts)))) for s in range(0, len(texts), size)]
-        try:
-            await asyncio.gather(*tasks)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await gather_or_cancel([embed_slice(s, min(s + size, len(texts))) for s in range(0, len(texts), size)])
         return np.concatenate([parts[s] for s in sorted(parts)])

@@ -6,7 +6,6 @@ suite) want to call with plain arguments; ``command`` only parses flags and prin
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -21,6 +20,7 @@ from rerankd.evaluation.dense import IndexKind
 from rerankd.evaluation.dense import top_k as top_k_search
 from rerankd.evaluation.fusion import reciprocal_rank_fusion
 from rerankd.evaluation.metrics import QueryMetrics, evaluate_rankings
+from rerankd.tasks import gather_or_cancel
 
 __all__ = ["STAGE_LABELS", "FirstStage", "RerankRun", "bm25_first_stage", "dense_first_stage",
            "hybrid_first_stage", "rerank_order", "rerank_run"]
@@ -138,13 +138,9 @@ async def rerank_run(
         run.scores[query_id] = dict(zip(doc_ids, scores, strict=True))
         bar.update(1)
 
-    tasks = [asyncio.create_task(one(q)) for q in todo]
     try:
-        await asyncio.gather(*tasks)
+        await gather_or_cancel([one(q) for q in todo])
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
         bar.close()
 
     run.rankings = {q: rerank_order(first_stage.candidates[q], run.scores[q]) for q in dataset.queries}

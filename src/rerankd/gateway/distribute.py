@@ -12,9 +12,7 @@ under those (:class:`~rerankd.gateway.forward.Forwarder`), whose ``traceparent``
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Awaitable
 
 from rerankd.errors import UpstreamMalformedError
 from rerankd.gateway.answers import AnswerShape, check_answer
@@ -27,6 +25,7 @@ from rerankd.gateway.upstream_body import BodyEdit
 from rerankd.observability import tracing
 from rerankd.observability.gateway_metrics import GatewayMetrics
 from rerankd.protocol import RerankRequest
+from rerankd.tasks import gather_or_cancel
 
 __all__ = ["Distributor", "gather_or_cancel"]
 
@@ -126,15 +125,3 @@ class Distributor:
                 f"{type(exc).__name__})") from None
         return UpstreamReply(status=200, body=json.dumps(merged, ensure_ascii=False).encode(), headers={},
                              upstream=upstreams, attempts=max(r.attempts for r in replies))
-
-
-async def gather_or_cancel(jobs: list[Awaitable[UpstreamReply]]) -> list[UpstreamReply]:
-    """Await all parts; if one raises, cancel the rest instead of letting them run unobserved."""
-    tasks = [asyncio.ensure_future(job) for job in jobs]
-    try:
-        return list(await asyncio.gather(*tasks))
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise

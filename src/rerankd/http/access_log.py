@@ -14,9 +14,9 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from prometheus_client import Counter, Histogram
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from rerankd.http.asgi import on_response_start
+from rerankd.http.asgi import ResponseStatus
 from rerankd.http.request_id import request_id_of
 
 __all__ = ["AccessLogMiddleware", "HttpMetrics", "LogFields", "RouteLabel", "known_routes_label"]
@@ -72,16 +72,12 @@ class AccessLogMiddleware:
         route = self.route_label(scope.get("path", ""))
         task = self.task_label(route) if self.task_label is not None else ""
         started = time.perf_counter()
-        status = 500
-
-        def note_status(message: Message) -> None:
-            nonlocal status
-            status = message["status"]
-
+        response = ResponseStatus(send)
         try:
-            await self.app(scope, receive, on_response_start(send, note_status))
+            await self.app(scope, receive, response.send)
         finally:
             elapsed = time.perf_counter() - started
+            status = response.code
             if self.metrics is not None:
                 self.metrics.requests_total.labels(route=route, status=str(status), task=task).inc()
                 self.metrics.request_duration_seconds.labels(route=route, task=task).observe(elapsed)

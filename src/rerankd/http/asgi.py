@@ -1,4 +1,4 @@
-"""The two things every pure-ASGI layer of the room needs: a request header, and a look at the response start.
+"""What the pure-ASGI layers of the room share: a request header, a look at the response start, its status.
 
 Pure ASGI (not Starlette's ``BaseHTTPMiddleware``) so bodies stream through untouched and a client's
 disconnect reaches the handler.
@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from starlette.types import Message, Scope, Send
 
-__all__ = ["header_value", "on_response_start"]
+__all__ = ["ResponseStatus", "header_value", "on_response_start"]
 
 
 def header_value(scope: Scope, name: bytes) -> str | None:
@@ -30,3 +30,18 @@ def on_response_start(send: Send, edit: Callable[[Message], None]) -> Send:
         await send(message)
 
     return edited_send
+
+
+class ResponseStatus:
+    """The status a response starts with, as the layers that report it (access log, tracing) read it.
+
+    ``code`` is 500 until the app starts a response: an app that raises before answering is answered 500 by
+    the server's error layer, and the log line and span must say so. Pass :attr:`send` on to the app.
+    """
+
+    def __init__(self, send: Send) -> None:
+        self.code = 500
+        self.send = on_response_start(send, self._note)
+
+    def _note(self, message: Message) -> None:
+        self.code = message["status"]

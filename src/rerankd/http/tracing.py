@@ -10,10 +10,10 @@ polls every replica's ``/ready`` every few seconds, and a trace per poll would b
 
 from __future__ import annotations
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from rerankd.http.access_log import RouteLabel
-from rerankd.http.asgi import header_value, on_response_start
+from rerankd.http.asgi import ResponseStatus, header_value
 from rerankd.http.request_id import request_id_of
 from rerankd.observability import tracing
 
@@ -39,15 +39,10 @@ class TracingMiddleware:
         attributes = {"http.request.method": method, "http.route": route, "url.path": scope.get("path", ""),
                       "rerankd.request_id": request_id_of(scope)}
         with tracing.server_span(f"{method} {route}", parent, attributes) as current:
-            status = 500
-
-            def note_status(message: Message) -> None:
-                nonlocal status
-                status = message["status"]
-
+            status = ResponseStatus(send)
             try:
-                await self.app(scope, receive, on_response_start(send, note_status))
+                await self.app(scope, receive, status.send)
             finally:
-                current.set_attribute("http.response.status_code", status)
-                if status >= 500:
-                    tracing.set_error(current, f"answered {status}")
+                current.set_attribute("http.response.status_code", status.code)
+                if status.code >= 500:
+                    tracing.set_error(current, f"answered {status.code}")

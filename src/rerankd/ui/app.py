@@ -23,7 +23,7 @@ import gradio as gr
 
 from rerankd.client import RerankAPIError, RerankClient, RerankOutcome
 from rerankd.ui.documents import SUPPORTED_SUFFIXES, DocumentParseError, collect_documents
-from rerankd.ui.failures import LastErrors, show_error
+from rerankd.ui.failures import LastErrors, wire_page_event
 from rerankd.ui.failures import fail as failed
 from rerankd.ui.search_page import search_tab
 from rerankd.ui.upstream import page_client, page_embedder
@@ -236,16 +236,10 @@ def build_ui(
 
                 preset.change(lambda value: value, inputs=preset, outputs=instruction, queue=False,
                               api_visibility="private")
-                gr.on(
-                    triggers=[rank_button.click, query.submit],
-                    fn=rank,
-                    inputs=[query, instruction, documents, documents_file, top_n],
-                    outputs=[table, summary, details],
-                    api_name=API_NAME,
-                    api_description=API_DESCRIPTION,
-                    concurrency_limit=max_concurrency,
-                    concurrency_id=API_NAME,
-                ).failure(show_error(errors), outputs=[summary, table, details], queue=False, api_visibility="private")
+                wire_page_event(errors, triggers=[rank_button.click, query.submit], fn=rank,
+                                inputs=[query, instruction, documents, documents_file, top_n], table=table,
+                                summary=summary, details=details, api_name=API_NAME,
+                                api_description=API_DESCRIPTION, max_concurrency=max_concurrency)
             search_tab(client, embedder, errors, max_corpus=max_corpus, max_concurrency=max_concurrency)
     blocks.queue(max_size=max_queue, default_concurrency_limit=max_concurrency)
     return blocks

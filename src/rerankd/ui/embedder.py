@@ -25,8 +25,7 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 
-from rerankd.client import ErrorWording, RerankAPIError, error_detail, error_type
-from rerankd.http.headers import parse_retry_after
+from rerankd.client import ErrorWording, RerankAPIError, error_type, refusal_error
 
 __all__ = ["EmbeddingAPIError", "EmbeddingClient", "Embeddings", "embeddings_url"]
 
@@ -188,15 +187,12 @@ class EmbeddingClient:
         return EmbeddingAPIError(self.wording.malformed(self.url, problem), url=self.url, status=200)
 
     def _refusal(self, response: httpx.Response) -> EmbeddingAPIError:
-        status = response.status_code
-        detail = error_detail(response)
-        retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        request_id = response.headers.get("X-Request-ID")
-        if error_type(response) == "wrong_task":  # a reranker's server: the URL is wrong, not the input
-            message = (f"{self.url} serves a reranker, not an embedding model (HTTP {status}). Point "
-                       f"`{self.wording.url_option}` at an embedding server or a gateway with an embedding pool. "
-                       f"Service said: {detail}")
-        else:
-            message = self.wording.refused(status, detail, retry_after, self.url, request_id)
-        return EmbeddingAPIError(message, url=self.url, status=status, detail=detail, error_type=error_type(response),
-                                 retry_after=retry_after, request_id=request_id)
+        # A reranker's server: the URL is wrong, not the input.
+        explain = self._serves_a_reranker if error_type(response) == "wrong_task" else None
+        return refusal_error(response, url=self.url, wording=self.wording, error_class=EmbeddingAPIError,
+                             explain=explain)
+
+    def _serves_a_reranker(self, status: int, detail: str) -> str:
+        return (f"{self.url} serves a reranker, not an embedding model (HTTP {status}). Point "
+                f"`{self.wording.url_option}` at an embedding server or a gateway with an embedding pool. "
+                f"Service said: {detail}")

@@ -10,12 +10,12 @@ from __future__ import annotations
 import html
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
-from typing import NoReturn
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 import gradio as gr
 
-__all__ = ["LastErrors", "fail", "show_error"]
+__all__ = ["LastErrors", "fail", "show_error", "wire_page_event"]
 
 
 class LastErrors:
@@ -62,3 +62,20 @@ def show_error(errors: LastErrors) -> Callable[[gr.Request], tuple[str, None, No
         return errors.pop(request.session_hash), None, None
 
     return show
+
+
+def wire_page_event(errors: LastErrors, *, triggers: Sequence[Any], fn: Callable[..., Any], inputs: Sequence[Any],
+                    table: Any, summary: Any, details: Any, api_name: str, api_description: str,
+                    max_concurrency: int) -> None:
+    """Wire a page's one API event (its own concurrency group, named as its route) and the ``failure``
+    follow-up that writes the session's message where ``summary`` goes: the rank and the search pages alike."""
+    gr.on(
+        triggers=triggers,
+        fn=fn,
+        inputs=inputs,
+        outputs=[table, summary, details],
+        api_name=api_name,
+        api_description=api_description,
+        concurrency_limit=max_concurrency,
+        concurrency_id=api_name,
+    ).failure(show_error(errors), outputs=[summary, table, details], queue=False, api_visibility="private")

@@ -24,7 +24,7 @@ from rerankd.client import RerankAPIError, RerankClient, RerankOutcome
 from rerankd.engine.embedding import DEFAULT_EMBED_INSTRUCTION
 from rerankd.ui.documents import SUPPORTED_SUFFIXES, DocumentParseError, collect_documents
 from rerankd.ui.embedder import EmbeddingClient, Embeddings
-from rerankd.ui.failures import LastErrors, fail, show_error
+from rerankd.ui.failures import LastErrors, fail, wire_page_event
 from rerankd.ui.search import (
     CorpusError,
     CorpusVectors,
@@ -178,13 +178,7 @@ def search_tab(reranker: RerankClient, embedder: EmbeddingClient, errors: LastEr
                                      elem_id="rerankd-search-table")
                 with gr.Accordion("Response details", open=False):
                     details = gr.JSON(label="Response details", elem_id="rerankd-search-details")
-        gr.on(
-            triggers=[button.click, query.submit],
-            fn=search,
-            inputs=[query, instruction, corpus, corpus_file, top_k],
-            outputs=[table, summary, details],
-            api_name=SEARCH_API_NAME,
-            api_description=SEARCH_API_DESCRIPTION,
-            concurrency_limit=max_concurrency,
-            concurrency_id=SEARCH_API_NAME,
-        ).failure(show_error(errors), outputs=[summary, table, details], queue=False, api_visibility="private")
+        wire_page_event(errors, triggers=[button.click, query.submit], fn=search,
+                        inputs=[query, instruction, corpus, corpus_file, top_k], table=table, summary=summary,
+                        details=details, api_name=SEARCH_API_NAME, api_description=SEARCH_API_DESCRIPTION,
+                        max_concurrency=max_concurrency)
