@@ -69,7 +69,11 @@ def test_compiled_forward_scores_like_transformers(tiny_model_dir: Path, groups:
     for path in PATHS:
         got = flat_scores(engine, groups, prefix_reuse=path[0], chunk_tokens=path[1])
         assert max(abs(x - y) for x, y in zip(reference[path], got, strict=True)) < 1e-4, path
-        assert got[0] == got[3]  # duplicate documents in one batch: identical scores
+        # Duplicate documents in one batch: the same score to rounding. Bit-identity across the rows of one
+        # compiled batch holds on the AMX Xeon but not on an AVX-512 AMD EPYC (2.4e-7 apart: the compiled
+        # kernels' row blocking); a score that must not depend on its batch is --batch-invariant's job
+        # (tests/unit/test_batch_invariance.py), the same request's scores repeating is test_deterministic_scores.
+        assert abs(got[0] - got[3]) < 1e-6, (path, got[0], got[3])
 
 
 @pytest.mark.parametrize("compile", ["off", "on"])
