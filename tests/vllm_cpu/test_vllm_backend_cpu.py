@@ -21,6 +21,9 @@ from rerankd.engine.model_source import load_tokenizer
 from rerankd.engine.prompt import PromptBuilder
 from support import Proc, free_port, process_env
 
+# vLLM engines start slowly on two cores that CI shares with the main suite (.ci/run): up to 600 s each.
+pytestmark = pytest.mark.timeout(900)
+
 BLOCK = CPU_BLOCK_SIZE  # the backend's KV block size on CPU: prefix caching shares whole blocks only
 QUERY = "how do vector databases index embeddings"
 DOCS = [
@@ -110,7 +113,7 @@ def test_rerankd_serve_with_the_vllm_backend_answers_over_http(small_model_dir: 
     server = Proc(args, port, tmp_path / "serve.log", process_env()).start()
     engine_processes: list[psutil.Process] = []
     try:
-        server.wait_ready(timeout=240)
+        server.wait_ready(timeout=600)
         assert server.popen is not None
         engine_processes = psutil.Process(server.popen.pid).children(recursive=True)
         assert engine_processes, "vLLM runs its engine in child processes"

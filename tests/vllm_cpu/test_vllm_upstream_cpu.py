@@ -23,6 +23,9 @@ from rerankd.engine.model_source import load_tokenizer
 from rerankd.engine.prompt import PromptBuilder
 from support import Proc, free_port, spawn_gateway
 
+# vLLM engines start slowly on two cores that CI shares with the main suite (.ci/run): up to 600 s each.
+pytestmark = pytest.mark.timeout(900)
+
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN = "admin-" + "v" * 32
 QUERY = "what causes tides"
@@ -47,7 +50,7 @@ def vllm_server(small_model_dir: Path, tmp_path_factory: pytest.TempPathFactory)
                                  stdout=log, stderr=subprocess.STDOUT, env=env)
     server = Proc(args=[], port=port, log_path=log_path, env=env, popen=popen)  # for its wait and stop
     try:
-        yield server.wait_ready(timeout=240, path="/health").url
+        yield server.wait_ready(timeout=600, path="/health").url
     finally:
         server.stop(timeout=60)
 
