@@ -53,6 +53,11 @@ MAX_BATCH_TOKENS = 2048
 DRIP_CONNECTIONS = 60  # per kind (header drip, body drip) and per target (gateway, replica)
 WARM_UP_REQUESTS = 16
 GIANT_P99_BOUND_MS = 4000.0
+# The edge attacks' bound on the small client's p99: twice the calm p99, plus a slack for the noise of a p99 of 96
+# requests (its second-slowest) on two shared cores. Quiet runs here measured 1.4-2.4x calm (calm p99 32-46 ms),
+# so 2x alone failed 2 runs in 5 with nothing wrong; an attack that stalls the event loop (a 64 MB header stalled
+# every client 3-4 s before the header caps) is still far past the bound. The ratio is recorded with the figures.
+EDGE_SLACK_MS = 50.0
 RECORDED = {"giant in-limit request (gateway)", "validation bomb (gateway)"}  # answers with usage rows (see above)
 GIANT_DOCUMENT = " ".join(f"word{i % 97}" for i in range(300))
 
@@ -274,7 +279,7 @@ def test_hostile_client_does_not_slow_or_unbill_a_well_behaved_one(replicas: lis
     assert figures["good_client_errors"] == 0, figures
     assert figures["lost_ledger_rows"] == 0, figures
     assert figures["attacker_rows_found"] == figures["attacker_rows_expected"], figures
-    assert figures["edge attacks"]["p99_ms"] <= 2 * calm_p99, figures
+    assert figures["edge attacks"]["p99_ms"] <= 2 * calm_p99 + EDGE_SLACK_MS, figures
     # Not yet shown to meet the 2x goal under giant in-limit requests (see docs/reliability.md); what holds is that
     # the small client is interleaved with them, never queued behind a whole one (which takes several seconds) nor
     # behind its tokenization.

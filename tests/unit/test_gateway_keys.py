@@ -3,44 +3,23 @@
 from __future__ import annotations
 
 import hashlib
-import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from rerankd.gateway.db import ApiKey, create_engine_for, init_schema
+from integration.gateway_databases import DATABASE_KINDS, open_database
+from rerankd.gateway.db import ApiKey, create_engine_for
 from rerankd.gateway.keys import ApiKeyRecord, KeyStore
 
-PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def engine(request: pytest.FixtureRequest, tmp_path) -> AsyncIterator[AsyncEngine]:
-    """A fresh gateway schema: a new SQLite file, or a PostgreSQL schema unique to this test."""
-    if request.param == "sqlite":
-        base = create_engine_for(f"sqlite:///{tmp_path / 'gateway.db'}")
-        await init_schema(base)
-        yield base
-        await base.dispose()
-        return
-    base = create_engine_for(PG_URL)
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    try:
-        async with base.begin() as conn:
-            await conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    except OSError as exc:
-        await base.dispose()
-        pytest.skip(f"PostgreSQL at {PG_URL} unreachable: {exc}")
-    scoped = base.execution_options(schema_translate_map={None: schema})
-    try:
-        await init_schema(scoped)
-        yield scoped
-    finally:
-        async with base.begin() as conn:
-            await conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        await base.dispose()
+@pytest.fixture(params=DATABASE_KINDS)
+async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    """A fresh gateway schema (the ledger tests' own): a new SQLite file, or a PostgreSQL schema of this test's."""
+    async with open_database(request.param, tmp_path) as database:
+        yield database.open()
 
 
 async def test_key_is_shown_once_and_only_its_hash_is_stored(engine: AsyncEngine) -> None:
