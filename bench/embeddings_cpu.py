@@ -49,6 +49,7 @@ import numpy as np
 from benchlib.serve import rss_mb
 from rerankd.benchmark.report import cpu_name, percentile
 from rerankd.benchmark.workload import QUERIES, make_workload
+from rerankd.deployment.up import read_banner
 
 HERE = Path(__file__).resolve().parent
 # Local model directories only: without this, loading SentenceTransformer's processor waits on the hub's
@@ -196,25 +197,6 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _banner(proc: subprocess.Popen[str], timeout: float) -> dict[str, str]:
-    """``rerankd up``'s ``label: value`` lines until its ``try:`` line (what it prints once all is ready)."""
-    seen: dict[str, str] = {}
-    deadline = time.monotonic() + timeout
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            if proc.poll() is not None:
-                raise RuntimeError(f"rerankd up exited with {proc.returncode}")
-            continue
-        label, _, value = line.partition(":")
-        if value.strip():
-            seen[label.strip()] = value.strip().split()[0]
-        if line.startswith("try:"):
-            return seen
-    raise RuntimeError(f"rerankd up was not ready within {timeout:g} s")
-
-
 def _process_rss(up_pid: int) -> dict[str, float]:
     """RSS (MB) of each process ``rerankd up`` started, named by its role (replicas by port order)."""
     import psutil
@@ -242,7 +224,7 @@ def measure_stack(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     try:
-        printed = _banner(proc, args.stack_timeout)
+        printed = read_banner(proc, args.stack_timeout)
         ready_s = time.perf_counter() - started
         idle = _process_rss(proc.pid)
         headers = {"Authorization": f"Bearer {printed['API key']}"}

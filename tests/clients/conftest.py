@@ -16,11 +16,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +26,7 @@ import httpx
 import pytest
 
 from clients.common import Stack
+from rerankd.deployment.up import read_banner
 from support import free_port
 
 # Not collected where the client libraries are not installed (the main environment): under CI=true a skip
@@ -38,25 +37,6 @@ collect_ignore_glob = [] if all(importlib.util.find_spec(m) for m in _LIBRARIES)
 
 # Haystack sends anonymous usage events to its telemetry host on first use; tests reach nothing outside.
 os.environ.setdefault("HAYSTACK_TELEMETRY_ENABLED", "False")
-
-
-def _read_banner(proc: subprocess.Popen[str], timeout: float) -> dict[str, str]:
-    """``label: value`` lines of ``rerankd up``'s stdout until its ``try:`` line."""
-    seen: dict[str, str] = {}
-    deadline = time.monotonic() + timeout
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            if proc.poll() is not None:
-                raise AssertionError(f"rerankd up exited with {proc.returncode}")
-            continue
-        label, _, value = line.partition(":")
-        if value.strip():
-            seen[label.strip()] = value.strip().split()[0]
-        if re.match(r"^try:", line):
-            return seen
-    raise AssertionError(f"rerankd up printed no `try:` line within {timeout:g} s; saw {seen}")
 
 
 @pytest.fixture(scope="session")
@@ -87,7 +67,7 @@ def stack(tiny_model_dir: Path, embed_model_dir: Path, tmp_path_factory: pytest.
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     try:
         # Two replicas (reranker and embedder) load before the banner: minutes on two cores busy with other work.
-        printed = _read_banner(proc, timeout=420)
+        printed = read_banner(proc, timeout=420)
         gateway = printed["gateway"]
         models = httpx.get(f"{gateway}/v1/models", headers={"Authorization": f"Bearer {printed['API key']}"},
                            timeout=30)

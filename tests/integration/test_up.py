@@ -4,7 +4,6 @@ replica restarted, and SIGTERM leaving no process behind."""
 from __future__ import annotations
 
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -17,6 +16,7 @@ import httpx
 import psutil
 import pytest
 
+from rerankd.deployment.up import read_banner
 from support import free_port
 
 pytestmark = pytest.mark.timeout(300)
@@ -40,29 +40,6 @@ def consecutive_free_ports(n: int) -> int:
     raise RuntimeError("no run of free ports")
 
 
-def read_until(proc: subprocess.Popen[str], pattern: str, timeout: float,
-               lines: dict[str, str] | None = None) -> dict[str, str]:
-    """Read stdout lines until one matches ``pattern``; return every `label: value` line seen (its first word;
-    the whole value goes into ``lines`` when given)."""
-    seen: dict[str, str] = {}
-    deadline = time.monotonic() + timeout
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            if proc.poll() is not None:
-                raise AssertionError(f"rerankd up exited with {proc.returncode}")
-            continue
-        label, _, value = line.partition(":")
-        if value:
-            seen[label.strip()] = value.strip().split()[0] if value.strip() else ""
-            if lines is not None:
-                lines[label.strip()] = value.strip()
-        if re.search(pattern, line):
-            return seen
-    raise AssertionError(f"no line matching {pattern!r} within {timeout}s; saw {seen}")
-
-
 def test_up_serves_through_the_gateway_restarts_a_dead_replica_and_stops_cleanly(
         tiny_model_dir: Path, tmp_path: Path) -> None:
     base = consecutive_free_ports(2)
@@ -76,7 +53,7 @@ def test_up_serves_through_the_gateway_restarts_a_dead_replica_and_stops_cleanly
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     try:
         whole: dict[str, str] = {}
-        printed = read_until(proc, r"^try:", timeout=240, lines=whole)
+        printed = read_banner(proc, timeout=240, whole=whole)
         key = printed["API key"]
         assert key.startswith("rk-")
         assert printed["gateway"] == f"http://127.0.0.1:{gateway_port}"
@@ -180,7 +157,7 @@ def test_up_with_an_embedding_model_serves_both_through_one_gateway_with_one_key
          "--server-base-port", str(base)],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     try:
-        printed = read_until(proc, r"^try:", timeout=280)
+        printed = read_banner(proc, timeout=280)
         key, gateway = printed["API key"], printed["gateway"]
         assert printed["replica 1"] == f"http://127.0.0.1:{base}"
         assert printed["replica 2"] == f"http://127.0.0.1:{base + 1}"  # the embedder, after the reranker

@@ -13,6 +13,7 @@ import os
 import secrets
 import shlex
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -29,11 +30,13 @@ from rerankd.gateway.command import DEFAULT_DATA_DIR, stack_database_url
 from rerankd.options import env_option, settings_argv, settings_options
 from rerankd.server.settings import ServerSettings
 
-__all__ = ["up"]
+__all__ = ["BANNER_LAST_LABEL", "read_banner", "up"]
 
 log = logging.getLogger("rerankd.up")
 
 _FIRST_KEY_NAME = "default"
+BANNER_LAST_LABEL = "try"
+"""The banner's last ``label: value`` line: ``up`` prints it once every replica, the gateway and the UI answer."""
 
 # The serve flags `up` takes and hands to every replica: the name and every engine setting (a new engine
 # setting is forwarded without a change here). --model and --host are up's own: each replica gets the
@@ -262,7 +265,7 @@ def up(model: str, replicas: int, host: str, gateway_port: int, ui_port: int, wi
         click.echo(f"API key:   {api_key}")
         click.echo(f"admin key: {admin_key}   (also in {data_dir / 'admin-key'})")
         click.echo(f"more keys: rerankd keys create --name NAME --data-dir {shlex.quote(str(data_dir))}")
-        click.echo(f"try:       curl -s {gateway_url}/v1/rerank -H 'Authorization: Bearer {api_key}' "
+        click.echo(f"{BANNER_LAST_LABEL}:       curl -s {gateway_url}/v1/rerank -H 'Authorization: Bearer {api_key}' "
                    "-d '{\"query\": \"capital of France\", \"documents\": [\"Paris\", \"Berlin\"]}'")
         click.echo("Ctrl-C stops everything.", err=True)
         sys.stdout.flush()
@@ -271,3 +274,28 @@ def up(model: str, replicas: int, host: str, gateway_port: int, ui_port: int, wi
         click.echo("rerankd up: stopping…", err=True)
         supervisor.stop()
         click.echo("rerankd up: all stopped", err=True)
+
+
+def read_banner(proc: subprocess.Popen[str], timeout: float,
+                whole: dict[str, str] | None = None) -> dict[str, str]:
+    """What a running ``rerankd up`` printed once ready: each banner line's label → the first word of its value
+    (the URL, the key), read from ``proc``'s stdout up to the ``try:`` line. ``whole`` gets each line's whole
+    value. For scripts and tests that start ``up`` and need its addresses and key; raises ``RuntimeError`` if
+    ``up`` exits first or prints no ``try:`` line within ``timeout`` seconds (checked between lines)."""
+    seen: dict[str, str] = {}
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None, "start rerankd up with stdout=subprocess.PIPE, text=True"
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            if proc.poll() is not None:
+                raise RuntimeError(f"rerankd up exited with {proc.returncode} before it was ready")
+            continue
+        label, _, value = line.partition(":")
+        if value.strip():
+            seen[label.strip()] = value.strip().split()[0]
+            if whole is not None:
+                whole[label.strip()] = value.strip()
+        if label == BANNER_LAST_LABEL:
+            return seen
+    raise RuntimeError(f"rerankd up printed no `{BANNER_LAST_LABEL}:` line within {timeout:g} s; saw {seen}")
