@@ -10,12 +10,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 
+from otlp_receiver import OtlpReceiver, otlp_receiver
 from rerankd.deployment.up import read_banner
 from support import free_port
 
@@ -40,16 +42,25 @@ def consecutive_free_ports(n: int) -> int:
     raise RuntimeError("no run of free ports")
 
 
+@pytest.fixture
+def traces() -> Iterator[tuple[str, OtlpReceiver]]:
+    """An OTLP/HTTP receiver for the stack's spans: its URL and what it received."""
+    with otlp_receiver() as receiving:
+        yield receiving
+
+
 def test_up_serves_through_the_gateway_restarts_a_dead_replica_and_stops_cleanly(
-        tiny_model_dir: Path, tmp_path: Path) -> None:
+        tiny_model_dir: Path, tmp_path: Path, traces: tuple[str, OtlpReceiver]) -> None:
     base = consecutive_free_ports(2)
     gateway_port, ui_port = free_port(), free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OTEL_BSP_SCHEDULE_DELAY": "100"}
     env.pop("RERANKD_API_KEY", None)
+    endpoint, receiver = traces
     proc = subprocess.Popen(
         [sys.executable, "-m", "rerankd.cli", "up", "--model", str(tiny_model_dir), "--replicas", "2",
          "--device", "cpu", "--dtype", "float32", "--max-model-len", "256", "--data-dir", str(tmp_path / "data"),
-         "--gateway-port", str(gateway_port), "--ui-port", str(ui_port), "--server-base-port", str(base)],
+         "--gateway-port", str(gateway_port), "--ui-port", str(ui_port), "--server-base-port", str(base),
+         "--otlp-endpoint", endpoint],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     try:
         whole: dict[str, str] = {}
@@ -64,6 +75,9 @@ def test_up_serves_through_the_gateway_restarts_a_dead_replica_and_stops_cleanly
                                                            "documents": ["Paris", "Berlin"]}, headers=auth, timeout=30)
         assert answer.status_code == 200, answer.text
         assert {r["index"] for r in answer.json()["results"]} == {0, 1}
+        # --otlp-endpoint reaches the gateway and the replicas: the request's spans come from both.
+        receiver.wait_for(lambda spans: {"rerankd-gateway", "rerankd-server"} <= {s.service for s in spans}, 60,
+                          "spans from the gateway and a replica of `rerankd up --otlp-endpoint`")
         # The gateway's model table names the served model; a vendor name reaches it too (the default route).
         models = httpx.get(f"{gateway}/v1/models", headers=auth, timeout=10).json()["data"]
         assert [m["id"] for m in models] == [tiny_model_dir.name]

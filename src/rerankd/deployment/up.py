@@ -177,11 +177,14 @@ def _wait_pools(gateway_url: str, timeout: float, stop: threading.Event) -> bool
                  "the reranker's, behind the same gateway and key.")
 @env_option("--embedding-replicas", type=click.IntRange(min=1), default=1,
             help="Inference servers for --embedding-model (on the ports after the reranker's).")
+@env_option("--otlp-endpoint", default=None,
+            help="OTLP/HTTP collector (e.g. http://127.0.0.1:4318) every replica and the gateway send traces to, "
+                 "as their own --otlp-endpoint; off by default.")
 @env_option("--ready-timeout", type=click.FloatRange(min=1), default=1800.0,
             help="Seconds to wait for every part to be ready before giving up.")
 def up(model: str, replicas: int, host: str, gateway_port: int, ui_port: int, with_ui: bool,
        server_base_port: int, data_dir: Path, ready_timeout: float, embedding_model: str | None,
-       embedding_replicas: int, **server_flags: Any) -> None:
+       embedding_replicas: int, otlp_endpoint: str | None, **server_flags: Any) -> None:
     """Start servers + gateway + UI on this machine; Ctrl-C stops them all."""
     from rerankd.engine.model_source import ModelSourceError, resolve_model
 
@@ -211,6 +214,8 @@ def up(model: str, replicas: int, host: str, gateway_port: int, ui_port: int, wi
     replica = ServerSettings(model=model, **server_flags)
     name = replica.model_name
     serve_extra = settings_argv(replica, [n for n in REPLICA_SETTINGS if n != "served_model_name"])
+    tracing = ["--otlp-endpoint", otlp_endpoint] if otlp_endpoint else []
+    serve_extra = [*serve_extra, *tracing]
     # One pool per model the stack serves, each a named pool of the gateway's model table; the embedding
     # pool's replicas listen on the ports after the reranker's and get the same engine flags.
     replica_env = {**env, "RERANKD_API_KEY": replica_key}
@@ -227,7 +232,8 @@ def up(model: str, replicas: int, host: str, gateway_port: int, ui_port: int, wi
     server_urls = [url for pool in pools for url in pool.urls]
     gateway = Child("gateway", [*python, "gateway", *[a for pool in pools for a in ("--pool", pool.flag)],
                                 *[a for pool in pools for a in pool.alias_flags],
-                                "--host", host, "--port", str(gateway_port), "--database-url", database_url],
+                                "--host", host, "--port", str(gateway_port), "--database-url", database_url,
+                                *tracing],
                     logs / "gateway.log",
                     {**env, "RERANKD_ADMIN_KEY": admin_key, "RERANKD_UPSTREAM_API_KEY": replica_key})
     local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
