@@ -33,11 +33,11 @@ ARG PIP_FIND_LINKS
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 COPY deploy/docker/constraints.txt /tmp/constraints.txt
 COPY pyproject.toml /tmp/pyproject.toml
-# Drop from the constraints every package the vLLM image already ships, then install rerankd[gpu]'s
+# Drop from the constraints every package the vLLM image already ships, then install rerankd[gpu,otel]'s
 # dependencies (before its source: a change to src/ rebuilds only the rerankd wheel's layers).
 RUN python3 -c "import importlib.metadata as m, re; norm = lambda n: re.sub(r'[-_.]+', '-', n).lower(); have = {norm(d.metadata['Name']) for d in m.distributions()}; keep = [l for l in open('/tmp/constraints.txt') if l.strip() and not l.startswith('#') and norm(l.split('==')[0]) not in have]; open('/tmp/constraints-vllm.txt', 'w').writelines(keep)" \
  && python3 -c "import sys, tomllib; p = tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']; \
-print('\n'.join(p['dependencies'] + [r for e in sys.argv[1:] for r in p['optional-dependencies'][e]]))" gpu \
+print('\n'.join(p['dependencies'] + [r for e in sys.argv[1:] for r in p['optional-dependencies'][e]]))" gpu otel \
     > /tmp/requirements.txt \
  && python3 -m pip install --constraint /tmp/constraints-vllm.txt -r /tmp/requirements.txt \
  && rm -rf /tmp/constraints*.txt /tmp/requirements.txt /tmp/pyproject.toml \

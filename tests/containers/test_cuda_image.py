@@ -37,6 +37,13 @@ def test_its_command_is_one_the_installed_rerankd_accepts() -> None:
     assert "--backend" in helped.stdout and "vllm" in helped.stdout
 
 
+def test_it_can_trace() -> None:
+    """The image has the otel extra, so `--otlp-endpoint` works in it as in the CPU images."""
+    proc = docker("run", "--rm", "--entrypoint", "python3", IMAGES["cuda"], "-c",
+                  "import opentelemetry.sdk.trace, opentelemetry.exporter.otlp.proto.http.trace_exporter", check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 def test_the_healthcheck_probes_the_port_the_command_uses() -> None:
     cmd = inspect(IMAGES["cuda"])["Config"]["Cmd"]
     code = ("import os; from rerankd.deployment.healthcheck import probe_url; "
