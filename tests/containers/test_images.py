@@ -1,6 +1,6 @@
 """Each image alone, as built by tests/containers/run: server-cpu, gateway and UI on one Docker network.
 
-For each: /health, /ready, a real request (a rerank with the tiny model mounted read-only; the UI's page),
+For each: /health, /ready, a real request (a rerank with the tiny model mounted read-only; the UI's page and a rerank through it),
 its own HEALTHCHECK going healthy, the user it runs as, the read-only root filesystem (and dropped capabilities)
 the Kubernetes manifests ask for, and `docker stop` ending it with status 0 inside the grace period (a process
 still running at the end of it is killed: 137). Plus the defects the first build found: the compile fallback
@@ -219,6 +219,20 @@ def test_ui_page_loads(ui: str) -> None:
     wait_until(lambda: get_ok(url), 180, "the UI's page", lambda: logs(ui))
     page = httpx.get(url, timeout=30)
     assert page.status_code == 200 and "gradio" in page.text.lower()
+
+
+def test_ui_ranks_through_the_gateway_as_the_api_does(ui: str, gateway: str, gateway_key: str) -> None:
+    """A real request through the UI container (gradio_client, as a script would drive it): the gateway's order."""
+    from gradio_client import Client
+
+    url = f"http://127.0.0.1:{host_port(ui, 7860)}/"
+    wait_until(lambda: get_ok(url), 180, "the UI's page", lambda: logs(ui))
+    table, summary, _ = Client(url, verbose=False).predict(
+        query="capital of France", instruction="", documents="\n".join(DOCUMENTS), documents_file=None, top_n=0,
+        api_name="/rerank")
+    direct = rerank(f"http://127.0.0.1:{host_port(gateway, 8080)}", gateway_key)
+    assert [row[3] for row in table["data"]] == [r["index"] for r in direct["results"]], (table, direct)
+    assert f"{len(DOCUMENTS)} of {len(DOCUMENTS)} documents" in summary
 
 
 def test_ui_healthcheck_goes_healthy(ui: str) -> None:
