@@ -239,7 +239,8 @@ class CohereV1EmbedRequest(BaseModel):
     input_type: Literal["search_document", "search_query", "classification", "clustering", "image"] | None = None
     embedding_types: list[V1EmbeddingKind] | None = Field(
         None, min_length=1, description="Absent: the answer is `embeddings_floats`, a bare list of float vectors.")
-    truncate: Literal["NONE", "START", "END"] = "END"
+    # null is what the SDK sends for LangChain's default `truncate=None`: Cohere's default, END.
+    truncate: Literal["NONE", "START", "END"] | None = "END"
     instruction: str | None = Field(None, max_length=_MAX_INSTRUCTION)
 
     @model_validator(mode="after")
@@ -255,8 +256,8 @@ class CohereV1EmbedRequest(BaseModel):
         """The same request in v2's shape (v1's ``input_type`` defaults to a document, as v2's does)."""
         input_type = self.input_type if self.input_type not in (None, "image") else "search_document"
         return CohereEmbedRequest(model=self.model, texts=self.texts, input_type=input_type,  # type: ignore[arg-type]
-                                  embedding_types=list(self.embedding_types or ["float"]), truncate=self.truncate,
-                                  instruction=self.instruction)
+                                  embedding_types=list(self.embedding_types or ["float"]),
+                                  truncate=self.truncate or "END", instruction=self.instruction)
 
     def to_task(self) -> EmbedTask:
         return self.as_v2().to_task()

@@ -111,7 +111,10 @@ def test_cohere_v1_embed_is_v2s_vectors_in_v1s_shapes(embed_server_url: str) -> 
     for kind in ("int8", "uint8", "binary", "ubinary"):
         assert by_type["embeddings"][kind] == v2["embeddings"][kind]
     assert np.abs(np.array(by_type["embeddings"]["float"]) - np.array(v2["embeddings"]["float"])).max() < 1e-6
-    no_input_type = post(embed_server_url, "/v1/embed", {"texts": TEXTS}).json()  # a document, as v2's default
+    # a document, as v2's default; nulls are what the SDK sends for LangChain's unset options
+    no_input_type = post(embed_server_url, "/v1/embed", {"texts": TEXTS, "truncate": None, "input_type": None,
+                                                         "embedding_types": None}).json()
+    assert no_input_type["response_type"] == "embeddings_floats"
     documents = post(embed_server_url, "/v2/embed", {"texts": TEXTS}).json()["embeddings"]["float"]
     assert np.abs(np.array(no_input_type["embeddings"]) - np.array(documents)).max() < 1e-6
     cut = post(embed_server_url, "/v1/embed", {"texts": [LONG], "truncate": "NONE"})
