@@ -1,9 +1,11 @@
 """The embedding wire shapes rerankd speaks, and how each dialect becomes one :class:`EmbedTask`.
 
 Dialects: OpenAI ``POST /v1/embeddings`` (also vLLM's and Jina's: ``task``, ``input_type``), TEI ``POST /embed``
-and Cohere v2 ``POST /v2/embed``. Handlers take one of these models, call :meth:`to_task`, hand the task to the
-engine and build the dialect's answer with the functions at the bottom. Answers are built as plain JSON (not
-validated pydantic models): 1000 vectors of 1024 floats would otherwise be a million validated floats.
+and Cohere's ``POST /v2/embed`` and ``POST /v1/embed`` (v1: LangChain's ``CohereEmbeddings``, the SDK's v1
+``Client.embed``; v2's fields, answered as ``embeddings_floats`` when no ``embedding_types`` are asked).
+Handlers take one of these models, call :meth:`to_task`, hand the task to the engine and build the dialect's
+answer with the functions at the bottom. Answers are built as plain JSON (not validated pydantic
+models): 1000 vectors of 1024 floats would otherwise be a million validated floats.
 
 Which inputs are queries: a query gets the model card's ``Instruct: {instruction}\\nQuery:`` before it, a
 document nothing. ``input_type`` (Cohere's names, or ``query`` / ``document``), Jina's ``task`` or an explicit
@@ -23,13 +25,16 @@ from rerankd.engine.embedding import DEFAULT_EMBED_INSTRUCTION
 
 __all__ = [
     "COHERE_EMBEDDING_TYPES",
+    "COHERE_V1_EMBEDDING_TYPES",
     "INPUT_TYPE_INSTRUCTIONS",
     "JINA_TASKS",
     "CohereEmbedRequest",
+    "CohereV1EmbedRequest",
     "EmbedTask",
     "OpenAIEmbeddingRequest",
     "TEIEmbedRequest",
     "cohere_answer",
+    "cohere_v1_answer",
     "openai_answer",
 ]
 
@@ -55,9 +60,11 @@ JINA_TASKS: dict[str, str | None] = {
     "code.passage": None,
 }
 COHERE_EMBEDDING_TYPES = ("float", "int8", "uint8", "binary", "ubinary", "base64")
+COHERE_V1_EMBEDDING_TYPES = ("float", "int8", "uint8", "binary", "ubinary")  # Cohere v1 has no base64
 
 Inputs = str | list[str] | list[int] | list[list[int]]
 EmbeddingKind = Literal["float", "int8", "uint8", "binary", "ubinary", "base64"]
+V1EmbeddingKind = Literal["float", "int8", "uint8", "binary", "ubinary"]
 _MAX_INSTRUCTION = 100_000
 
 
@@ -214,3 +221,55 @@ def cohere_answer(by_type: dict[str, Any], texts: list[str], prompt_tokens: int)
         "meta": {"api_version": {"version": "2"}, "billed_units": {"input_tokens": prompt_tokens}},
         "response_type": "embeddings_by_type",
     }
+
+
+# ---------------------------------------------------------------- Cohere v1
+
+
+class CohereV1EmbedRequest(BaseModel):
+    """Cohere's ``POST /v1/embed`` body: what the SDK's v1 ``Client.embed`` (and LangChain's ``CohereEmbeddings``)
+    sends: ``texts``, ``model``, ``input_type``, ``embedding_types``, ``truncate`` (and ``images``, refused: rerankd
+    embeds text). Its task is v2's (:meth:`CohereEmbedRequest.to_task`): one input_type→instruction mapping."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    texts: list[str] = Field(..., min_length=1)
+    images: list[str] | None = Field(None, description="Refused unless empty: rerankd embeds text only.")
+    input_type: Literal["search_document", "search_query", "classification", "clustering", "image"] | None = None
+    embedding_types: list[V1EmbeddingKind] | None = Field(
+        None, min_length=1, description="Absent: the answer is `embeddings_floats`, a bare list of float vectors.")
+    # null is what the SDK sends for LangChain's default `truncate=None`: Cohere's default, END.
+    truncate: Literal["NONE", "START", "END"] | None = "END"
+    instruction: str | None = Field(None, max_length=_MAX_INSTRUCTION)
+
+    @model_validator(mode="after")
+    def _check(self) -> CohereV1EmbedRequest:
+        if self.images:
+            raise ValueError("`images` are not supported: rerankd embeds text; send `texts`")
+        if self.input_type == "image":
+            raise ValueError("`input_type` \"image\" is not supported: rerankd embeds text; use search_document, "
+                             "search_query, classification or clustering")
+        return self
+
+    def as_v2(self) -> CohereEmbedRequest:
+        """The same request in v2's shape (v1's ``input_type`` defaults to a document, as v2's does)."""
+        input_type = self.input_type if self.input_type not in (None, "image") else "search_document"
+        return CohereEmbedRequest(model=self.model, texts=self.texts, input_type=input_type,  # type: ignore[arg-type]
+                                  embedding_types=list(self.embedding_types or ["float"]),
+                                  truncate=self.truncate or "END", instruction=self.instruction)
+
+    def to_task(self) -> EmbedTask:
+        return self.as_v2().to_task()
+
+
+def cohere_v1_answer(by_type: dict[str, Any], texts: list[str], prompt_tokens: int, *,
+                     floats: bool) -> dict[str, Any]:
+    """Cohere v1's answer: ``embeddings_floats`` (``embeddings`` the float vectors) when no ``embedding_types``
+    were asked (``floats``), else ``embeddings_by_type`` as v2's; ``meta.api_version`` is 1."""
+    answer = cohere_answer(by_type, texts, prompt_tokens)
+    answer["meta"]["api_version"] = {"version": "1"}
+    if floats:
+        answer["embeddings"] = by_type["float"]
+        answer["response_type"] = "embeddings_floats"
+    return answer

@@ -7,7 +7,8 @@ as every OpenAI-compatible server that is not OpenAI needs. It then calls the Op
 (``POST {base_url}/embeddings``), texts and queries alike as plain inputs (rerankd's document side).
 
 ``CohereEmbeddings`` builds Cohere's v1 ``cohere.Client`` and posts to ``{base_url}/v1/embed``, Cohere's v1 embed
-route, which rerankd does not serve (it serves v2's ``/v2/embed``): that gap is pinned below as an expected failure.
+route, with ``embedding_types: ["float"]`` (an ``embeddings_by_type`` answer): documents as ``search_document``, the
+query as ``search_query``, which rerankd embeds as its document and query sides, as ``/v1/embeddings`` does.
 """
 
 from __future__ import annotations
@@ -51,8 +52,6 @@ def test_openai_embeddings_with_a_wrong_key_fail_with_401(stack: Stack) -> None:
     assert "invalid or revoked API key" in caught.value.message
 
 
-@pytest.mark.xfail(strict=True, reason="CohereEmbeddings speaks Cohere v1 (POST /v1/embed); rerankd serves v2's "
-                                       "/v2/embed only")
 def test_cohere_embeddings_documents_and_query_are_the_gateways(stack: Stack) -> None:
     embeddings = CohereEmbeddings(model="embed-english-v3.0", cohere_api_key=stack.api_key,  # type: ignore[arg-type]
                                   base_url=stack.gateway, max_retries=0)
@@ -60,3 +59,13 @@ def test_cohere_embeddings_documents_and_query_are_the_gateways(stack: Stack) ->
                    EMBED_DIMENSIONS)
     assert_vectors([embeddings.embed_query(TEXTS[0])], api_vectors(stack, TEXTS[:1], input_type="query"),
                    EMBED_DIMENSIONS)
+
+
+def test_cohere_embeddings_with_a_wrong_key_fail_with_401(stack: Stack) -> None:
+    import cohere
+
+    embeddings = CohereEmbeddings(model="embed-english-v3.0", cohere_api_key=WRONG_KEY,  # type: ignore[arg-type]
+                                  base_url=stack.gateway, max_retries=0)
+    with pytest.raises(cohere.UnauthorizedError) as caught:
+        embeddings.embed_documents(TEXTS)
+    assert "invalid or revoked API key" in str(caught.value)

@@ -83,6 +83,60 @@ def test_cohere_embedding_types_are_the_float_vectors_quantised(embed_server_url
     assert list(documents["embeddings"]) == ["float"]
 
 
+def test_cohere_v1_embed_is_v2s_vectors_in_v1s_shapes(embed_server_url: str) -> None:
+    """POST /v1/embed (LangChain's CohereEmbeddings, the SDK's v1 Client.embed): embeddings_floats without
+    embedding_types, embeddings_by_type with them; the vectors are /v2/embed's and /v1/embeddings'."""
+    for input_type, openai_type in (("search_query", "query"), ("search_document", "document"),
+                                    ("classification", "classification")):
+        v1 = post(embed_server_url, "/v1/embed", {"texts": TEXTS, "model": "embed-english-v3.0",
+                                                  "input_type": input_type, "truncate": "END"})
+        assert v1.status_code == 200, v1.text
+        floats = v1.json()
+        assert floats["response_type"] == "embeddings_floats" and floats["texts"] == TEXTS and floats["id"]
+        assert floats["meta"]["api_version"] == {"version": "1"}
+        assert isinstance(floats["embeddings"], list) and len(floats["embeddings"]) == len(TEXTS)
+        v2 = post(embed_server_url, "/v2/embed", {"texts": TEXTS, "input_type": input_type}).json()
+        openai_vectors = [d["embedding"] for d in post(embed_server_url, "/v1/embeddings", {
+            "input": TEXTS, "input_type": openai_type}).json()["data"]]
+        assert np.abs(np.array(floats["embeddings"]) - np.array(v2["embeddings"]["float"])).max() < 1e-6
+        assert np.abs(np.array(floats["embeddings"]) - np.array(openai_vectors)).max() < 1e-6
+        assert floats["meta"]["billed_units"] == v2["meta"]["billed_units"]
+        assert floats["meta"]["billed_units"]["input_tokens"] > 3
+    kinds = ["float", "int8", "uint8", "binary", "ubinary"]
+    by_type = post(embed_server_url, "/v1/embed", {"texts": TEXTS, "input_type": "search_query",
+                                                   "embedding_types": kinds}).json()
+    v2 = post(embed_server_url, "/v2/embed", {"texts": TEXTS, "input_type": "search_query",
+                                              "embedding_types": kinds}).json()
+    assert by_type["response_type"] == "embeddings_by_type" and list(by_type["embeddings"]) == kinds
+    for kind in ("int8", "uint8", "binary", "ubinary"):
+        assert by_type["embeddings"][kind] == v2["embeddings"][kind]
+    assert np.abs(np.array(by_type["embeddings"]["float"]) - np.array(v2["embeddings"]["float"])).max() < 1e-6
+    # a document, as v2's default; nulls are what the SDK sends for LangChain's unset options
+    no_input_type = post(embed_server_url, "/v1/embed", {"texts": TEXTS, "truncate": None, "input_type": None,
+                                                         "embedding_types": None}).json()
+    assert no_input_type["response_type"] == "embeddings_floats"
+    documents = post(embed_server_url, "/v2/embed", {"texts": TEXTS}).json()["embeddings"]["float"]
+    assert np.abs(np.array(no_input_type["embeddings"]) - np.array(documents)).max() < 1e-6
+    cut = post(embed_server_url, "/v1/embed", {"texts": [LONG], "truncate": "NONE"})
+    assert cut.status_code == 413 and cut.json()["error"]["field"] == "texts[0]"
+
+
+@pytest.mark.parametrize(("body", "words"), [
+    ({"texts": ["x"], "embedding_types": ["int4"]}, ("embedding_types", "ubinary")),
+    ({"texts": ["x"], "embedding_types": ["base64"]}, ("embedding_types", "ubinary")),
+    ({"texts": ["x"], "input_type": "image"}, ("input_type", "search_query")),
+    ({"texts": ["x"], "images": ["data:image/png;base64,AAAA"]}, ("images", "texts")),
+    ({"texts": ["x"], "truncate": "MIDDLE"}, ("truncate", "START")),
+    ({"texts": []}, ("texts",)),
+])
+def test_cohere_v1_bad_bodies_are_422s_that_say_what_to_fix(embed_server_url: str, body: dict,
+                                                               words: tuple[str, ...]) -> None:
+    answer = post(embed_server_url, "/v1/embed", body)
+    assert answer.status_code == 422, answer.text
+    for word in words:
+        assert word in answer.text
+
+
 def test_queries_are_instructed_documents_are_not(embed_server_url: str) -> None:
     def vectors(path: str, body: dict) -> np.ndarray:
         answer = post(embed_server_url, path, body)

@@ -127,6 +127,48 @@ def test_tei_and_cohere_splits_keep_the_order_and_sum_the_tokens(
     assert got["meta"]["billed_units"] == cohere_ref["meta"]["billed_units"]
 
 
+def test_cohere_v1_split_keeps_the_order_equals_v2_and_is_billed_its_tokens(
+        stack: tuple[str, Path], key: str, embedders: list[Proc]) -> None:
+    """POST /v1/embed (LangChain's CohereEmbeddings) through the gateway: six texts split across both replicas
+    (threshold 2), merged back in order, in both of v1's answer shapes; the ledger holds the replicas' tokens."""
+    url, tmp = stack
+    floats_body = {"model": "embed-english-v3.0", "texts": TEXTS, "input_type": "search_query"}
+    reference = direct(embedders[1], "/v1/embed", floats_body).json()
+    v2 = direct(embedders[0], "/v2/embed", {**floats_body, "embedding_types": ["float"]}).json()
+    reply = httpx.post(f"{url}/v1/embed", json=floats_body, headers=bearer(key), timeout=120)
+    assert reply.status_code == 200, reply.text
+    got = reply.json()
+    assert got["response_type"] == "embeddings_floats" and got["texts"] == TEXTS
+    assert isinstance(got["embeddings"], list)
+    np.testing.assert_allclose(got["embeddings"], reference["embeddings"], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got["embeddings"], v2["embeddings"]["float"], rtol=0, atol=1e-6)
+    assert got["meta"]["billed_units"] == reference["meta"]["billed_units"]
+    tokens = reference["meta"]["billed_units"]["input_tokens"]
+
+    typed_body = {**floats_body, "embedding_types": ["int8", "binary", "float"]}
+    typed_ref = direct(embedders[0], "/v2/embed", typed_body).json()
+    typed = httpx.post(f"{url}/v1/embed", json=typed_body, headers=bearer(key), timeout=120)
+    assert typed.status_code == 200, typed.text
+    by_type = typed.json()
+    assert by_type["response_type"] == "embeddings_by_type"
+    assert list(by_type["embeddings"]) == ["int8", "binary", "float"]
+    assert by_type["embeddings"]["int8"] == typed_ref["embeddings"]["int8"]
+    assert by_type["embeddings"]["binary"] == typed_ref["embeddings"]["binary"]
+    bad = httpx.post(f"{url}/v1/embed", json={"texts": ["x"], "embedding_types": ["base64"]}, headers=bearer(key),
+                     timeout=60)
+    assert bad.status_code == 422 and "embedding_types" in bad.text and "ubinary" in bad.text
+
+    def v1_rows() -> list[tuple[str, str, int, int, int, str | None]]:
+        return [row for row in ledger(tmp) if row[0] == "/v1/embed"]
+
+    wait_until(lambda: len(v1_rows()) >= 3, 15, "three /v1/embed usage rows")
+    first, second, refused = v1_rows()[:3]
+    for route, model, status, documents, billed, upstream in (first, second):
+        assert (route, model, status, documents, billed) == ("/v1/embed", EMBEDDER, 200, len(TEXTS), tokens)
+        assert upstream is not None and {embedders[0].url, embedders[1].url} == set(upstream.split(","))
+    assert refused[2] == 422 and refused[4] == 0
+
+
 def test_a_name_of_another_task_and_a_gateway_without_an_embedding_pool_are_404s(
         stack: tuple[str, Path], key: str, embedders: list[Proc], tmp_path: Path) -> None:
     url, _ = stack
@@ -137,7 +179,7 @@ def test_a_name_of_another_task_and_a_gateway_without_an_embedding_pool_are_404s
     try:
         other = make_key(rerank_only.url, "r")
         for path, body in (("/v1/embeddings", {"input": "x"}), ("/embed", {"inputs": "x"}),
-                           ("/v2/embed", {"texts": ["x"]})):
+                           ("/v2/embed", {"texts": ["x"]}), ("/v1/embed", {"texts": ["x"]})):
             reply = httpx.post(rerank_only.url + path, json=body, headers=bearer(other), timeout=60)
             assert reply.status_code == 404, (path, reply.text)
             assert "serves no embed model" in reply.json()["error"]["message"]
@@ -164,7 +206,7 @@ def test_keys_and_limits_hold_on_the_embedding_routes(stack: tuple[str, Path], k
                                                       embedders: list[Proc]) -> None:
     url, _ = stack
     for path, body in (("/v1/embeddings", {"input": "x"}), ("/embed", {"inputs": "x"}),
-                       ("/v2/embed", {"texts": ["x"]})):
+                       ("/v2/embed", {"texts": ["x"]}), ("/v1/embed", {"texts": ["x"]})):
         assert httpx.post(url + path, json=body).status_code == 401
         assert httpx.post(url + path, json=body, headers=bearer("rk-wrong")).status_code == 401
     once = make_key(url, "once-a-minute", rpm=1)

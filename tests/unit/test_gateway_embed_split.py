@@ -60,6 +60,25 @@ def test_tei_and_cohere_parts_concatenate_in_order() -> None:
     assert accept_answer(AnswerShape.COHERE_EMBED, {}, json.dumps(merged).encode(), 3) == 6
 
 
+def test_cohere_v1_floats_answers_merge_as_one_list_in_order() -> None:
+    """Cohere v1's ``embeddings_floats`` answer holds the vectors themselves, not an object by type."""
+    plan = plan_embed_split(AnswerShape.COHERE_V1_EMBED, json.dumps({"texts": list("abc")}).encode(), 3, 2, 2)
+    assert plan is not None and plan.slices == [(0, 2), (2, 3)]
+    answers = [{"id": "x", "response_type": "embeddings_floats", "embeddings": [vec(0), vec(1)], "texts": ["a", "b"],
+                "meta": {"api_version": {"version": "1"}, "billed_units": {"input_tokens": 4}}},
+               {"id": "y", "response_type": "embeddings_floats", "embeddings": [vec(2)], "texts": ["c"],
+                "meta": {"api_version": {"version": "1"}, "billed_units": {"input_tokens": 2}}}]
+    merged, total = merge_embed_parts(plan, answers, [4, 2])
+    assert total == 6 and merged["embeddings"] == [vec(0), vec(1), vec(2)]
+    assert merged["response_type"] == "embeddings_floats" and merged["texts"] == ["a", "b", "c"]
+    assert merged["meta"] == {"api_version": {"version": "1"}, "billed_units": {"input_tokens": 6}}
+    assert accept_answer(AnswerShape.COHERE_V1_EMBED, {}, json.dumps(merged).encode(), 3) == 6
+    with pytest.raises(UpstreamMalformedError, match="`embeddings` must be a list of 3 vectors"):
+        check_answer(AnswerShape.COHERE_V1_EMBED, {"embeddings": [vec(0)]}, 3)
+    with pytest.raises(UpstreamMalformedError, match="`embeddings` must be an object"):
+        check_answer(AnswerShape.COHERE_EMBED, {"embeddings": [vec(0), vec(1), vec(2)]}, 3)  # v2 has no list form
+
+
 @pytest.mark.parametrize(("shape", "answer", "words"), [
     (AnswerShape.OPENAI_EMBED, {"data": [{"index": 0, "embedding": [1.0]}]}, "list of 2 embeddings"),
     (AnswerShape.OPENAI_EMBED, {"data": [{"index": 0, "embedding": [1.0]}, {"index": 5, "embedding": [1.0]}]},

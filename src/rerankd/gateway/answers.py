@@ -26,8 +26,8 @@ from rerankd.errors import UpstreamMalformedError
 from rerankd.gateway.tokens import TOKENS_HEADER, parse_answer, parse_token_header, shown, usage_count, usage_tokens
 from rerankd.http.errors import error_body
 
-__all__ = ["EMBED_SHAPES", "MAX_ERROR_MESSAGE_CHARS", "AnswerShape", "accept_answer", "check_answer", "cohere_tokens",
-           "safe_error_body"]
+__all__ = ["COHERE_SHAPES", "EMBED_SHAPES", "MAX_ERROR_MESSAGE_CHARS", "AnswerShape", "accept_answer", "check_answer",
+           "cohere_tokens", "safe_error_body"]
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +47,13 @@ class AnswerShape(enum.Enum):
     OPENAI_EMBED = "openai_embed"  # {"data": [{"index", "embedding"}], "usage"} (POST /v1/embeddings)
     TEI_EMBED = "tei_embed"  # [[float, ...], ...] (POST /embed; tokens in X-Prompt-Tokens)
     COHERE_EMBED = "cohere_embed"  # {"embeddings": {kind: [...]}, "meta": {"billed_units"}} (POST /v2/embed)
+    # POST /v1/embed: v2's, or {"embeddings": [[float, ...], ...]} ("embeddings_floats": no embedding_types asked)
+    COHERE_V1_EMBED = "cohere_v1_embed"
 
 
-EMBED_SHAPES = frozenset({AnswerShape.OPENAI_EMBED, AnswerShape.TEI_EMBED, AnswerShape.COHERE_EMBED})
+EMBED_SHAPES = frozenset({AnswerShape.OPENAI_EMBED, AnswerShape.TEI_EMBED, AnswerShape.COHERE_EMBED,
+                          AnswerShape.COHERE_V1_EMBED})
+COHERE_SHAPES = frozenset({AnswerShape.COHERE_EMBED, AnswerShape.COHERE_V1_EMBED})  # tokens in meta.billed_units
 
 
 # shape -> (the list's key in the body, None for a bare list; the score's field name)
@@ -67,7 +71,7 @@ def accept_answer(shape: AnswerShape, headers: Mapping[str, str], body: bytes, d
     header = headers.get(TOKENS_HEADER)
     if header is not None:
         return parse_token_header(header)
-    if shape is AnswerShape.COHERE_EMBED:
+    if shape in COHERE_SHAPES:
         return cohere_tokens(answer)
     return usage_tokens(answer)
 
@@ -139,6 +143,9 @@ def _check_embeddings(shape: AnswerShape, answer: Any, inputs: int) -> None:
                 raise _malformed(f"`data`[{position}].embedding must be a list of numbers or a base64 string")
         return
     by_type = answer.get("embeddings")
+    if shape is AnswerShape.COHERE_V1_EMBED and isinstance(by_type, list):  # embeddings_floats
+        _vectors(by_type, "`embeddings`", inputs)
+        return
     if not isinstance(by_type, Mapping) or not by_type:
         raise _malformed(f"`embeddings` must be an object of vector lists by type, got {_kind(by_type)}")
     for kind, vectors in by_type.items():

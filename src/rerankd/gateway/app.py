@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 GATEWAY_ROUTES = frozenset({
     "/v1/rerank", "/v2/rerank", "/rerank", "/v1/score", "/score", "/v1/models", "/v1/usage", "/health",
     "/ready", "/metrics", "/info", "/docs", "/openapi.json", "/redoc", "/v1/embeddings", "/embed", "/v2/embed",
+    "/v1/embed",
 })
 
 

@@ -34,7 +34,12 @@ import math
 import unicodedata
 from collections.abc import Sequence
 
-from rerankd.embedding_protocol import CohereEmbedRequest, OpenAIEmbeddingRequest, TEIEmbedRequest
+from rerankd.embedding_protocol import (
+    CohereEmbedRequest,
+    CohereV1EmbedRequest,
+    OpenAIEmbeddingRequest,
+    TEIEmbedRequest,
+)
 from rerankd.engine.embedding import DEFAULT_EMBED_INSTRUCTION
 from rerankd.engine.prompt import format_pair
 from rerankd.protocol import RerankRequest, RerankTask, ScoreRequest, TEIRerankRequest, prompt_tokens_cap
@@ -88,7 +93,7 @@ def _chunked_bound(document: int, fixed: int, cap: int, max_chunks: int, overlap
 ScoringBody = RerankRequest | TEIRerankRequest | ScoreRequest
 """Every body shape a scoring route accepts."""
 
-EmbeddingBody = OpenAIEmbeddingRequest | TEIEmbedRequest | CohereEmbedRequest
+EmbeddingBody = OpenAIEmbeddingRequest | TEIEmbedRequest | CohereEmbedRequest | CohereV1EmbedRequest
 """Every body shape an embedding route accepts."""
 
 # Qwen3-Embedding's query prompt is ``Instruct: {instruction}\nQuery:`` before the text and every input ends

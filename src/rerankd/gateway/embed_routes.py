@@ -1,4 +1,4 @@
-"""The gateway's embedding routes: OpenAI ``/v1/embeddings``, TEI ``/embed``, Cohere ``/v2/embed``.
+"""The gateway's embedding routes: OpenAI ``/v1/embeddings``, TEI ``/embed``, Cohere ``/v2/embed`` and ``/v1/embed``.
 
 They are the scoring routes' twins (:mod:`rerankd.gateway.routes`): the same admission (key first, bounded
 body, the server's own request models and 4xx), then one :class:`~rerankd.gateway.pipeline.ScoringCall` with
@@ -14,7 +14,12 @@ from functools import partial
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from rerankd.embedding_protocol import CohereEmbedRequest, OpenAIEmbeddingRequest, TEIEmbedRequest
+from rerankd.embedding_protocol import (
+    CohereEmbedRequest,
+    CohereV1EmbedRequest,
+    OpenAIEmbeddingRequest,
+    TEIEmbedRequest,
+)
 from rerankd.gateway.admission import GatewayAdmissionRoute
 from rerankd.gateway.answers import AnswerShape
 from rerankd.gateway.cost import EmbeddingBody
@@ -57,5 +62,11 @@ def embedding_router() -> APIRouter:
                            components: Components) -> Response:
         return await _embed(request, components, identity, body.model, len(body.texts), body,
                             AnswerShape.COHERE_EMBED)
+
+    @router.post("/v1/embed", summary="Embed texts (Cohere v1 shape: LangChain's CohereEmbeddings, the v1 SDK)")
+    async def cohere_v1_embed(request: Request, body: CohereV1EmbedRequest, identity: Caller,
+                              components: Components) -> Response:
+        return await _embed(request, components, identity, body.model, len(body.texts), body,
+                            AnswerShape.COHERE_V1_EMBED)
 
     return router

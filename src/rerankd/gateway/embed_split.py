@@ -6,7 +6,7 @@ different replicas yields the same vectors. Each part's body is the client's bod
 its slice (every other field kept as sent); the merge puts the vectors back by input index and sums the
 tokens each part reports.
 
-The list field is the dialect's: ``input`` (OpenAI), ``inputs`` (TEI), ``texts`` (Cohere). A single string,
+The list field is the dialect's: ``input`` (OpenAI), ``inputs`` (TEI), ``texts`` (Cohere v2 and v1). A single string,
 or a single token-id list, is one input and is never split.
 """
 
@@ -16,13 +16,13 @@ import json
 import math
 from typing import Any
 
-from rerankd.gateway.answers import AnswerShape, cohere_tokens
+from rerankd.gateway.answers import COHERE_SHAPES, AnswerShape, cohere_tokens
 from rerankd.gateway.tokens import usage_tokens
 
 __all__ = ["LIST_FIELD", "EmbedSplitPlan", "merge_embed_parts", "part_tokens", "plan_embed_split"]
 
 LIST_FIELD = {AnswerShape.OPENAI_EMBED: "input", AnswerShape.TEI_EMBED: "inputs",
-              AnswerShape.COHERE_EMBED: "texts"}
+              AnswerShape.COHERE_EMBED: "texts", AnswerShape.COHERE_V1_EMBED: "texts"}
 
 
 class EmbedSplitPlan:
@@ -74,8 +74,12 @@ def merge_embed_parts(plan: EmbedSplitPlan, answers: list[Any], tokens: list[int
         first = answers[0]
         return {**first, "data": data, "usage": {"prompt_tokens": total, "total_tokens": total}}, total
     first = answers[0]
-    embeddings = {kind: [v for answer in answers for v in answer["embeddings"][kind]]
-                  for kind in first["embeddings"]}
+    embeddings: Any
+    if isinstance(first["embeddings"], list):  # Cohere v1's embeddings_floats: the vectors themselves
+        embeddings = [v for answer in answers for v in answer["embeddings"]]
+    else:
+        embeddings = {kind: [v for answer in answers for v in answer["embeddings"][kind]]
+                      for kind in first["embeddings"]}
     texts = [t for answer in answers for t in answer.get("texts", [])]
     meta = {**first.get("meta", {}), "billed_units": {"input_tokens": total}}
     return {**first, "embeddings": embeddings, "texts": texts, "meta": meta}, total
@@ -83,4 +87,4 @@ def merge_embed_parts(plan: EmbedSplitPlan, answers: list[Any], tokens: list[int
 
 def part_tokens(shape: AnswerShape, answer: Any) -> int:
     """The tokens a part's body reports when its reply had no ``x-prompt-tokens`` header."""
-    return cohere_tokens(answer) if shape is AnswerShape.COHERE_EMBED else usage_tokens(answer)
+    return cohere_tokens(answer) if shape in COHERE_SHAPES else usage_tokens(answer)

@@ -10,7 +10,7 @@ from __future__ import annotations
 __all__ = ["EMBED_ROUTES", "NO_TASK", "RERANK_ROUTES", "TASKS", "task_of_route"]
 
 RERANK_ROUTES = frozenset({"/v1/rerank", "/v2/rerank", "/rerank", "/v1/score", "/score"})
-EMBED_ROUTES = frozenset({"/v1/embeddings", "/embed", "/v2/embed"})
+EMBED_ROUTES = frozenset({"/v1/embeddings", "/embed", "/v2/embed", "/v1/embed"})
 TASKS = ("rerank", "embed")
 NO_TASK = ""  # routes of neither task (/health, /metrics, /v1/models, …): the label is absent in PromQL
 

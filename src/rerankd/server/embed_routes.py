@@ -1,4 +1,5 @@
-"""The inference server's embedding routes: OpenAI ``/v1/embeddings``, TEI ``/embed``, Cohere ``/v2/embed``.
+"""The inference server's embedding routes: OpenAI ``/v1/embeddings``, TEI ``/embed``, Cohere ``/v2/embed`` and
+``/v1/embed``.
 
 Why a router of its own: the rerank routes' module (:mod:`rerankd.server.app`) stays about scoring; this one
 only maps the embedding dialects (:mod:`rerankd.embedding_protocol`) to the engine's
@@ -13,7 +14,7 @@ rerank routes of an embedding server do the same, in :mod:`rerankd.server.app`).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -21,10 +22,12 @@ from fastapi.responses import Response
 
 from rerankd.embedding_protocol import (
     CohereEmbedRequest,
+    CohereV1EmbedRequest,
     EmbedTask,
     OpenAIEmbeddingRequest,
     TEIEmbedRequest,
     cohere_answer,
+    cohere_v1_answer,
     openai_answer,
 )
 from rerankd.engine.embedding import check_dimensions, quantize, to_base64
@@ -112,11 +115,22 @@ def embedding_router(
     async def cohere_embed(request: Request, body: CohereEmbedRequest) -> Response:
         check_model(body.model)
         outcome, _ = await run(request, body.to_task(), "texts")
-        kinds = dict.fromkeys(body.embedding_types)  # each once, in the order asked
-        by_type: dict[str, Any] = {kind: quantize(outcome.vectors, kind) for kind in kinds}
-        return _Json(cohere_answer(by_type, list(body.texts), outcome.prompt_tokens))
+        return _Json(cohere_answer(_by_type(outcome, body.embedding_types), list(body.texts), outcome.prompt_tokens))
+
+    @router.post("/v1/embed", summary="Embed texts (Cohere v1 shape: LangChain's CohereEmbeddings, the v1 SDK)")
+    async def cohere_v1_embed(request: Request, body: CohereV1EmbedRequest) -> Response:
+        check_model(body.model)
+        v2 = body.as_v2()  # v2's task and quantisation: the two Cohere routes differ only in the answer's shape
+        outcome, _ = await run(request, v2.to_task(), "texts")
+        return _Json(cohere_v1_answer(_by_type(outcome, v2.embedding_types), list(body.texts),
+                                      outcome.prompt_tokens, floats=body.embedding_types is None))
 
     return router
+
+
+def _by_type(outcome: EmbedOutcome, kinds: Sequence[str]) -> dict[str, Any]:
+    """Cohere's ``embeddings`` by type: each kind asked once, in the order asked, quantised from the floats."""
+    return {kind: quantize(outcome.vectors, kind) for kind in dict.fromkeys(kinds)}
 
 
 def _allow_truncation(field: str) -> str:
