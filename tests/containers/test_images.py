@@ -1,6 +1,7 @@
 """Each image alone, as built by tests/containers/run: server-cpu, gateway and UI on one Docker network.
 
-For each: /health, /ready, a real request (a rerank with the tiny model mounted read-only; the UI's page and a rerank through it),
+For each: /health, /ready, a real request (a rerank with the tiny model mounted read-only; the UI's page and a
+rerank through it),
 its own HEALTHCHECK going healthy, the user it runs as, the read-only root filesystem (and dropped capabilities)
 the Kubernetes manifests ask for, and `docker stop` ending it with status 0 inside the grace period (a process
 still running at the end of it is killed: 137). Plus the defects the first build found: the compile fallback
