@@ -153,9 +153,11 @@ def _serving(peer: Peer, port: int, log: Path, timeout_s: float) -> Iterator[tup
         deadline = started + timeout_s
         while True:
             if proc.poll() is not None:
-                tail = log.read_text(errors="replace").strip().splitlines()[-8:]
-                raise RuntimeError(f"server exited with {proc.returncode} before {peer.ready_path} answered; "
-                                   f"log {log}: " + " | ".join(tail))
+                lines = log.read_text(errors="replace").strip().splitlines()
+                # The first exception named in the log is the cause; the last lines are the shutdown that followed.
+                cause = next((ln for ln in lines if "Error: " in ln and "WARNING" not in ln), "")
+                raise RuntimeError(f"server exited with {proc.returncode} before {peer.ready_path} answered: "
+                                   f"{cause.strip()[:400]} (log {log}; last line: {lines[-1][:200] if lines else ''})")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(url + peer.ready_path, timeout=5).status_code == 200:
                     break
@@ -237,14 +239,16 @@ def _median(xs: list[float]) -> float | None:
     return round(statistics.median(xs), 2) if xs else None
 
 
-def _summary(rows: dict[str, dict[str, Any]]) -> None:
-    """Median seconds, ratio to rerankd and agreement with the fp32 card, filled into each row."""
+def _summary(rows: dict[str, dict[str, Any]], card_scores: list[float] | None = None) -> None:
+    """Median seconds, ratio to rerankd and agreement with the fp32 card, filled into each row.
+
+    ``card_scores``: the card's scores from an earlier run on the same texts, where this run has no card row."""
     from benchlib.agreement import compare_scores
 
     for row in rows.values():
         row["median_s"] = _median(row["times_s"])
     ref = rows.get("rerankd", {}).get("median_s")
-    card = rows.get("card", {}).get("scores")
+    card = rows.get("card", {}).get("scores") or card_scores
     for row in rows.values():
         row["x_rerankd_time"] = round(row["median_s"] / ref, 2) if row["median_s"] and ref else None
         row.setdefault("agreement_vs_card_fp32", None)
@@ -281,7 +285,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="/work/models/0.6b", help="the causal Qwen3-Reranker checkpoint (the card's)")
     p.add_argument("--peers", default=",".join(PEERS), help=f"comma-separated, from: {', '.join(PEERS)}")
-    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=2,
+                   help="rounds of the alternation; a peer not yet set up is looked for again at each round")
     p.add_argument("--docs", type=int, default=64)
     p.add_argument("--doc-tokens", default="240-272")
     p.add_argument("--warmup-docs", type=int, default=0, help="documents in each warm-up request (0: --docs)")
@@ -289,13 +294,18 @@ def main() -> None:
     p.add_argument("--peers-home", default=os.environ.get("PEERS_HOME", "/work/venvs/peers"),
                    help="where bench/peers/setup.sh put the peers")
     p.add_argument("--vllm-venv", default=str(ROOT / ".venv-vllm"), help="vLLM's CPU build (tests/vllm_cpu/run)")
-    p.add_argument("--vllm-memory-share", type=float, default=0.2,
-                   help="vLLM's --gpu-memory-utilization (on its CPU build: the share of the memory node for KV)")
+    p.add_argument("--vllm-memory-share", type=float, default=0.35,
+                   help="vLLM's --gpu-memory-utilization (on its CPU build: the share of the memory node for the model, "
+                        "activations and KV cache; at 0.2 of 23 GB the fp32 0.6B model left 0.5 GiB of KV cache, less "
+                        "than one 8192-token prompt needs (1.75 GiB), and vLLM refused to start)")
     p.add_argument("--ready-timeout", type=float, default=900.0,
                    help="seconds a server may take to start (rerankd: until its compiled kernels serve)")
     p.add_argument("--compile-cache-dir", default="/tmp/rerankd-peers-inductor",
                    help="rerankd serve --compile-cache-dir: later rounds start from the first one's kernels")
     p.add_argument("--logs", default="/tmp/rerankd-peers-logs", help="each server's output, one file per start")
+    p.add_argument("--card-scores", default=None,
+                   help="a results file of an earlier run on the same --model/--docs/--doc-tokens: its card row's "
+                        "scores are the agreement reference when this run leaves the card out (it is the slowest)")
     p.add_argument("--list", action="store_true", help="print each peer's command and whether it can run, then exit")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "peers_cpu.json"))
     args = p.parse_args()
@@ -314,6 +324,15 @@ def main() -> None:
     tokenizer = load_tokenizer(args.model)
     timed = make_workload(tokenizer, args.docs, args.doc_tokens, seed=0, variants=1).requests[0]
     warm = make_workload(tokenizer, args.warmup_docs or args.docs, args.doc_tokens, seed=1, variants=1).requests[0]
+    card_scores = None
+    if args.card_scores:
+        earlier = json.loads(Path(args.card_scores).read_text())
+        same = (earlier["model"], earlier["docs"], earlier["doc_tokens"], earlier["doc_tokens_counted"])
+        if same != (args.model, args.docs, args.doc_tokens, sum(timed.doc_tokens)):
+            raise SystemExit(f"--card-scores {args.card_scores} scored other texts ({same}); run the same workload")
+        card_scores = earlier["rows"]["card"]["scores"]
+        if not card_scores:
+            raise SystemExit(f"--card-scores {args.card_scores}: its card row has no scores")
     logs = Path(args.logs)
     logs.mkdir(parents=True, exist_ok=True)
     rows: dict[str, dict[str, Any]] = {}
@@ -327,17 +346,21 @@ def main() -> None:
         "command": "python bench/peers/run.py " + " ".join(sys.argv[1:]), "cpu": cpu_name(),
         "cores": os.cpu_count(), "model": args.model, "docs": args.docs, "doc_tokens": args.doc_tokens,
         "doc_tokens_counted": sum(timed.doc_tokens), "rounds": args.rounds, "loadavg_start": _loadavg(),
-        "versions": _versions(args), "rows": rows}
+        "versions": _versions(args), "card_scores_from": args.card_scores, "rows": rows}
     print(f"versions: {result['versions']}", flush=True)
-    runnable = [n for n in names if not rows[n]["why_not"]]
     for r in range(args.rounds):
-        order = runnable[r % len(runnable):] + runnable[: r % len(runnable)] if runnable else []
+        order = names[r % len(names):] + names[: r % len(names)]
         for n in order:
             row = rows[n]
             if row["errors"]:
                 continue  # it failed once: its reason is in the row, and another try would cost minutes
             port = _free_port()
             peer = _peer(n, args, port)
+            if peer.why_not:  # asked again each round: a setup step still running may have finished since
+                continue
+            if row["why_not"]:
+                print(f"round {r + 1}: {n} is set up now: it joins the run (fewer rounds)", flush=True)
+                row["why_not"], row["joined_in_round"] = None, r + 1
             print(f"round {r + 1}: {n} starting (load average {_loadavg()})", flush=True)
             try:
                 with _serving(peer, port, logs / f"{n}-round{r + 1}.log", args.ready_timeout) as (url, info):
@@ -359,10 +382,12 @@ def main() -> None:
             row["scores"] = row["scores"] or scores
             row["prompt_tokens"] = tokens
             print(f"round {r + 1}: {n} {seconds:.2f} s (load average {load})", flush=True)
-        _summary(rows)
-        result["loadavg_end"] = _loadavg()
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    _summary(rows)
+            _summary(rows, card_scores)  # written after every request: a run stopped early keeps what it measured
+            result["loadavg_end"] = _loadavg()
+            Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    _summary(rows, card_scores)
+    result["versions"] = _versions(args)  # again: a setup step may have finished during the run
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(_table(rows))
     print(f"load average at start {result['loadavg_start']}, at end {_loadavg()}; wrote {args.out}")
 

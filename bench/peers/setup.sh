@@ -58,9 +58,10 @@ venv() {
   echo "$TORCH" > "$PEERS_HOME/constraints.txt"
   # shellcheck disable=SC2086 # OPENVINO_STACK is a list of requirements
   "$VENV/bin/pip" install -q -c "$PEERS_HOME/constraints.txt" $OPENVINO_STACK gguf sentencepiece protobuf || return 1
-  # optimum-intel requires torchvision; PyPI's is built against CUDA torch and can break `import transformers`
-  # next to the CPU torch. Nothing here needs it.
-  if ! "$VENV/bin/python" -c "import transformers.models.qwen3, optimum.intel" 2>/dev/null; then
+  # optimum-intel requires torchvision; PyPI's is built against CUDA torch and next to the CPU torch its import
+  # fails ("operator torchvision::nms does not exist"), which breaks `from transformers import PreTrainedModel`.
+  # Nothing here needs it.
+  if ! "$VENV/bin/python" -c "import torchvision" 2>/dev/null; then
     "$VENV/bin/pip" uninstall -q -y torchvision || true
   fi
   "$VENV/bin/python" -c "import optimum.intel, openvino, sentence_transformers, transformers, torch
@@ -122,8 +123,12 @@ if ! sdist; then
   for p in llama.cpp gguf-f16 gguf-q8_0; do mark "$p" "failed: pip could not download the llama-cpp-python sdist"; done
 fi
 # The compile is the long step and needs only cmake and a C++ compiler: it runs beside the pip installs.
-( if [ ! -d "$SRC/vendor/llama.cpp" ]; then exit 0; elif llama_cpp; then mark llama.cpp ok; else mark llama.cpp "failed: llama-server did not build (log: $BUILD.log)"; fi
-) > "$BUILD.log" 2>&1 &
+# One compile at a time: a second setup.sh (say, rerun after a failed pip step) leaves a running one alone.
+( flock -n 7 || { echo "== another setup.sh is compiling llama.cpp (see $BUILD.log)"; exit 0; }
+  exec > "$BUILD.log" 2>&1
+  if [ ! -d "$SRC/vendor/llama.cpp" ]; then exit 0; elif llama_cpp; then mark llama.cpp ok
+  else mark llama.cpp "failed: llama-server did not build (log: $BUILD.log)"; fi
+) 7>"$BUILD.lock" &
 compile=$!
 echo "llama.cpp builds in the background: $BUILD.log"
 if venv; then mark venv ok; else mark venv "failed: pip could not install the OpenVINO stack (log above)"; fi
