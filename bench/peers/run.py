@@ -309,6 +309,9 @@ def main() -> None:
     p.add_argument("--list", action="store_true", help="print each peer's command and whether it can run, then exit")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "peers_cpu.json"))
     args = p.parse_args()
+    # A stopped run (kill PID) still stops the server it started: SystemExit runs _serving's cleanup. SIGINT is
+    # ignored in a background job, so this is the signal that reaches it there.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     from rerankd.benchmark.report import cpu_name
     from rerankd.benchmark.workload import load_tokenizer, make_workload
