@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
-SCRIPTS = sorted(BENCH.glob("*.py"))
+SCRIPTS = sorted(BENCH.glob("*.py")) + sorted(BENCH.glob("peers/*.py"))
 
 
 def test_the_scripts_are_found() -> None:
-    assert len(SCRIPTS) >= 10 and (BENCH / "cpu_throughput.py") in SCRIPTS
+    assert len(SCRIPTS) >= 10 and (BENCH / "cpu_throughput.py") in SCRIPTS and (BENCH / "peers" / "run.py") in SCRIPTS
 
 
-@pytest.mark.parametrize("script", SCRIPTS, ids=[s.name for s in SCRIPTS])
+@pytest.mark.parametrize("script", SCRIPTS, ids=[str(s.relative_to(BENCH)) for s in SCRIPTS])
 def test_script_imports_and_shows_help(script: Path, monkeypatch: pytest.MonkeyPatch,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     spec = importlib.util.spec_from_file_location(f"bench_script_{script.stem}", script)
