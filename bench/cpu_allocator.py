@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchlib.results import write_result
+
 HERE = Path(__file__).resolve().parent
 SIZES_MB = (4, 16, 64, 256)
 
@@ -91,10 +93,8 @@ def main(argv: list[str] | None = None) -> None:
     print("\nG elements/s (higher is better)\n" + table)
     command = "python bench/cpu_allocator.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"command": command.strip(), "cpu": cpu_name(), "cpu_count": os.cpu_count(),
-                               "unit": "G output elements per second", "runs": runs, "table_markdown": table},
-                              indent=2) + "\n")
+    write_result(out, {"command": command.strip(), "cpu": cpu_name(), "cpu_count": os.cpu_count(),
+                       "unit": "G output elements per second", "runs": runs, "table_markdown": table})
     print(f"wrote {out}")
 
 

@@ -22,6 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from benchlib.results import write_result
+
 HERE = Path(__file__).resolve().parent
 SIDES = (("card", "system"), ("rerankd", "tcmalloc"))
 
@@ -64,10 +66,8 @@ def main(argv: list[str] | None = None) -> None:
     print("\n" + table)
     command = "python bench/cpu_as_shipped.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     out_path = Path(args.out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps({"command": command.strip(), "children": children, "card_median_s": card,
-                                    "rerankd_median_s": ours, "speedup": card / ours, "table_markdown": table},
-                                   indent=2) + "\n")
+    write_result(out_path, {"command": command.strip(), "children": children, "card_median_s": card,
+                            "rerankd_median_s": ours, "speedup": card / ours, "table_markdown": table})
     print(f"wrote {out_path}")
 
 

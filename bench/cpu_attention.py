@@ -22,7 +22,6 @@ Useful FLOPs are 4 x rows x heads x T x (P + T) x head_dim for every variant (th
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
@@ -33,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from benchlib.cpu import add_malloc_option
+from benchlib.results import write_result
 from rerankd.allocator import use_allocator
 from rerankd.benchmark.report import cpu_name
 from rerankd.engine.backends.qwen3_forward import FusedQwen3Forward, _compiled_kernels
@@ -141,7 +141,7 @@ def main() -> None:
               "shape": {"rows": rows, "columns": width, "prefix": prefix, "heads": heads, "kv_heads": kv_heads,
                         "head_dim": dim},
               "results": results, "gemm_softmax_parts_ms": {n: round(ms, 2) for n, ms in parts.items()}}
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.out, result)
     print(f"wrote {args.out}")
 
 

@@ -18,7 +18,6 @@ Figures are GOPS (two operations per multiply-add), comparable to the GFLOPS col
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 import warnings
@@ -28,6 +27,7 @@ from pathlib import Path
 import torch
 
 from benchlib.cpu import add_malloc_option
+from benchlib.results import write_result
 from rerankd.allocator import use_allocator
 from rerankd.benchmark.report import cpu_name
 from rerankd.engine.backends.torch_backend import cpu_has_fast_bf16
@@ -97,7 +97,7 @@ def main() -> None:
     command = "python bench/cpu_matmul_dtypes.py" + (" --int8" if args.int8 else "")
     result = {"command": command, "cpu": cpu, "threads": torch.get_num_threads(), "malloc": allocator,
               "native_bf16": cpu_has_fast_bf16(), "torch": torch.__version__, "rows": rows}
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.out, result)
     print(f"{cpu}, native bf16: {cpu_has_fast_bf16()}, malloc {allocator}; wrote {args.out}")
 
 

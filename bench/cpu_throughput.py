@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import platform
 import shlex
@@ -53,6 +52,7 @@ import torch
 from benchlib.agreement import compare_scores
 from benchlib.cpu import add_malloc_option, mkldnn_bf16_matmuls
 from benchlib.engine_path import engine_scores, micro_batches, naive_batches, padded_tokens
+from benchlib.results import write_result
 from rerankd.allocator import loaded_allocator, use_allocator
 from rerankd.benchmark.reference import NO_ID, YES_ID, CardRecipe, CrossEncoderBaseline, build_sequence_classifier
 from rerankd.benchmark.report import cpu_name
@@ -286,8 +286,7 @@ def _report(args: argparse.Namespace, argv: list[str] | None, specs: list[str], 
         "table_markdown": table,
     }
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(out, result)
     print(f"wrote {out}")
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from benchlib.agreement import compare_scores
+from benchlib.results import write_result
 from rerankd.benchmark.reference import CardRecipe, CrossEncoderBaseline, build_sequence_classifier
 from rerankd.benchmark.workload import make_workload
 
@@ -52,8 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     print(json.dumps({k: v for k, v in result.items() if not k.endswith("_scores")}, indent=1))
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(out, result)
 
 
 if __name__ == "__main__":

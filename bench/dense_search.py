@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchlib.results import write_result
 from rerankd.evaluation.dense import build_hnsw, exact_top_k, hnsw_top_k
 
 
@@ -59,7 +60,7 @@ def main() -> None:
         if not args.no_hnsw:
             import faiss
             meta["faiss_threads"] = faiss.omp_get_max_threads()
-        args.out.write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
+        write_result(args.out, {**meta, "rows": rows})
 
 
 if __name__ == "__main__":

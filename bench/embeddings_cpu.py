@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from benchlib.results import write_result
 from benchlib.serve import rss_mb
 from rerankd.benchmark.report import cpu_name, percentile
 from rerankd.benchmark.workload import QUERIES, make_workload
@@ -294,8 +295,7 @@ def main(argv: list[str] | None = None) -> None:
         ensure_model(Path(args.reranker), "0.6b")
         result["stack"] = measure_stack(args)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(out, result)
     engines = result["engines"]
     print(table(engines["rows"]))
     print(f"max |Δ| passages {engines['max_abs_diff_passages']:.2e}, queries {engines['max_abs_diff_queries']:.2e}; "

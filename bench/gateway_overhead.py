@@ -30,6 +30,7 @@ from pathlib import Path
 
 import httpx
 
+from benchlib.results import write_result
 from rerankd.benchmark.report import cpu_name
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -215,8 +216,7 @@ def main() -> None:
               "machine": f"{cpu_name()}, {os.cpu_count()} cores",
               "results": results, "gateway_added_latency_ms_at_1_connection": added,
               f"gateway_added_latency_ms_at_{args.rate:g}_rps_open_loop": added_open}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_result(args.out, report)
     print(f"{'target':8} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
     for name, runs in results.items():
         for kind in ("latency", "throughput"):

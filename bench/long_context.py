@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchlib.results import write_result
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -122,9 +124,8 @@ def main(argv: list[str] | None = None) -> None:
                 rows.append(json.loads(line[7:]))
             print(json.dumps(rows[-1]), flush=True)
             # Write after every row: a 32k run takes many minutes and should not lose what came before.
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps({"command": command, "chunk_tokens": args.chunk_tokens, "threads": args.threads,
-                                       "dtype": "bfloat16", "rows": rows}, indent=2) + "\n")
+            write_result(out, {"command": command, "chunk_tokens": args.chunk_tokens, "threads": args.threads,
+                               "dtype": "bfloat16", "rows": rows})
     lines = ["| prompt tokens | path | seconds | tokens/s | peak RSS MiB | peak above loaded model MiB |", "|---:|---|---:|---:|---:|---:|"]
     for r in rows:
         if "seconds" in r:
@@ -133,8 +134,8 @@ def main(argv: list[str] | None = None) -> None:
             lines.append(f"| {r['length']} | {r['path']} | — | — | — | {r.get('skipped') or r.get('error')} |")
     table = "\n".join(lines)
     print(table)
-    out.write_text(json.dumps({"command": command, "chunk_tokens": args.chunk_tokens, "threads": args.threads,
-                               "dtype": "bfloat16", "rows": rows, "table_markdown": table}, indent=2) + "\n")
+    write_result(out, {"command": command, "chunk_tokens": args.chunk_tokens, "threads": args.threads,
+                       "dtype": "bfloat16", "rows": rows, "table_markdown": table})
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import json
 import math
 import os
 import shlex
@@ -32,6 +31,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from benchlib.results import write_result
 
 HERE = Path(__file__).resolve().parent
 
@@ -139,10 +140,9 @@ def main(argv: list[str] | None = None) -> None:
     command = "python bench/long_documents.py " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"command": command, "threads": args.threads, "dtype": args.dtype,
-                               "compile": args.compile, "load_average": os.getloadavg(), "rows": rows,
-                               "table_markdown": text}, indent=2) + "\n")
+    write_result(out, {"command": command, "threads": args.threads, "dtype": args.dtype,
+                       "compile": args.compile, "load_average": os.getloadavg(), "rows": rows,
+                       "table_markdown": text})
 
 
 if __name__ == "__main__":

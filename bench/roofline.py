@@ -27,7 +27,6 @@ Modes (``--modes``): ``on`` = the fused forward with compiled element-wise kerne
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -40,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from benchlib.engine_path import engine_scores, micro_batches
+from benchlib.results import write_result
 
 HERE = Path(__file__).resolve().parent
 MAX_LEN = 8192
@@ -297,8 +297,7 @@ def main(argv: list[str] | None = None) -> None:
         "max_abs_score_delta_vs_" + ref: agreement,
     }
     path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2) + "\n")
+    write_result(path, out)
     print(f"wrote {path}; load average {os.getloadavg()}")
 
 

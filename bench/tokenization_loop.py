@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from benchlib.results import write_result
 from rerankd.benchmark.workload import load_tokenizer, make_workload
 from rerankd.engine.prompt import PromptBuilder
 
@@ -87,8 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     print(table)
     command = "python bench/tokenization_loop.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"command": command.strip(), "repeats": args.repeats, "rows": rows, "table_markdown": table}, indent=2) + "\n")
+    write_result(out, {"command": command.strip(), "repeats": args.repeats, "rows": rows, "table_markdown": table})
 
 
 if __name__ == "__main__":

@@ -33,6 +33,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from benchlib.results import write_result
+
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN = "bench-admin-key"
 BODY = json.dumps({"query": "what is a reranker", "documents": ["a cross-encoder scores pairs", "bananas are yellow"],
@@ -235,7 +237,7 @@ def main() -> None:
         differences = [a - b for a, b in zip(runs["after"], runs["before"], strict=True)]
         report["paired_difference_cpu_us"] = {"median": round(statistics.median(differences), 1),
                                               "quartiles": [round(q, 1) for q in statistics.quantiles(differences)]}
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_result(args.out, report)
     print(json.dumps(report, indent=2))
 
 

@@ -27,13 +27,13 @@ vLLM's CPU build pins its own torch and transformers, so it lives in its own vir
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
+from benchlib.results import write_result
 from rerankd.allocator import use_allocator
 
 HERE = Path(__file__).resolve().parent
@@ -173,7 +173,7 @@ def main() -> None:
     for row in result["rows"]:
         if row["backend"] == "card":
             row["scores_are"] = "probabilities"
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.out, result)
     for row in result["rows"]:
         print({k: v for k, v in row.items() if k not in ("scores", "prefix_cache_tokens_queried_found")})
     print(f"wrote {args.out}")

@@ -267,6 +267,9 @@ def process_env() -> dict[str, str]:
     env["RERANKD_LOG_FORMAT"] = "json"
     env.setdefault("OMP_NUM_THREADS", "1")  # several replicas share two cores
     env.setdefault("RERANKD_COMPILE", pinned_compile())  # one kernel path per server (a --compile flag wins)
+    # One lane: CI runs the suites side by side on two cores, where bulk passes at a lower priority would wait on
+    # the other suites' processes; tests/reliability/test_hostile.py runs the default (a --bulk-nice flag wins).
+    env.setdefault("RERANKD_BULK_NICE", "0")
     return env
 
 

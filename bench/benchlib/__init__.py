@@ -9,4 +9,5 @@ script imports ``benchlib`` without installing anything, and the tests reach it 
 * :mod:`benchlib.agreement`: how far two score lists are apart (max |Δ|, Spearman, ranking).
 * :mod:`benchlib.serve`: a real ``rerankd serve`` process for the scripts that measure over HTTP, and its RSS.
 * :mod:`benchlib.cpu`: the CPU knobs a script sets for itself (``--malloc``, oneDNN bf16 matmuls).
+* :mod:`benchlib.results`: the JSON file each run writes under ``bench/results/``.
 """

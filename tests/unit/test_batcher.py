@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -21,6 +22,7 @@ from benchlib.engine_path import micro_batches
 from rerankd.engine.backends.base import BackendInfo, ScoringBackend, TokenGroup
 from rerankd.engine.batcher import DynamicBatcher
 from rerankd.engine.batching import Turn, WaitingRows, cut_batch, dispatch_order, service_order
+from rerankd.engine.bulk import thread_nice
 from rerankd.engine.engine import RerankEngine
 from rerankd.engine.prompt import PromptBuilder
 from rerankd.errors import NotReadyError, OverloadedError
@@ -32,8 +34,9 @@ DEADLINE_S = 10.0
 class RecordingBackend:
     """Records every batch it is given and scores a tail as its first token, so a score names its document.
 
-    ``hold()`` makes forwards wait in the worker thread until ``release()``. A batch holding a group whose
-    shared prefix is ``poison`` raises, as a failed forward pass does.
+    ``hold()`` makes forwards wait in the worker thread until ``release()``; ``hold_bulk()`` only those on the
+    bulk lane's thread. A batch holding a group whose shared prefix is ``poison`` raises, as a failed forward
+    pass does. ``threads``: the name and nice value of the thread each batch ran on.
     """
 
     info = BackendInfo(name="recording", device="cpu", dtype="float32", max_model_len=4096)
@@ -43,19 +46,29 @@ class RecordingBackend:
         self.poison = poison
         self._open = threading.Event()
         self._open.set()
+        self._bulk_open = threading.Event()
+        self._bulk_open.set()
+        self.threads: list[tuple[str, int]] = []
         self._loop = asyncio.get_running_loop()
         self._arrived: asyncio.Queue[list[TokenGroup]] = asyncio.Queue()
 
     def hold(self) -> None:
         self._open.clear()
 
+    def hold_bulk(self) -> None:
+        self._bulk_open.clear()
+
     def release(self) -> None:
         self._open.set()
+        self._bulk_open.set()
 
     def score(self, groups: list[TokenGroup]) -> list[list[float]]:
         self.batches.append(groups)
+        name = threading.current_thread().name
+        self.threads.append((name, thread_nice()))
         self._loop.call_soon_threadsafe(self._arrived.put_nowait, groups)
-        if not self._open.wait(timeout=DEADLINE_S):
+        gate = self._bulk_open if name.startswith("rerankd-bulk") else self._open
+        if not gate.wait(timeout=DEADLINE_S):
             raise TimeoutError("the test never released the backend")
         if self.poison is not None and any(g.shared == self.poison for g in groups):
             raise RuntimeError("forward pass failed")
@@ -95,9 +108,9 @@ async def wait_until(condition: Callable[[], bool], what: str) -> None:
 
 @contextlib.asynccontextmanager
 async def running(backend: RecordingBackend, *, max_batch_tokens: int = 1000, max_queue: int = 16,
-                  fill_tokens: int | None = None) -> AsyncIterator[DynamicBatcher]:
+                  fill_tokens: int | None = None, bulk_nice: int = 0) -> AsyncIterator[DynamicBatcher]:
     batcher = DynamicBatcher(backend, max_batch_tokens=max_batch_tokens, max_queue=max_queue, metrics=ServerMetrics(),
-                             fill_tokens=fill_tokens)
+                             fill_tokens=fill_tokens, bulk_nice=bulk_nice)
     batcher.start()
     try:
         yield batcher
@@ -337,6 +350,31 @@ async def test_a_small_request_runs_in_a_short_pass_not_one_filled_with_bulk_row
     seen = backend.seen()
     assert seen[1] == [(2, [7])]  # alone, not padded out with nine bulk rows
     assert seen[2] == [(1, list(range(1010, 1020)))]  # the bulk rows carry on in full passes
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice values are Linux's")
+async def test_with_a_bulk_lane_a_small_request_is_answered_while_a_bulk_pass_is_still_running() -> None:
+    backend = RecordingBackend()
+    backend.hold_bulk()
+    # Rows 5 tokens wide, 50 a batch: 100 rows (500 tokens) are bulk, one row (5 tokens) is not.
+    async with running(backend, max_batch_tokens=50, bulk_nice=3) as batcher:
+        large = asyncio.create_task(batcher.submit(*request(1, 2, *[(1000 + i, 3) for i in range(100)])))
+        assert (await backend.next_batch())[0][0] == 1  # a bulk pass is on the model, and stays there
+        assert await batcher.submit(*request(2, 2, (7, 3))) == [7.0]  # answered beside it, not after it
+        assert not large.done()
+        backend.release()
+        assert len(await large) == 100
+    own = thread_nice()
+    lanes = {name.split("_")[0]: nice for name, nice in backend.threads}
+    assert lanes == {"rerankd-bulk-forward": own + 3, "rerankd-forward": own}, backend.threads
+    assert [name.startswith("rerankd-bulk") for name, _ in backend.threads].count(False) == 1  # the small one
+
+
+async def test_a_request_that_fits_one_pass_stays_in_the_interactive_lane() -> None:
+    backend = RecordingBackend()
+    async with running(backend, max_batch_tokens=50, bulk_nice=3) as batcher:
+        assert await batcher.submit(*request(1, 2, *[(10 + i, 3) for i in range(10)])) == [10.0 + i for i in range(10)]
+    assert [name.split("_")[0] for name, _ in backend.threads] == ["rerankd-forward"]  # 50 tokens: one pass
 
 
 async def test_lower_priority_values_are_served_first_and_equal_ones_take_turns() -> None:

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from benchlib.agreement import compare_scores, spearman
 from benchlib.engine_path import micro_batches, naive_batches, padded_tokens
+from benchlib.results import write_result
+
+
+def test_a_result_is_written_as_json_into_a_folder_made_for_it(tmp_path: Path) -> None:
+    out = write_result(str(tmp_path / "new" / "run.json"), {"rows": [1, 2], "command": "python bench/x.py"})
+    assert out == tmp_path / "new" / "run.json"
+    assert json.loads(out.read_text()) == {"rows": [1, 2], "command": "python bench/x.py"}
+    assert out.read_text().endswith("\n")
 
 
 def test_micro_batches_sort_by_length_and_respect_the_budget() -> None:

@@ -9,9 +9,16 @@ not stuck behind the 1000 rows of one that arrived just before it); a pass that 
 takes only ``fill_tokens`` of rows already under way, so that request's pass is a short one. This module owns
 the queue, the worker and what happens to each request's results.
 
-One worker task forms batches and hands them to a single-thread executor: the backend never runs two
-forwards at once and the event loop never blocks on the model. A request whose client went away is
-marked cancelled and its remaining pairs are never computed.
+One worker task forms batches and hands them to a single-thread executor: one pass at a time per lane, and
+the event loop never blocks on the model. A request whose client went away is marked cancelled and its
+remaining pairs are never computed.
+
+Lanes (``bulk_nice`` > 0, the torch backend on the CPU): a request whose rows cost more than one pass's budget
+(``max_batch_tokens``) is *bulk*, and its rows run in passes of their own on a second executor whose thread has
+a lower OS priority (:mod:`rerankd.engine.bulk`); every other request runs in the *interactive* lane, beside a
+bulk pass under way rather than after it, and the kernel gives the interactive pass the cores. Within a lane the
+cut and the turns are the rules below; across lanes the only order is the OS priority. Without ``bulk_nice``
+(a GPU, the vllm backend) there is one lane and every request is in it.
 
 Traces: the worker serves many requests in one pass, outside any request's task, so each request keeps the
 trace context it was submitted in and the worker records spans under it with their own times:
@@ -33,6 +40,7 @@ from typing import Any
 
 from rerankd.engine.backends.base import ScoringBackend, TokenGroup
 from rerankd.engine.batching import Turn, WaitingRows, cut_batch, dispatch_order, service_order
+from rerankd.engine.bulk import hand_over_the_gil_often, lower_priority_executor
 from rerankd.errors import NotReadyError, OverloadedError
 from rerankd.observability import tracing
 from rerankd.observability.metrics import ServerMetrics
@@ -63,6 +71,7 @@ class _Pending:
     tokens_left: int = field(init=False)
     results: list[Any] = field(init=False)
     cancelled: bool = False
+    bulk: bool = False  # rows run in the bulk lane (set by the batcher from its budget)
 
     def __post_init__(self) -> None:
         self.order = dispatch_order(self.tails)
@@ -99,6 +108,20 @@ class _Slice:
     indices: list[int]
 
 
+@dataclass(eq=False)
+class _Lane:
+    """One executor and whether a pass of it is under way: at most one pass per lane at a time."""
+
+    name: str
+    executor: ThreadPoolExecutor
+    bulk: bool
+    task: asyncio.Task[None] | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self.task is not None and not self.task.done()
+
+
 # A pass holding a request's first rows takes rows of requests under way up to this share of the budget.
 FILL_SHARE = 8
 
@@ -108,6 +131,8 @@ class DynamicBatcher:
 
     ``fill_tokens``: what a pass holding rows of a request on its first turn may cost with rows of requests
     already under way (:func:`~rerankd.engine.batching.cut_batch`); default ``max_batch_tokens // 8``.
+    ``bulk_nice``: above 0, requests costing more than ``max_batch_tokens`` run in a lane of their own, that many
+    nice steps lower (the backend must take two passes at once); 0, one lane.
     """
 
     def __init__(
@@ -119,6 +144,7 @@ class DynamicBatcher:
         metrics: ServerMetrics,
         fill_tokens: int | None = None,
         forward: Callable[[list[TokenGroup]], list[list[Any]]] | None = None,
+        bulk_nice: int = 0,
     ) -> None:
         """``forward``: what a batch runs, one result per tail (default ``backend.score``; an embedding engine
         passes ``backend.embed``)."""
@@ -130,7 +156,11 @@ class DynamicBatcher:
         self.metrics = metrics
         self._queue: collections.deque[_Pending] = collections.deque()
         self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rerankd-forward")
+        self._lanes = [_Lane("interactive", ThreadPoolExecutor(max_workers=1, thread_name_prefix="rerankd-forward"),
+                             bulk=False)]
+        if bulk_nice > 0:
+            self._lanes.append(_Lane("bulk", lower_priority_executor(bulk_nice, "rerankd-bulk-forward"), bulk=True))
+            hand_over_the_gil_often()  # the event loop and the interactive pass never wait long on the bulk pass
         self._worker: asyncio.Task[None] | None = None
         self._closed = False
         self._arrivals = 0
@@ -149,16 +179,19 @@ class DynamicBatcher:
     async def close(self) -> None:
         """Stop taking work; fail whatever still waits; release the executor."""
         self._closed = True
-        if self._worker is not None:
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
+        passes = [lane.task for lane in self._lanes if lane.task is not None]
+        for task in [self._worker, *passes]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         while self._queue:
             p = self._queue.popleft()
             if not p.future.done():
                 p.future.set_exception(NotReadyError("server is shutting down", retry_after=1))
         # Off the loop: a forward pass still running must not stall every other coroutine while it ends.
-        await asyncio.to_thread(self._executor.shutdown, wait=True)
+        for lane in self._lanes:
+            await asyncio.to_thread(lane.executor.shutdown, wait=True)
 
     async def submit(self, shared: list[int], tails: list[list[int]], *, tenant: str | None = None,
                      priority: int = 0) -> list[Any]:
@@ -179,6 +212,7 @@ class DynamicBatcher:
             )
         loop = asyncio.get_running_loop()
         pending = _Pending(shared, tails, loop.create_future(), time.perf_counter(), tenant, self._arrivals, priority)
+        pending.bulk = len(self._lanes) > 1 and pending.tokens_left > self.max_batch_tokens
         if tracing.enabled():
             pending.trace, pending.enqueued_ns = tracing.current_context(), time.time_ns()
         self._arrivals += 1
@@ -208,12 +242,15 @@ class DynamicBatcher:
         m.inflight_tokens.set(tokens)
         m.token_utilization_ratio.set(min(1.0, tokens / self.max_batch_tokens))
 
-    def _next_batch(self) -> list[_Slice]:
-        """Take the rows :func:`cut_batch` admits, in :func:`service_order`, and mark them dispatched.
+    def _next_batch(self, lane: _Lane) -> list[_Slice]:
+        """Take the rows of ``lane``'s requests that :func:`cut_batch` admits, in :func:`service_order`, and mark
+        them dispatched.
 
         The groups of the batch are in arrival order, whoever was offered rows first.
         """
-        live = [p for p in self._queue if p.has_rows]
+        live = [p for p in self._queue if p.has_rows and p.bulk == lane.bulk]
+        if not live:
+            return []
         live = [live[i] for i in service_order([p.turn() for p in live], self._tenant_served)]
         counts = cut_batch((p.waiting_rows() for p in live), self.max_batch_tokens, self.fill_tokens)
         slices: list[_Slice] = []
@@ -233,42 +270,51 @@ class DynamicBatcher:
         return sorted(slices, key=lambda s: s.pending.arrived)
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
+        """Start a pass in every idle lane with rows waiting; wake up when a request comes or a pass ends."""
         while True:
+            self._wakeup.clear()
             self._drop_finished()
-            if not any(p.has_rows for p in self._queue):
+            for lane in self._lanes:
+                if lane.busy:
+                    continue
+                slices = self._next_batch(lane)
+                if slices:
+                    lane.task = asyncio.get_running_loop().create_task(self._pass(lane, slices),
+                                                                         name=f"rerankd-{lane.name}-pass")
+                    lane.task.add_done_callback(lambda _task: self._wakeup.set())
+            if not any(lane.busy for lane in self._lanes) and not any(p.has_rows for p in self._queue):
                 self._tenant_served.clear()  # idle: every tenant starts even
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            slices = self._next_batch()
+            await self._wakeup.wait()
+
+    async def _pass(self, lane: _Lane, slices: list[_Slice]) -> None:
+        """Run one forward pass on ``lane``'s executor and hand each request its results."""
+        self._set_load_gauges()
+        groups = [TokenGroup(s.pending.shared, [s.pending.tails[i] for i in s.indices]) for s in slices]
+        started = time.perf_counter()
+        started_ns = time.time_ns() if tracing.enabled() else 0
+        try:
+            scores = await asyncio.get_running_loop().run_in_executor(lane.executor, self._forward_pass, groups)
+        except Exception as exc:  # a backend failure fails its requests, never the worker
+            log.exception("forward pass failed")
+            self.metrics.errors_total.labels(type="backend").inc()
+            for s in slices:
+                if not s.pending.future.done():
+                    s.pending.future.set_exception(exc)
+                    s.pending.cancelled = True
             self._set_load_gauges()
-            groups = [TokenGroup(s.pending.shared, [s.pending.tails[i] for i in s.indices]) for s in slices]
-            started = time.perf_counter()
-            started_ns = time.time_ns() if tracing.enabled() else 0
-            try:
-                scores = await loop.run_in_executor(self._executor, self._forward_pass, groups)
-            except Exception as exc:  # a backend failure fails its requests, never the worker
-                log.exception("forward pass failed")
-                self.metrics.errors_total.labels(type="backend").inc()
-                for s in slices:
-                    if not s.pending.future.done():
-                        s.pending.future.set_exception(exc)
-                        s.pending.cancelled = True
-                self._set_load_gauges()
-                continue
-            self._observe(groups, time.perf_counter() - started, len(slices))
-            if started_ns:
-                self._trace_batch(slices, groups, started_ns)
-            for s, group_scores in zip(slices, scores, strict=True):
-                p = s.pending
-                for i, score in zip(s.indices, group_scores, strict=True):
-                    p.results[i] = score
-                p.remaining -= len(s.indices)
-                p.tokens_left -= sum(len(p.shared) + len(p.tails[i]) for i in s.indices)
-                if p.remaining == 0 and not p.future.done():
-                    p.future.set_result(p.results)
-            self._set_load_gauges()
+            return
+        self._observe(groups, time.perf_counter() - started, len(slices))
+        if started_ns:
+            self._trace_batch(slices, groups, started_ns)
+        for s, group_scores in zip(slices, scores, strict=True):
+            p = s.pending
+            for i, score in zip(s.indices, group_scores, strict=True):
+                p.results[i] = score
+            p.remaining -= len(s.indices)
+            p.tokens_left -= sum(len(p.shared) + len(p.tails[i]) for i in s.indices)
+            if p.remaining == 0 and not p.future.done():
+                p.future.set_result(p.results)
+        self._set_load_gauges()
 
     def _trace_batch(self, slices: list[_Slice], groups: list[TokenGroup], started_ns: int) -> None:
         """One ``rerankd.batch`` span per traced request in the pass just run."""

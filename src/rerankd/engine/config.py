@@ -54,6 +54,12 @@ class EngineConfig(BaseModel):
                                      "forward pass): --max-documents documents of a 1000-token passage each.")
     max_queue: int = Field(256, ge=1, description="Requests allowed to wait for the model; past it, 503 with "
                                                   "Retry-After.")
+    bulk_nice: int = Field(
+        10, ge=0, le=19,
+        description="torch backend on the CPU: a request costing more than one pass (--max-batch-tokens) is bulk; its "
+                    "tokenization and forward passes run on threads this many nice steps lower, beside (not before) "
+                    "the passes of smaller requests, so the OS gives the cores to the small ones. 0 = one lane, "
+                    "every request at the same priority.")
     prefix_reuse: bool = Field(True, description="Run the shared system+query prefix once per request (torch "
                                                  "backend).")
     compile: CompileMode = Field(

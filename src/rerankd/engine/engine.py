@@ -20,6 +20,7 @@ import numpy as np
 
 from rerankd.engine.backends.base import BackendInfo, ScoringBackend
 from rerankd.engine.batcher import DynamicBatcher
+from rerankd.engine.bulk import start_tokenizer_pool
 from rerankd.engine.config import BACKEND_CHOICES, EngineConfig
 from rerankd.engine.embedding import EmbeddingPromptBuilder, detect_task, finish_vectors, format_query
 from rerankd.engine.prompt import PromptBuilder, PromptGroup
@@ -245,11 +246,15 @@ def load_engine(config: EngineConfig, metrics: ServerMetrics | None = None) -> R
     if hasattr(backend, "compiled_kernels_ready"):  # read at each scrape: it turns 1 when the swap happens
         metrics.compiled_kernels_ready.set_function(lambda: float(backend.compiled_kernels_ready))
     score_cache = _make_score_cache(config, path, backend, metrics) if config.score_cache and task != "embed" else None
+    bulk_nice = config.bulk_nice if getattr(backend, "takes_concurrent_passes", False) else 0
+    if bulk_nice:
+        # Before the prompt builder, whose first batch call would start the tokenizer's pool at this priority.
+        start_tokenizer_pool(tokenizer, bulk_nice)
     builder = PromptBuilder(tokenizer, max_len)
     # The budget as configured: the batcher always admits a batch's first row, so a prompt longer than the
     # budget still runs (alone, its memory bounded by the backend's chunking), and no floor is needed.
     batcher = DynamicBatcher(backend, max_batch_tokens=config.max_batch_tokens, max_queue=config.max_queue,
-                             metrics=metrics, forward=backend.embed if task == "embed" else None)
+                             metrics=metrics, forward=backend.embed if task == "embed" else None, bulk_nice=bulk_nice)
     if task != "embed":
         return RerankEngine(builder, batcher, backend.info, metrics, max_request_tokens=config.max_request_tokens,
                             score_cache=score_cache)

@@ -39,7 +39,8 @@ class BackendInfo:
 
 @runtime_checkable
 class ScoringBackend(Protocol):
-    """A runtime that scores token groups. ``score`` is called from one worker thread at a time."""
+    """A runtime that scores token groups. ``score`` is called from one worker thread at a time, or from two
+    where the backend's ``takes_concurrent_passes`` is true (the batcher's bulk lane)."""
 
     info: BackendInfo
 
@@ -54,7 +55,7 @@ class ScoringBackend(Protocol):
 
 @runtime_checkable
 class EmbeddingBackend(Protocol):
-    """A runtime that embeds token groups (the ``embed`` task). ``embed`` is called from one worker thread at a time."""
+    """A runtime that embeds token groups (the ``embed`` task). ``embed`` is called as ``score`` is."""
 
     info: BackendInfo
     hidden_size: int

@@ -18,11 +18,11 @@ Which code runs the layers is a :class:`~rerankd.engine.backends.decoders.Decode
 Ready fast, fast later: with ``compile="auto"`` on the CPU the backend is ready as soon as the weights are
 loaded and serves with transformers' forward (what ``--compile off`` runs) while a background thread
 compiles and warms up the fused forward's kernels (46-128 s for the tiny model on a busy 2-core machine).
-Once built, the compiled decoder replaces it *between* two forward passes: :meth:`TorchBackend.score` holds
-a lock for the whole pass and the swap takes the same lock, so one pass never mixes two decoders (their
-caches do not even have the same format). A failure in the background is logged once and transformers'
-forward stays. ``compile="on"`` still compiles before the backend is ready: one kernel path, hence one set
-of numbers, for the server's whole life.
+Once built, the compiled decoder replaces it *between* two forward passes: each pass reads the backend's decoder
+once, when it starts, and runs every chunk with that one, so one pass never mixes two decoders (their caches do
+not even have the same format), and passes may run at once on two threads (the batcher's bulk lane). A failure
+in the background is logged once and transformers' forward stays. ``compile="on"`` still compiles before the
+backend is ready: one kernel path, hence one set of numbers, for the server's whole life.
 """
 
 from __future__ import annotations
@@ -206,8 +206,8 @@ class TorchBackend:
             name="torch", device=self.device, dtype=str(self.dtype).removeprefix("torch."),
             max_model_len=max_model_len,
         )
-        # Held for a whole forward pass, and by the swap to the compiled decoder: the swap falls between passes.
-        self._pass_lock = threading.Lock()
+        # Held by the swap to the compiled decoder and by close, so a decoder built after close is never swapped in.
+        self._swap_lock = threading.Lock()
         self._closed = False
         self.compile_done = threading.Event()  # set once the decoder is final (compiled, or the eager one kept)
         self.compile_thread: threading.Thread | None = None
@@ -228,6 +228,12 @@ class TorchBackend:
         """The decoder serving now (:func:`kernels_name`); changes once, when the compiled one is swapped in."""
         decoder = getattr(self, "decoder", None)
         return "closed" if decoder is None else kernels_name(decoder)
+
+    @property
+    def takes_concurrent_passes(self) -> bool:
+        """Whether two passes may run at once (the batcher's bulk lane): on the CPU, where each thread has its own
+        OpenMP team and the OS shares the cores by priority; on a GPU two passes would only double the memory."""
+        return self.device == "cpu"
 
     @property
     def compiled_kernels_ready(self) -> bool:
@@ -265,7 +271,7 @@ class TorchBackend:
                 log.warning("compiled kernels failed to build in the background (%s: %s): keeping transformers' "
                             "forward", type(exc).__name__, exc, exc_info=True)
             return
-        with self._pass_lock:
+        with self._swap_lock:
             if self._closed:
                 return
             self.decoder = decoder
@@ -279,8 +285,8 @@ class TorchBackend:
 
     def score(self, groups: list[TokenGroup]) -> list[list[float]]:
         """Raw scores (``logit_yes - logit_no``) for every tail, grouped as given."""
-        with self._pass_lock:  # the decoder cannot change during the pass
-            return self._score(self.decoder, groups, self.chunk_tokens)
+        # Read once: a swap during the pass changes the next pass's decoder, never this one's.
+        return self._score(self.decoder, groups, self.chunk_tokens)
 
     def _score(self, decoder: Decoder, groups: list[TokenGroup], chunk_tokens: int) -> list[list[float]]:
         """The one scoring loop: plain rows, or shared prefixes once and tails after their gathered cache."""
@@ -408,7 +414,7 @@ class TorchBackend:
     def close(self) -> None:
         # Drop every reference to the weights (the decoder holds the body too) so their memory is freed. A
         # background compile still running finds the backend closed and drops its decoder instead of swapping.
-        with self._pass_lock:
+        with self._swap_lock:
             self._closed = True
         vars(self).pop("decoder", None)
         self.body = None
