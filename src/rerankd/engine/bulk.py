@@ -16,8 +16,8 @@ instead of a priority changed pass by pass.
 What stays at the usual priority, on purpose: threads that hold the GIL for long stretches of Python. A bulk
 thread descheduled while it holds the GIL stalls the event loop and the interactive pass behind it (a priority
 inversion): with the bulk requests' tokenizing thread itself lowered, the small client's p99 beside giant
-requests was 345-389 ms, against 169-197 ms with only the Rayon pool lowered (docs/reliability.md). For the same
-reason, with bulk lanes the interpreter hands the GIL over every :data:`SWITCH_INTERVAL_S` instead of 5 ms.
+requests was 345-389 ms, against 169-197 ms with it at the usual priority, and 65-140 ms once the Rayon pool
+alone was lowered and the GIL handed over every :data:`SWITCH_INTERVAL_S` instead of 5 ms (docs/reliability.md).
 
 Nice is a share, not a stop: with nothing else to run, a bulk thread takes the whole core; beside a nice-0
 thread a nice-10 one gets about a tenth of it (CFS weights 110 against 1024). Priority is relative within a
