@@ -40,6 +40,7 @@ from sqlalchemy import func, select
 from reliability.figures import record, run_load
 from reliability.test_faults import ADMIN
 from rerankd.benchmark.loadgen import LoadResult
+from rerankd.engine.bulk import thread_nice
 from rerankd.gateway.db import UsageRecord, create_engine_for
 from support import Proc, spawn_gateway, spawn_replica, wait_until
 
@@ -215,8 +216,8 @@ def low_priority_threads(proc: Proc) -> int:
     assert proc.popen is not None
     count = 0
     for task in Path(f"/proc/{proc.popen.pid}/task").iterdir():
-        with contextlib.suppress(FileNotFoundError):  # a thread may end while it is read
-            count += int((task / "stat").read_text().rsplit(")", 1)[1].split()[16]) > 0
+        with contextlib.suppress(ProcessLookupError):  # a thread may end while it is read
+            count += thread_nice(int(task.name)) > 0
     return count
 
 

@@ -27,8 +27,7 @@ CHILD = textwrap.dedent("""
     if sys.argv[2] == "start":
         start_tokenizer_pool(tokenizer, 3)
     tokenizer([f"document {i}" for i in range(64)], add_special_tokens=False)  # a request's batch call
-    nices = [int(open(f"/proc/self/task/{t}/stat").read().rsplit(")", 1)[1].split()[16])
-             for t in os.listdir("/proc/self/task")]
+    nices = [thread_nice(int(t)) for t in os.listdir("/proc/self/task")]
     print(json.dumps({"caller": thread_nice(), "threads": nices}))
 """)
 
